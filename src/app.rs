@@ -1,0 +1,130 @@
+//! Wiring: builds every component from a validated [`Config`], serves the public router, and
+//! owns the tasks (STYLE.md habit 9: every task has a name, an owner and a join).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{SharedAudit, TracingAudit};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::store::{Db, StoreError};
+
+/// What the process provides from outside the config: time and the audit sink. Tests pass a
+/// manual clock and an in-memory audit.
+#[derive(Clone)]
+pub struct AppDeps {
+    pub clock: SharedClock,
+    pub audit: SharedAudit,
+}
+
+impl AppDeps {
+    pub fn production() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            audit: Arc::new(TracingAudit),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot bind {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address: {0}")]
+    LocalAddr(std::io::Error),
+}
+
+/// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
+pub struct RunningApp {
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    pub db: Db,
+}
+
+impl RunningApp {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A token that, when cancelled, starts a graceful shutdown.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits until shutdown has been requested and every task has finished.
+    pub async fn wait(&self) {
+        self.cancel.cancelled().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `deadline`), stops every task.
+    pub async fn shutdown(self, deadline: Duration) -> bool {
+        self.cancel.cancel();
+        self.tasks.close();
+        tokio::time::timeout(deadline, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// Binds `config.server.listen` and starts serving.
+pub async fn start(config: Config, deps: AppDeps) -> Result<RunningApp, StartError> {
+    let address = config.server.listen;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind { address, source })?;
+    start_on(config, listener, deps).await
+}
+
+/// Starts serving on an already-bound listener (tests bind port 0 first, then put the port in
+/// `server.public_url`).
+pub async fn start_on(
+    config: Config,
+    listener: TcpListener,
+    deps: AppDeps,
+) -> Result<RunningApp, StartError> {
+    std::fs::create_dir_all(&config.server.data_dir).map_err(|source| StartError::DataDir {
+        path: config.server.data_dir.clone(),
+        source,
+    })?;
+    let db = Db::open(&config.server.database_path())?;
+    let _ = &deps;
+
+    let router = crate::http::router(Vec::new());
+
+    let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let shutdown = cancel.clone();
+    tasks.spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(task = "http", %error, "http server failed");
+        }
+    });
+    tracing::info!(%local_addr, "serving");
+    Ok(RunningApp {
+        local_addr,
+        cancel,
+        tasks,
+        db,
+    })
+}

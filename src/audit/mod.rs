@@ -1,0 +1,129 @@
+//! The audit log (ARCHITECTURE.md §6, issue #7): every security-relevant event, never a secret.
+//!
+//! Components record [`AuditEvent`]s through an [`AuditSink`]. The hash-chained JSON Lines
+//! writer, `audit verify` and `audit show` live in this module (issue #7); until then
+//! [`MemoryAudit`] keeps events for tests and [`TracingAudit`] writes them to the log.
+//!
+//! Fields are identifiers (user id, client id, session id prefix, tool name), never tokens,
+//! codes, verifiers, arguments or Forgejo tokens.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::auth::UserId;
+
+/// One audited event. The serialised form is `{"event": "<snake_case name>", ...fields}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditEvent {
+    ConfigLoaded { source: String },
+    ClientRegistered { client_id: String, client_name: Option<String>, method: String, ip: Option<String> },
+    ClientExpired { client_id: String },
+    ClientDeleted { client_id: String, by: String },
+    ConsentGranted { client_id: String, user_id: Option<UserId> },
+    ConsentDenied { client_id: String },
+    UpstreamLogin { user_id: UserId, username: String },
+    UpstreamLoginFailed { reason: String },
+    UpstreamRefreshed { user_id: UserId },
+    UpstreamRefreshFailed { user_id: UserId, reason: String },
+    UpstreamGrantDead { user_id: UserId },
+    CodeIssued { client_id: String, user_id: UserId },
+    CodeReused { client_id: String, user_id: UserId },
+    TokenIssued { client_id: String, user_id: UserId, grant_id: String },
+    TokenRefreshed { client_id: String, user_id: UserId, grant_id: String },
+    RefreshTokenReuse { client_id: String, user_id: UserId, grant_id: String },
+    TokenRevoked { client_id: String, user_id: UserId, grant_id: String, token_type: String },
+    UserRevoked { user_id: UserId, by: String },
+    SessionCreated { session: String, user_id: UserId, client_id: String, protocol_version: String },
+    SessionHibernated { session: String, user_id: UserId },
+    SessionResumed { session: String, user_id: UserId, reason: String },
+    SessionEnded { session: String, user_id: UserId, reason: String },
+    ChildSpawned { session: String, user_id: UserId, layers: Vec<String>, degraded: Vec<String> },
+    ChildExited { session: String, user_id: UserId, reason: String },
+    ToolCalled { session: String, user_id: UserId, tool: String, outcome: String },
+    UpstreamApiCall { session: String, user_id: UserId, method: String, path: String, status: u16 },
+    UpstreamApiDenied { session: String, user_id: UserId, method: String, path: String },
+    RateLimited { endpoint: String, key_kind: String },
+    VaultEvent { action: String, detail: String },
+}
+
+impl AuditEvent {
+    /// The event's name as written in the log (`client_registered`, ...).
+    pub fn name(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|value| value.get("event").and_then(|v| v.as_str()).map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+pub trait AuditSink: Send + Sync + 'static {
+    /// Records one event. Must not block for long and must not fail the caller: a write error
+    /// is counted and logged by the sink itself.
+    fn record(&self, event: AuditEvent);
+}
+
+pub type SharedAudit = Arc<dyn AuditSink>;
+
+/// Keeps events in memory; for tests and the demo's "what happened" view.
+#[derive(Debug, Default)]
+pub struct MemoryAudit {
+    events: Mutex<Vec<AuditEvent>>,
+}
+
+impl MemoryAudit {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.events.lock().map(|events| events.clone()).unwrap_or_default()
+    }
+}
+
+impl AuditSink for MemoryAudit {
+    fn record(&self, event: AuditEvent) {
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+    }
+}
+
+/// Writes events to the `tracing` log at INFO under the `audit` target.
+#[derive(Debug, Default)]
+pub struct TracingAudit;
+
+impl AuditSink for TracingAudit {
+    fn record(&self, event: AuditEvent) {
+        match serde_json::to_string(&event) {
+            Ok(line) => tracing::info!(target: "audit", "{line}"),
+            Err(error) => tracing::error!(target: "audit", %error, "audit event not serialisable"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_with_their_snake_case_name() {
+        let event = AuditEvent::ConsentDenied { client_id: "c1".into() };
+        assert_eq!(event.name(), "consent_denied");
+        let json = serde_json::to_string(&event).unwrap();
+        assert_eq!(json, r#"{"event":"consent_denied","client_id":"c1"}"#);
+    }
+}
+
+/// `[audit]` section (issue #7 fills this in).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where the JSON Lines audit log goes; default `{data_dir}/audit.jsonl`.
+    pub path: Option<std::path::PathBuf>,
+}
+
+impl crate::config::Validate for AuditConfig {
+    fn validate(&self, _errors: &mut crate::config::ConfigErrors) {}
+}

@@ -1,0 +1,74 @@
+//! The seam between the authorization server ([`crate::oauth`]), the upstream token keeper
+//! ([`crate::upstream`]) and the MCP edge ([`crate::mcp`]).
+//!
+//! The MCP edge only knows these traits: it asks an [`AccessTokenVerifier`] who is calling,
+//! and an [`UpstreamCredentials`] for the user's current Forgejo access token when a child (or
+//! the egress proxy) needs one.
+
+use async_trait::async_trait;
+
+use crate::clock::UnixSeconds;
+use crate::secret::SecretString;
+
+/// Forgejo's numeric user id: the key of a user everywhere in the broker
+/// (forgejo-facts.md §1.10: usernames can change, ids don't).
+pub type UserId = i64;
+
+/// Who is calling `/mcp`: the result of a verified broker access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: UserId,
+    /// Forgejo login name at the time the grant was made; for display and the audit log.
+    pub username: String,
+    pub client_id: String,
+    /// The token family (one per authorization), so a revocation can find live sessions.
+    pub grant_id: String,
+    /// When the access token presented expires.
+    pub expires_at: UnixSeconds,
+}
+
+/// Why a bearer token was not accepted. All variants map to 401 `invalid_token`; the variants
+/// exist for metrics and the audit log, never for the client (RFC 6750 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("no bearer token")]
+    Missing,
+    #[error("malformed authorization header")]
+    Malformed,
+    #[error("unknown token")]
+    Unknown,
+    #[error("token expired")]
+    Expired,
+    #[error("token issued for another resource")]
+    WrongAudience,
+    #[error("grant revoked")]
+    Revoked,
+    #[error("upstream grant dead; the user must authorize again")]
+    UpstreamGrantDead,
+    #[error("token store unavailable")]
+    Unavailable,
+}
+
+#[async_trait]
+pub trait AccessTokenVerifier: Send + Sync + 'static {
+    /// Checks a bearer access token presented to `resource` (the canonical `/mcp` URL).
+    async fn verify(&self, token: &str, resource: &str) -> Result<Principal, TokenRejection>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamCredentialsError {
+    /// Forgejo said `invalid_grant` (or the user was revoked): they must authorize again.
+    #[error("the user's Forgejo grant is dead")]
+    GrantDead,
+    #[error("no Forgejo token stored for this user")]
+    NoGrant,
+    #[error("Forgejo could not be reached or answered unexpectedly")]
+    Unavailable,
+}
+
+#[async_trait]
+pub trait UpstreamCredentials: Send + Sync + 'static {
+    /// The user's current Forgejo access token, refreshed first if it is close to expiry
+    /// (single-flight per user).
+    async fn access_token(&self, user_id: UserId) -> Result<SecretString, UpstreamCredentialsError>;
+}

@@ -70,5 +70,6 @@ pub enum UpstreamCredentialsError {
 pub trait UpstreamCredentials: Send + Sync + 'static {
     /// The user's current Forgejo access token, refreshed first if it is close to expiry
     /// (single-flight per user).
-    async fn access_token(&self, user_id: UserId) -> Result<SecretString, UpstreamCredentialsError>;
+    async fn access_token(&self, user_id: UserId)
+    -> Result<SecretString, UpstreamCredentialsError>;
 }

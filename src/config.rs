@@ -173,7 +173,10 @@ impl fmt::Debug for ForgejoConfig {
             .field("url", &self.url.as_str())
             .field("browser_url", &self.browser_url.as_ref().map(Url::as_str))
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("client_secret_file", &self.client_secret_file)
             .field("scopes", &self.scopes)
             .finish()

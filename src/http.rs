@@ -24,7 +24,9 @@ pub fn router(components: impl IntoIterator<Item = Router>) -> Router {
     }
     router
         // Innermost last: body limit, then tracing, then request ids (outermost).
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
         .layer(
             // Spans carry method, path and request id only: never headers, queries or bodies
             // (tokens, codes and verifiers travel in them).

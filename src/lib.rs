@@ -34,4 +34,5 @@ pub mod oauth;
 pub mod ratelimit;
 pub mod secret;
 pub mod store;
+pub mod supervisor;
 pub mod upstream;

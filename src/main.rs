@@ -57,7 +57,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             println!("configuration OK");
-            println!("MCP endpoint (paste into the client): {}", config.server.mcp_resource());
+            println!(
+                "MCP endpoint (paste into the client): {}",
+                config.server.mcp_resource()
+            );
             println!(
                 "Register at Forgejo (Settings → Applications → OAuth2, confidential client) with redirect URI: {}/oauth/callback",
                 config.server.issuer()
@@ -97,7 +100,9 @@ async fn wait_for_signal() {
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),

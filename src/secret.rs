@@ -18,7 +18,9 @@ pub struct RandomError;
 pub fn random_token(bytes: usize) -> Result<SecretString, RandomError> {
     let mut buffer = zeroize::Zeroizing::new(vec![0u8; bytes]);
     getrandom::fill(&mut buffer).map_err(|_| RandomError)?;
-    Ok(SecretString::from(URL_SAFE_NO_PAD.encode(buffer.as_slice())))
+    Ok(SecretString::from(
+        URL_SAFE_NO_PAD.encode(buffer.as_slice()),
+    ))
 }
 
 /// A random identifier that is not a secret (session ids are secrets; client ids are not).

@@ -204,7 +204,14 @@ mod tests {
         db.migrate("test", &["CREATE TABLE t (a);", "CREATE TABLE u (a);"])
             .unwrap();
         let error = db.migrate("test", &["CREATE TABLE t (a);"]).unwrap_err();
-        assert!(matches!(error, StoreError::TooNew { found: 2, known: 1, .. }));
+        assert!(matches!(
+            error,
+            StoreError::TooNew {
+                found: 2,
+                known: 1,
+                ..
+            }
+        ));
     }
 
     #[test]

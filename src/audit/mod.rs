@@ -17,35 +17,137 @@ use crate::auth::UserId;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum AuditEvent {
-    ConfigLoaded { source: String },
-    ClientRegistered { client_id: String, client_name: Option<String>, method: String, ip: Option<String> },
-    ClientExpired { client_id: String },
-    ClientDeleted { client_id: String, by: String },
-    ConsentGranted { client_id: String, user_id: Option<UserId> },
-    ConsentDenied { client_id: String },
-    UpstreamLogin { user_id: UserId, username: String },
-    UpstreamLoginFailed { reason: String },
-    UpstreamRefreshed { user_id: UserId },
-    UpstreamRefreshFailed { user_id: UserId, reason: String },
-    UpstreamGrantDead { user_id: UserId },
-    CodeIssued { client_id: String, user_id: UserId },
-    CodeReused { client_id: String, user_id: UserId },
-    TokenIssued { client_id: String, user_id: UserId, grant_id: String },
-    TokenRefreshed { client_id: String, user_id: UserId, grant_id: String },
-    RefreshTokenReuse { client_id: String, user_id: UserId, grant_id: String },
-    TokenRevoked { client_id: String, user_id: UserId, grant_id: String, token_type: String },
-    UserRevoked { user_id: UserId, by: String },
-    SessionCreated { session: String, user_id: UserId, client_id: String, protocol_version: String },
-    SessionHibernated { session: String, user_id: UserId },
-    SessionResumed { session: String, user_id: UserId, reason: String },
-    SessionEnded { session: String, user_id: UserId, reason: String },
-    ChildSpawned { session: String, user_id: UserId, layers: Vec<String>, degraded: Vec<String> },
-    ChildExited { session: String, user_id: UserId, reason: String },
-    ToolCalled { session: String, user_id: UserId, tool: String, outcome: String },
-    UpstreamApiCall { session: String, user_id: UserId, method: String, path: String, status: u16 },
-    UpstreamApiDenied { session: String, user_id: UserId, method: String, path: String },
-    RateLimited { endpoint: String, key_kind: String },
-    VaultEvent { action: String, detail: String },
+    ConfigLoaded {
+        source: String,
+    },
+    ClientRegistered {
+        client_id: String,
+        client_name: Option<String>,
+        method: String,
+        ip: Option<String>,
+    },
+    ClientExpired {
+        client_id: String,
+    },
+    ClientDeleted {
+        client_id: String,
+        by: String,
+    },
+    ConsentGranted {
+        client_id: String,
+        user_id: Option<UserId>,
+    },
+    ConsentDenied {
+        client_id: String,
+    },
+    UpstreamLogin {
+        user_id: UserId,
+        username: String,
+    },
+    UpstreamLoginFailed {
+        reason: String,
+    },
+    UpstreamRefreshed {
+        user_id: UserId,
+    },
+    UpstreamRefreshFailed {
+        user_id: UserId,
+        reason: String,
+    },
+    UpstreamGrantDead {
+        user_id: UserId,
+    },
+    CodeIssued {
+        client_id: String,
+        user_id: UserId,
+    },
+    CodeReused {
+        client_id: String,
+        user_id: UserId,
+    },
+    TokenIssued {
+        client_id: String,
+        user_id: UserId,
+        grant_id: String,
+    },
+    TokenRefreshed {
+        client_id: String,
+        user_id: UserId,
+        grant_id: String,
+    },
+    RefreshTokenReuse {
+        client_id: String,
+        user_id: UserId,
+        grant_id: String,
+    },
+    TokenRevoked {
+        client_id: String,
+        user_id: UserId,
+        grant_id: String,
+        token_type: String,
+    },
+    UserRevoked {
+        user_id: UserId,
+        by: String,
+    },
+    SessionCreated {
+        session: String,
+        user_id: UserId,
+        client_id: String,
+        protocol_version: String,
+    },
+    SessionHibernated {
+        session: String,
+        user_id: UserId,
+    },
+    SessionResumed {
+        session: String,
+        user_id: UserId,
+        reason: String,
+    },
+    SessionEnded {
+        session: String,
+        user_id: UserId,
+        reason: String,
+    },
+    ChildSpawned {
+        session: String,
+        user_id: UserId,
+        layers: Vec<String>,
+        degraded: Vec<String>,
+    },
+    ChildExited {
+        session: String,
+        user_id: UserId,
+        reason: String,
+    },
+    ToolCalled {
+        session: String,
+        user_id: UserId,
+        tool: String,
+        outcome: String,
+    },
+    UpstreamApiCall {
+        session: String,
+        user_id: UserId,
+        method: String,
+        path: String,
+        status: u16,
+    },
+    UpstreamApiDenied {
+        session: String,
+        user_id: UserId,
+        method: String,
+        path: String,
+    },
+    RateLimited {
+        endpoint: String,
+        key_kind: String,
+    },
+    VaultEvent {
+        action: String,
+        detail: String,
+    },
 }
 
 impl AuditEvent {
@@ -53,7 +155,12 @@ impl AuditEvent {
     pub fn name(&self) -> String {
         serde_json::to_value(self)
             .ok()
-            .and_then(|value| value.get("event").and_then(|v| v.as_str()).map(str::to_owned))
+            .and_then(|value| {
+                value
+                    .get("event")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_default()
     }
 }
@@ -78,7 +185,10 @@ impl MemoryAudit {
     }
 
     pub fn events(&self) -> Vec<AuditEvent> {
-        self.events.lock().map(|events| events.clone()).unwrap_or_default()
+        self.events
+            .lock()
+            .map(|events| events.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -109,7 +219,9 @@ mod tests {
 
     #[test]
     fn events_serialise_with_their_snake_case_name() {
-        let event = AuditEvent::ConsentDenied { client_id: "c1".into() };
+        let event = AuditEvent::ConsentDenied {
+            client_id: "c1".into(),
+        };
         assert_eq!(event.name(), "consent_denied");
         let json = serde_json::to_string(&event).unwrap();
         assert_eq!(json, r#"{"event":"consent_denied","client_id":"c1"}"#);

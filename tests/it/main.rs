@@ -1,5 +1,10 @@
 //! The one integration-test binary (STYLE.md habit 11). Modules per concern; shared fixtures
 //! (fake Forgejo, temporary data dirs, children) in `fixtures`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod smoke;

@@ -47,6 +47,8 @@ pub enum StartError {
     },
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] crate::supervisor::sandbox_config::RequirementError),
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
@@ -104,6 +106,7 @@ pub async fn start_on(
         path: config.server.data_dir.clone(),
         source,
     })?;
+    crate::supervisor::sandbox_config::preflight(&config.sandbox)?;
     let db = Db::open(&config.server.database_path())?;
     let _ = &deps;
 

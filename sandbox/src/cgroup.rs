@@ -220,6 +220,39 @@ fn prepare_v2(mount: &Path, own_path: &str, name: &str) -> Result<PathBuf, Strin
     Ok(base)
 }
 
+impl CgroupBackend {
+    /// Removes session cgroups left behind by a previous broker (or a handle dropped just
+    /// before the process exited): empty directories older than `min_age`. `rmdir` refuses
+    /// a cgroup that still has processes, and the age keeps a directory another broker has
+    /// just created (and not yet joined) from being taken away under it.
+    pub fn sweep_stale(&self, min_age: std::time::Duration) -> usize {
+        let bases: Vec<&PathBuf> = match self {
+            Self::V2 { base } => vec![base],
+            Self::V1 { memory, pids } => vec![memory, pids],
+            Self::Unavailable { .. } => Vec::new(),
+        };
+        let mut removed = 0;
+        for base in bases {
+            let Ok(entries) = std::fs::read_dir(base) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let old_enough = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age >= min_age);
+                if entry.path().is_dir() && old_enough && std::fs::remove_dir(entry.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
 impl SessionCgroup {
     /// Kills whatever is left in the cgroup and removes it. Returns false if a directory is
     /// still busy (processes not yet reaped); call again later.

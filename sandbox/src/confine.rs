@@ -160,13 +160,41 @@ pub fn confine<S: Syscall>(
         );
         step!(Stage::ParentDeathSignal, sys.close(status_read));
 
-        // 10. Nothing we mount may propagate back to the host.
+        // 10. Open every bind source (and the devices) while we still have the broker's host
+        //     identity: a source may sit below a directory only that identity can traverse
+        //     (an interpreter under /root). The mounts below name them /proc/self/fd/N.
+        let mut sources: Vec<RawFd> = Vec::new();
+        for bind in &plan.binds {
+            if !matches!(bind, Bind::Symlink { .. }) {
+                match sys.open_path(bind.path()) {
+                    Ok(fd) => sources.push(fd),
+                    Err(errno) => return StageError::new(Stage::OpenBindSources, errno),
+                }
+            }
+        }
+        let mut device_sources: Vec<RawFd> = Vec::new();
+        for device in DEVICES {
+            match sys.open_path(&format!("/dev/{device}")) {
+                Ok(fd) => device_sources.push(fd),
+                Err(errno) => return StageError::new(Stage::OpenBindSources, errno),
+            }
+        }
+
+        // 11. Become the mapped root: from outside, the session's own host uid (or the
+        //     broker's uid when it is not root); files created from here on belong to it.
+        //     Supplementary groups go too where the broker may allow it.
+        if matches!(plan.ids, IdMapping::Distinct { .. }) {
+            step!(Stage::Identity, sys.clear_groups());
+        }
+        step!(Stage::Identity, sys.become_mapped_root());
+
+        // 12. Nothing we mount may propagate back to the host.
         step!(
             Stage::MountPrivate,
             sys.mount(None, "/", None, MS_REC | MS_PRIVATE, None)
         );
 
-        // 11. Staging: a tmpfs over /tmp, pivoted to, with the host root kept at /oldroot so
+        // 13. Staging: a tmpfs over /tmp, pivoted to, with the host root kept at /oldroot so
         //     bind sources can be named while the new root is assembled in /newroot.
         step!(
             Stage::MountStaging,
@@ -194,8 +222,9 @@ pub fn confine<S: Syscall>(
             )
         );
 
-        // 12. Read-only binds of exactly what the profile needs, nosuid and nodev, keeping
+        // 14. Read-only binds of exactly what the profile needs, nosuid and nodev, keeping
         //     any flags the kernel locked on the source mount.
+        let mut source_fds = sources.iter();
         for bind in &plan.binds {
             let target = format!("{NEW_ROOT}{}", bind.path());
             step!(Stage::BindMounts, make_parents(sys, &target));
@@ -207,7 +236,10 @@ pub fn confine<S: Syscall>(
                 Bind::Dir(_) => step!(Stage::BindMounts, sys.mkdir(&target, 0o755)),
                 Bind::File(_) => step!(Stage::BindMounts, sys.create_file(&target, 0o444)),
             }
-            let source = format!("{OLD_ROOT}{}", bind.path());
+            let Some(fd) = source_fds.next() else {
+                return StageError::new(Stage::BindMounts, Errno(libc::EBADF));
+            };
+            let source = format!("{OLD_ROOT}/proc/self/fd/{fd}");
             step!(
                 Stage::BindMounts,
                 sys.mount(Some(&source), &target, None, MS_BIND | MS_REC, None)
@@ -228,7 +260,7 @@ pub fn confine<S: Syscall>(
             );
         }
 
-        // 13. The only writable place: a size-limited tmpfs /tmp.
+        // 15. The only writable place: a size-limited tmpfs /tmp.
         let tmp = format!("{NEW_ROOT}/tmp");
         step!(Stage::MountTmp, make_parents(sys, &tmp));
         step!(Stage::MountTmp, sys.mkdir(&tmp, 0o1777));
@@ -244,7 +276,7 @@ pub fn confine<S: Syscall>(
             )
         );
 
-        // 14. A fresh /proc of the new pid namespace; hidepid=invisible hides processes the
+        // 16. A fresh /proc of the new pid namespace; hidepid=invisible hides processes the
         //     child does not own (there are none others, but it costs nothing).
         let proc = format!("{NEW_ROOT}/proc");
         step!(Stage::MountProc, sys.mkdir(&proc, 0o555));
@@ -259,7 +291,7 @@ pub fn confine<S: Syscall>(
             )
         );
 
-        // 15. /dev: a tmpfs with null, zero and urandom bound from the host (mknod is not
+        // 17. /dev: a tmpfs with null, zero and urandom bound from the host (mknod is not
         //     allowed in a user namespace) and the /dev/fd links.
         let dev = format!("{NEW_ROOT}/dev");
         step!(Stage::MountDev, sys.mkdir(&dev, 0o755));
@@ -273,9 +305,9 @@ pub fn confine<S: Syscall>(
                 Some("mode=0755,size=64k")
             )
         );
-        for device in DEVICES {
+        for (device, fd) in DEVICES.into_iter().zip(&device_sources) {
             let target = format!("{dev}/{device}");
-            let source = format!("{OLD_ROOT}/dev/{device}");
+            let source = format!("{OLD_ROOT}/proc/self/fd/{fd}");
             step!(Stage::MountDev, sys.create_file(&target, 0o666));
             step!(
                 Stage::MountDev,
@@ -294,7 +326,22 @@ pub fn confine<S: Syscall>(
             );
         }
 
-        // 16. Detach the host root from the staging area, then make the new root read-only.
+        for fd in sources.iter().chain(&device_sources) {
+            step!(Stage::MountDev, sys.close(*fd));
+        }
+        // /dev itself read-only (the device binds stay writable).
+        step!(
+            Stage::MountDev,
+            sys.mount(
+                None,
+                &dev,
+                None,
+                MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC,
+                None
+            )
+        );
+
+        // 18. Detach the host root from the staging area, then make the new root read-only.
         step!(Stage::RemountRootReadOnly, sys.umount_detach(OLD_ROOT));
         step!(
             Stage::RemountRootReadOnly,
@@ -307,24 +354,17 @@ pub fn confine<S: Syscall>(
             )
         );
 
-        // 17. pivot_root(".", ".") stacks the old root on the new one; detaching "." removes
+        // 19. pivot_root(".", ".") stacks the old root on the new one; detaching "." removes
         //     it (the trick runc and LXC use), leaving no path back to the host.
         step!(Stage::PivotRoot, sys.chdir(NEW_ROOT));
         step!(Stage::PivotRoot, sys.pivot_root(".", "."));
         step!(Stage::PivotRoot, sys.umount_detach("."));
         step!(Stage::PivotRoot, sys.chdir("/"));
 
-        // 18. The UTS namespace is private; give it a neutral name.
+        // 20. The UTS namespace is private; give it a neutral name.
         step!(Stage::Hostname, sys.sethostname(&plan.hostname));
 
-        // 19. Become the mapped root: from outside, the session's own host uid (or the
-        //     broker's uid when it is not root). Supplementary groups go too where allowed.
-        if matches!(plan.ids, IdMapping::Distinct { .. }) {
-            step!(Stage::Identity, sys.clear_groups());
-        }
-        step!(Stage::Identity, sys.become_mapped_root());
-
-        // 20. rlimits. Never RLIMIT_AS: Go and Node reserve huge address space (§1.10).
+        // 21. rlimits. Never RLIMIT_AS: Go and Node reserve huge address space (§1.10).
         for limit in &plan.rlimits {
             step!(
                 Stage::Rlimits,
@@ -332,7 +372,7 @@ pub fn confine<S: Syscall>(
             );
         }
 
-        // 21. pipe mode: the token goes into a pipe readable as /dev/fd/3, or into the
+        // 22. pipe mode: the token goes into a pipe readable as /dev/fd/3, or into the
         //     child's own environment. It never touched argv, the broker's env or a file.
         match (&plan.token, token) {
             (Some(TokenPlan::File { file_var }), Some(secret)) => {
@@ -357,7 +397,7 @@ pub fn confine<S: Syscall>(
             (None, _) => {}
         }
 
-        // 22. Capabilities: lock the securebits, empty the bounding and ambient sets, then the
+        // 23. Capabilities: lock the securebits, empty the bounding and ambient sets, then the
         //     process's own sets (securebits and the bounding set need CAP_SETPCAP, so last).
         step!(
             Stage::Capabilities,
@@ -376,10 +416,10 @@ pub fn confine<S: Syscall>(
         step!(Stage::Capabilities, sys.clear_ambient_capabilities());
         step!(Stage::Capabilities, sys.clear_capabilities());
 
-        // 23. no_new_privs: execve can never add privilege (setuid bits, file capabilities).
+        // 24. no_new_privs: execve can never add privilege (setuid bits, file capabilities).
         step!(Stage::NoNewPrivs, sys.set_no_new_privs());
 
-        // 24. landlock, after pivot_root so its paths are the sandbox's. Every part the
+        // 25. landlock, after pivot_root so its paths are the sandbox's. Every part the
         //     kernel supports is a hard requirement; what it lacks is reported, not hidden.
         let outcome = match sys.landlock(&landlock) {
             Ok(outcome) => outcome,
@@ -388,7 +428,7 @@ pub fn confine<S: Syscall>(
         let record = StatusRecord::Landlock(outcome).encode();
         step!(Stage::Landlock, sys.write_all(status_fd, &record));
 
-        // 25. Close everything but stdio, the token pipe and the status pipe (close-on-exec).
+        // 26. Close everything but stdio, the token pipe and the status pipe (close-on-exec).
         let keep_token = matches!(plan.token, Some(TokenPlan::File { .. }));
         if !keep_token {
             step!(Stage::CloseFds, sys.close(CONTROL_FD));
@@ -398,13 +438,13 @@ pub fn confine<S: Syscall>(
         status_fd = CONTROL_FD + 1;
         step!(Stage::CloseFds, sys.close_from(CONTROL_FD + 2));
 
-        // 26. seccomp last, immediately before execve: the guard (x32 → kill, unknown
+        // 27. seccomp last, immediately before execve: the guard (x32 → kill, unknown
         //     numbers → ENOSYS), then the EPERM and ENOSYS denylists from `policies`.
         for program in seccomp {
             step!(Stage::Seccomp, sys.seccomp(program));
         }
 
-        // 27. exec. On success the status pipe closes (close-on-exec) and the launcher knows.
+        // 28. exec. On success the status pipe closes (close-on-exec) and the launcher knows.
         StageError::new(Stage::Exec, sys.execve(&plan.program, &argv, &env))
     })();
 

@@ -152,6 +152,10 @@ impl Syscall for Recorder {
             data.unwrap_or("-")
         ))
     }
+    fn open_path(&mut self, path: &str) -> SysResult<RawFd> {
+        self.record(format!("open_path {path}"))?;
+        Ok(self.fresh_fd())
+    }
     fn mount_flags(&mut self, path: &str) -> SysResult<u64> {
         self.record(format!("mount_flags {path}"))?;
         Ok(0)

@@ -22,6 +22,7 @@
     )
 )]
 
+pub mod binds;
 pub mod cgroup;
 pub mod confine;
 pub mod fake;
@@ -30,6 +31,7 @@ pub mod ipc;
 pub mod launcher;
 pub mod linux;
 pub mod plan;
+pub mod probe;
 pub mod process;
 pub mod syscall;
 

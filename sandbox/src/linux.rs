@@ -198,6 +198,16 @@ impl Syscall for Linux {
         })
     }
 
+    fn open_path(&mut self, path: &str) -> SysResult<RawFd> {
+        let path = c_string(path)?;
+        // SAFETY: `path` is NUL-terminated; O_PATH opens no file contents.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        Ok(fd)
+    }
+
     fn mount_flags(&mut self, path: &str) -> SysResult<u64> {
         let path = c_string(path)?;
         // SAFETY: statvfs is plain data; all-zero is valid.

@@ -110,6 +110,8 @@ pub enum Stage {
     EgressListener,
     Fork,
     ParentDeathSignal,
+    OpenBindSources,
+    Identity,
     MountPrivate,
     MountStaging,
     BindMounts,
@@ -119,7 +121,6 @@ pub enum Stage {
     RemountRootReadOnly,
     PivotRoot,
     Hostname,
-    Identity,
     Rlimits,
     TokenPipe,
     Capabilities,
@@ -131,7 +132,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 27] = [
+    pub const ALL: [Stage; 28] = [
         Stage::Sanitize,
         Stage::JoinCgroup,
         Stage::UserNamespace,
@@ -141,6 +142,8 @@ impl Stage {
         Stage::EgressListener,
         Stage::Fork,
         Stage::ParentDeathSignal,
+        Stage::OpenBindSources,
+        Stage::Identity,
         Stage::MountPrivate,
         Stage::MountStaging,
         Stage::BindMounts,
@@ -150,7 +153,6 @@ impl Stage {
         Stage::RemountRootReadOnly,
         Stage::PivotRoot,
         Stage::Hostname,
-        Stage::Identity,
         Stage::Rlimits,
         Stage::TokenPipe,
         Stage::Capabilities,
@@ -176,6 +178,7 @@ impl Stage {
             Self::EgressListener => "egress-listener",
             Self::Fork => "fork",
             Self::ParentDeathSignal => "parent-death-signal",
+            Self::OpenBindSources => "open-bind-sources",
             Self::MountPrivate => "mount-private",
             Self::MountStaging => "mount-staging",
             Self::BindMounts => "bind-mounts",

@@ -45,6 +45,8 @@ pub trait Syscall {
     fn fork(&mut self) -> SysResult<Forked>;
     /// `PR_SET_PDEATHSIG`, then checks the parent did not die before it took effect.
     fn set_parent_death_signal(&mut self, signal: i32) -> SysResult<()>;
+    /// `open(path, O_PATH | O_CLOEXEC)`.
+    fn open_path(&mut self, path: &str) -> SysResult<RawFd>;
     fn mount(
         &mut self,
         source: Option<&str>,

@@ -8,3 +8,8 @@ if [ ! -f package.json ]; then
   exit 1
 fi
 npm ci --no-audit --no-fund --loglevel=error
+# Python peer (gitea-mcp) in its own venv; the sandbox tests bind it read-only.
+if [ ! -x .venv/bin/gitea-mcp ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check gitea-mcp==0.5.1
+fi

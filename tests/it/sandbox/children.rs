@@ -1,0 +1,1 @@
+//! Real MCP servers under the full sandbox (filled below).

@@ -117,8 +117,11 @@ impl CgroupBackend {
         };
         match (v1("memory"), v1("pids")) {
             (Some(memory), Some(pids)) => {
-                match std::fs::create_dir_all(&memory).and_then(|()| std::fs::create_dir_all(&pids))
-                {
+                let ready = std::fs::create_dir_all(&memory)
+                    .and_then(|()| std::fs::create_dir_all(&pids))
+                    .and_then(|()| probe_writable(&memory))
+                    .and_then(|()| probe_writable(&pids));
+                match ready {
                     Ok(()) => return Self::V1 { memory, pids },
                     Err(error) => reasons.push(format!(
                         "cgroup v1: cannot create {} or {}: {error}",
@@ -205,7 +208,8 @@ fn prepare_v2(mount: &Path, own_path: &str, name: &str) -> Result<PathBuf, Strin
     }
     let base = own.join(name);
     std::fs::create_dir_all(&base)
-        .map_err(|error| format!("cannot create {}: {error}", base.display()))?;
+        .and_then(|()| probe_writable(&base))
+        .map_err(|error| format!("cannot create cgroups in {}: {error}", base.display()))?;
     // Controllers must be enabled on every level down to the session directories. Enabling
     // them on our own cgroup fails with EBUSY while we live in it ("no internal processes");
     // under systemd use Delegate=yes and move the broker into a leaf first.
@@ -218,6 +222,13 @@ fn prepare_v2(mount: &Path, own_path: &str, name: &str) -> Result<PathBuf, Strin
         })?;
     }
     Ok(base)
+}
+
+/// Whether this process may create (and remove) cgroups in `dir`.
+fn probe_writable(dir: &Path) -> io::Result<()> {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::create_dir(&probe)?;
+    std::fs::remove_dir(&probe)
 }
 
 impl CgroupBackend {

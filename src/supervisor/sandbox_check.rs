@@ -56,7 +56,8 @@ impl CheckReport {
     }
 }
 
-/// Detects the layers, then starts a trial child to confirm them.
+/// Detects the layers, then starts a trial child to confirm them. The check fails (non-zero
+/// exit) when a required layer is not enforced or the trial child cannot start.
 pub async fn run(config: &SandboxConfig) -> CheckReport {
     let (detected, backend) = host_report();
     let trial_config = SandboxConfig {
@@ -83,11 +84,13 @@ pub async fn run(config: &SandboxConfig) -> CheckReport {
     let unmet = check_requirements(config, &layers)
         .err()
         .map(|e| e.to_string());
+    // A host where no child can start at all fails the check even without requirements.
+    let requirements_met = unmet.is_none() && trial.is_ok();
     CheckReport {
         layers,
         cgroup_backend: backend.name().to_owned(),
         trial: trial.map(|(output, _)| output),
-        requirements_met: unmet.is_none(),
+        requirements_met,
         unmet,
     }
 }

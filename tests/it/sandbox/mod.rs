@@ -169,3 +169,40 @@ async fn a_required_layer_the_host_lacks_refuses_start_with_the_reason() {
         None => assert!(result.is_ok()),
     }
 }
+
+#[tokio::test]
+async fn an_unprivileged_broker_still_confines_with_its_own_uid() {
+    require_sandbox!();
+    if !is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and setpriv to start the broker as an unprivileged user");
+        return;
+    }
+    // `sandbox check` as nobody: own-uid mapping, setgroups denied, no cgroups.
+    let output = std::process::Command::new("/usr/bin/setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            LAUNCHER,
+        ])
+        .args(["sandbox", "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stdout.is_empty() && stderr.contains("Permission denied") {
+        eprintln!("skipped: the broker binary is not reachable by uid 65534: {stderr}");
+        return;
+    }
+    if stdout.contains("user-namespace     unavailable") && !stdout.contains("trial child: started")
+    {
+        eprintln!("skipped: unprivileged user namespaces are disabled here:\n{stdout}");
+        return;
+    }
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("distinct-uid       degraded"), "{stdout}");
+    assert!(stdout.contains("trial child: started"), "{stdout}");
+    assert!(stdout.contains("seccomp            enforced"), "{stdout}");
+}

@@ -29,13 +29,24 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 pub const MAX_TOKEN: usize = 16 * 1024;
 const TOKEN_TAG: u8 = b'T';
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub enum BrokerMessage {
     Plan(Box<LaunchPlan>),
     MapsWritten,
     /// Never serialised as JSON: see [`encode_token`]. Zeroized on drop.
     #[serde(skip)]
     Token(Zeroizing<Vec<u8>>),
+}
+
+/// Hand-written so the token can never reach a log through `{:?}`.
+impl std::fmt::Debug for BrokerMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plan(plan) => f.debug_tuple("Plan").field(plan).finish(),
+            Self::MapsWritten => f.write_str("MapsWritten"),
+            Self::Token(token) => write!(f, "Token([redacted; {} bytes])", token.len()),
+        }
+    }
 }
 
 impl BrokerMessage {
@@ -288,6 +299,12 @@ mod tests {
         drop(a);
         let (length, fd) = receive_message(b.as_raw_fd(), &mut buffer).unwrap();
         assert_eq!((length, fd.is_none()), (0, true));
+    }
+
+    #[test]
+    fn the_token_frame_never_prints_its_token() {
+        let message = BrokerMessage::decode(&encode_token(b"hunter2-secret")).unwrap();
+        assert!(!format!("{message:?}").contains("hunter2"));
     }
 
     #[test]

@@ -34,6 +34,3 @@ pub mod plan;
 pub mod probe;
 pub mod process;
 pub mod syscall;
-
-#[cfg(test)]
-mod tests;

@@ -5,6 +5,7 @@
 //!
 //! The child is the test probe in `serve` mode: it prints one line as soon as it runs, so
 //! "cold start" is spawn → first byte of stdout.
+// A benchmark is a test harness: failing loudly on a broken setup is what it should do.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -113,6 +114,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Proportional set size: shared pages (the broker binary mapped by every launcher) counted
+/// once across the processes sharing them.
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit(')')
@@ -185,20 +197,21 @@ fn main() {
             held.push(sandboxed(&launcher, &probe).await.1);
         }
         let after = rss_kib(own);
-        let launcher_rss: Vec<u64> = held
+        let launchers: Vec<u32> = held
             .iter()
             .filter_map(|c| c.handle.control.pid())
             .filter_map(parent_of)
-            .map(rss_kib)
             .collect();
-        let launcher_avg = launcher_rss.iter().sum::<u64>() / launcher_rss.len().max(1) as u64;
+        let count = launchers.len().max(1) as u64;
+        let launcher_avg = launchers.iter().map(|p| rss_kib(*p)).sum::<u64>() / count;
+        let launcher_pss = launchers.iter().map(|p| pss_kib(*p)).sum::<u64>() / count;
         println!("memory per sandboxed session ({HELD_SESSIONS} held open):");
         println!(
             "  broker process     {:6} KiB  (RSS {before} → {after} KiB)",
             after.saturating_sub(before) / HELD_SESSIONS as u64
         );
         println!(
-            "  launcher process   {launcher_avg:6} KiB RSS (outside the sandbox, one per session)"
+            "  launcher process   {launcher_pss:6} KiB PSS ({launcher_avg} KiB RSS; outside the sandbox, one per session)"
         );
         drop(held);
     });

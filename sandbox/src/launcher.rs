@@ -129,13 +129,18 @@ fn monitor(control: RawFd, child: i32, status: RawFd) -> i32 {
     let started = read_status(status);
     // SAFETY: `status` is ours and not used afterwards.
     unsafe { libc::close(status) };
+    // A pidfd taken now stays valid after the child exits and is reaped, so the broker gets a
+    // handle that can never signal a recycled pid, even for a child that exits at once.
+    // SAFETY: pidfd_open takes a pid and flags.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) } as RawFd;
     match started {
         Ok(landlock) => {
             let message = LauncherMessage::Started {
                 pid: child,
                 landlock,
             };
-            if send_message(control, &message.encode(), None).is_err() {
+            let passed = (pidfd >= 0).then_some(pidfd);
+            if send_message(control, &message.encode(), passed).is_err() {
                 kill(child);
             }
         }
@@ -145,15 +150,13 @@ fn monitor(control: RawFd, child: i32, status: RawFd) -> i32 {
             return LAUNCH_FAILED;
         }
     }
-    watch(control, child);
+    watch(control, child, pidfd);
     mirror(wait_for(child))
 }
 
 /// Blocks until the child exits or the broker closes the control socket (then kills the
 /// child: SIGKILL to PID 1 of a pid namespace kills every process in it).
-fn watch(control: RawFd, child: i32) {
-    // SAFETY: pidfd_open takes a pid and flags.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) } as RawFd;
+fn watch(control: RawFd, child: i32, pidfd: RawFd) {
     loop {
         let mut fds = [
             libc::pollfd {

@@ -60,6 +60,13 @@ pub fn write_id_maps(pid: u32, ids: IdMapping) -> io::Result<()> {
 #[derive(Debug)]
 pub struct Pidfd(OwnedFd);
 
+impl From<OwnedFd> for Pidfd {
+    /// A pidfd received from the launcher (`SCM_RIGHTS`).
+    fn from(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
+}
+
 impl Pidfd {
     pub fn open(pid: i32) -> io::Result<Self> {
         // SAFETY: pidfd_open takes a pid and flags.

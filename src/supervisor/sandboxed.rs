@@ -267,7 +267,7 @@ struct Started {
     launcher: tokio::process::Child,
     control: OwnedFd,
     pid: i32,
-    pidfd: Pidfd,
+    pidfd: Option<Pidfd>,
     landlock: LandlockOutcome,
     egress: Option<std::net::TcpListener>,
     egress_port: Option<u16>,
@@ -275,12 +275,15 @@ struct Started {
 
 struct Handshake {
     pid: i32,
+    pidfd: Option<Pidfd>,
     landlock: LandlockOutcome,
     egress: Option<std::net::TcpListener>,
     egress_port: Option<u16>,
 }
 
 impl Inner {
+    // The plan is assembled from the spec's parts plus what the launcher decided (ids, cgroup);
+    // a struct for them would only be this argument list again.
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &self,
@@ -404,10 +407,9 @@ impl Inner {
                 });
             }
         };
-        let pidfd = Pidfd::open(handshake.pid).map_err(|e| LaunchError::Sandbox {
-            stage: "exec".into(),
-            message: format!("the sandbox exited before it could be watched: {e}"),
-        })?;
+        // Kernels without pidfd: open one by pid (the child may already be gone, then there is
+        // nothing left to signal).
+        let pidfd = handshake.pidfd.or_else(|| Pidfd::open(handshake.pid).ok());
         Ok(Started {
             launcher,
             control,
@@ -529,6 +531,7 @@ fn handshake(
             LauncherMessage::Started { pid, landlock } => {
                 return Ok(Handshake {
                     pid,
+                    pidfd: passed.map(Pidfd::from),
                     landlock,
                     egress,
                     egress_port,
@@ -614,7 +617,7 @@ struct SandboxControl {
     launcher: tokio::sync::Mutex<tokio::process::Child>,
     exit: Mutex<Option<ChildExit>>,
     pid: i32,
-    pidfd: Pidfd,
+    pidfd: Option<Pidfd>,
     layers: Vec<String>,
     _control: OwnedFd,
     cgroup: Mutex<Option<SessionCgroup>>,
@@ -623,6 +626,12 @@ struct SandboxControl {
 }
 
 impl SandboxControl {
+    fn signal(&self, signal: i32) {
+        if let Some(pidfd) = &self.pidfd {
+            let _ = pidfd.signal(signal);
+        }
+    }
+
     fn cached_exit(&self) -> Option<ChildExit> {
         self.exit.lock().ok().and_then(|exit| exit.clone())
     }
@@ -667,11 +676,11 @@ impl ChildControl for SandboxControl {
     async fn terminate(&self, grace: Duration) -> ChildExit {
         // PID 1 of a pid namespace ignores SIGTERM unless it installed a handler; SIGKILL
         // after the grace period always works.
-        let _ = self.pidfd.signal(libc::SIGTERM);
+        self.signal(libc::SIGTERM);
         match tokio::time::timeout(grace, self.wait()).await {
             Ok(exit) => exit,
             Err(_) => {
-                let _ = self.pidfd.signal(libc::SIGKILL);
+                self.signal(libc::SIGKILL);
                 self.wait().await
             }
         }
@@ -680,7 +689,7 @@ impl ChildControl for SandboxControl {
 
 impl Drop for SandboxControl {
     fn drop(&mut self) {
-        let _ = self.pidfd.signal(libc::SIGKILL);
+        self.signal(libc::SIGKILL);
         if let Ok(mut launcher) = self.launcher.try_lock() {
             let _ = launcher.start_kill();
         }

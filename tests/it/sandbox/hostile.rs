@@ -250,3 +250,44 @@ async fn a_session_cgroup_exists_while_the_child_runs_and_is_removed_after() {
         dir.display()
     );
 }
+
+#[tokio::test]
+async fn each_session_runs_as_its_own_host_uid_when_the_broker_is_root() {
+    require_sandbox!();
+    if !super::is_root() {
+        eprintln!("skipped: distinct host uids need a root broker");
+        return;
+    }
+    let config = config("native", Vec::new());
+    let base = config.host_id_base;
+    let (launcher, _) = launcher(config);
+    let first = launcher
+        .launch_sandboxed(spec(PROBE.as_ref(), &["serve"], None))
+        .await
+        .unwrap();
+    let second = launcher
+        .launch_sandboxed(spec(PROBE.as_ref(), &["serve"], None))
+        .await
+        .unwrap();
+    let host_ids = |child: &forgejo_mcp_broker::supervisor::sandboxed::SandboxedChild| {
+        let pid = child.handle.control.pid().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| -> Vec<u32> {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap())
+                .collect()
+        };
+        (field("Uid:"), field("Gid:"), field("Groups:"))
+    };
+    let (uid1, gid1, groups1) = host_ids(&first);
+    let (uid2, _, _) = host_ids(&second);
+    assert!(uid1.iter().all(|u| *u >= base && *u == uid1[0]), "{uid1:?}");
+    assert!(gid1.iter().all(|g| *g >= base), "{gid1:?}");
+    assert!(groups1.is_empty(), "supplementary groups kept: {groups1:?}");
+    assert_ne!(uid1[0], uid2[0], "two sessions share a host uid");
+}

@@ -60,6 +60,15 @@ async fn every_escape_attempt_of_a_hostile_child_fails() {
     }
     let udp_seen = Arc::new(AtomicUsize::new(0));
 
+    let memory_bomb_mib = if launcher.cgroup_backend().name() == "none" {
+        eprintln!(
+            "skipped: the memory bomb (no cgroup backend: {:?})",
+            launcher.cgroup_backend()
+        );
+        0
+    } else {
+        512
+    };
     let own_token = format!(
         "PROBE-TOKEN-{}",
         forgejo_mcp_broker::secret::random_id(16).unwrap()
@@ -74,7 +83,9 @@ async fn every_escape_attempt_of_a_hostile_child_fails() {
         format!("deny-read={}", db.display()),
         format!("deny-read={}", config_file.display()),
         format!("deny-read={}", key_file.display()),
-        "memory-bomb-mib=512".to_owned(),
+        // Without a cgroup backend there is no memory limit to test (reported as unavailable
+        // by `sandbox check`, refusable with `sandbox.require`).
+        format!("memory-bomb-mib={memory_bomb_mib}"),
         "fork-bomb-cap=2000".to_owned(),
     ];
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -137,13 +148,8 @@ async fn every_escape_attempt_of_a_hostile_child_fails() {
         failed_controls.join("\n")
     );
     let names: Vec<&str> = attempts.iter().filter_map(|a| a["name"].as_str()).collect();
-    for required in [
-        "fork-bomb",
-        "memory-bomb",
-        "x32-syscall",
-        "mptcp-socket",
-        "io-uring-setup",
-    ] {
+    assert_eq!(names.contains(&"memory-bomb"), memory_bomb_mib > 0);
+    for required in ["fork-bomb", "x32-syscall", "mptcp-socket", "io-uring-setup"] {
         assert!(
             names.contains(&required),
             "{required} not attempted: {names:?}"

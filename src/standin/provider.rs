@@ -49,8 +49,9 @@ fn token_error(code: TokenErrorCode, description: impl Into<String>) -> TokenErr
     }
 }
 
-/// The token endpoint's form (`forms.AccessTokenForm`); every field may be empty.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+/// The token endpoint's form (`forms.AccessTokenForm`); every field may be empty. Its `Debug`
+/// shows only the non-secret fields.
+#[derive(Default, Clone, serde::Deserialize)]
 #[serde(default)]
 pub struct RawTokenRequest {
     pub grant_type: String,
@@ -62,8 +63,19 @@ pub struct RawTokenRequest {
     pub code_verifier: String,
 }
 
-/// `AccessTokenResponse`. `token_type` is lowercase `bearer`, as Forgejo sends it.
-#[derive(Debug, Clone, Serialize)]
+impl std::fmt::Debug for RawTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawTokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `AccessTokenResponse`. `token_type` is lowercase `bearer`, as Forgejo sends it. Its `Debug`
+/// hides the tokens.
+#[derive(Clone, Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
@@ -71,6 +83,15 @@ pub struct TokenResponse {
     pub refresh_token: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub id_token: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Fills client credentials from an HTTP Basic header when the body lacks either, rejecting a
@@ -731,6 +752,34 @@ mod tests {
         let mut request = RawTokenRequest::default();
         let error = merge_basic_auth(&mut request, Some("Basic !!!")).unwrap_err();
         assert_eq!(error.description, "cannot parse basic auth header");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets_and_tokens() {
+        let request = RawTokenRequest {
+            client_secret: "s3cret-value".into(),
+            refresh_token: "refresh-value".into(),
+            code: "gta_code-value".into(),
+            code_verifier: "verifier-value".into(),
+            ..RawTokenRequest::default()
+        };
+        let response = TokenResponse {
+            access_token: "access-value".into(),
+            token_type: "bearer",
+            expires_in: 1,
+            refresh_token: "refresh-value".into(),
+            id_token: "id-value".into(),
+        };
+        let printed = format!("{request:?} {response:?}");
+        for secret in [
+            "s3cret",
+            "refresh-value",
+            "code-value",
+            "verifier-value",
+            "access-value",
+        ] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
     }
 
     #[test]

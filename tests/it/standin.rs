@@ -1047,3 +1047,138 @@ async fn shutdown_stops_serving_even_with_a_hung_request() {
             .is_err()
     );
 }
+
+/// A real Forgejo-API MCP server (`gitea-mcp` 0.5.1 from PyPI, installed by
+/// `tests/peers/install.sh`) lists repositories and creates an issue against the stand-in.
+#[tokio::test]
+async fn gitea_mcp_lists_repositories_and_creates_an_issue() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let binary =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/.venv/bin/gitea-mcp");
+    if !binary.exists() {
+        eprintln!(
+            "skipped: {} is absent (run tests/peers/install.sh)",
+            binary.display()
+        );
+        return;
+    }
+    let fixture = start().await;
+    let tokens = fixture
+        .standin
+        .issue_tokens(ALICE, BROKER, "read:user read:repository write:issue")
+        .unwrap();
+    let mut child = tokio::process::Command::new(&binary)
+        .env_clear()
+        .env("GITEA_URL", fixture.standin.base_url())
+        .env("GITEA_TOKEN", &tokens.access_token)
+        .env("GITEA_MAX_RETRIES", "0")
+        .env("HOME", std::env::temp_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut peer = StdioPeer {
+        stdin: child.stdin.take().unwrap(),
+        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+    };
+    let initialized = peer
+        .call(
+            1,
+            "initialize",
+            serde_json::json!({
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "standin-test", "version": "0"}
+            }),
+        )
+        .await;
+    assert!(
+        initialized["result"]["serverInfo"].is_object(),
+        "{initialized}"
+    );
+    peer.send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+
+    let listed = peer
+        .call(
+            2,
+            "tools/call",
+            serde_json::json!({"name": "list_repos", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(listed["result"]["isError"], false, "{listed}");
+    let text = listed["result"]["content"].to_string();
+    assert!(
+        text.contains("alice/notes") && text.contains("alice/private-notes"),
+        "{text}"
+    );
+
+    let created = peer.call(
+        3,
+        "tools/call",
+        serde_json::json!({"name": "create_issue", "arguments": {
+            "owner": "alice", "repo": "notes", "title": "Filed by gitea-mcp", "body": "via the stand-in"
+        }}),
+    )
+    .await;
+    assert_eq!(created["result"]["isError"], false, "{created}");
+    let titles: Vec<String> = fixture
+        .standin
+        .issues("alice", "notes")
+        .into_iter()
+        .map(|issue| issue.title)
+        .collect();
+    assert_eq!(titles, ["Welcome", "Filed by gitea-mcp"]);
+
+    let info = peer
+        .call(
+            4,
+            "tools/call",
+            serde_json::json!({"name": "get_server_info", "arguments": {}}),
+        )
+        .await;
+    let text = info["result"]["content"].to_string();
+    assert!(
+        text.contains("alice") && text.contains("11.0.1+gitea-1.22.0"),
+        "{text}"
+    );
+    child.kill().await.unwrap();
+}
+
+/// A stdio MCP server spoken to with newline-delimited JSON-RPC.
+struct StdioPeer {
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl StdioPeer {
+    async fn send(&mut self, message: Value) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Sends a request and returns the response with the same id, skipping notifications.
+    async fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        )
+        .await;
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+                .await
+                .expect("the peer answers within a minute")
+                .unwrap()
+                .expect("the peer closed stdout");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+}

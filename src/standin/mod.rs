@@ -176,6 +176,15 @@ impl RunningStandin {
         inner.token_faults.extend(std::iter::repeat_n(fault, times));
     }
 
+    /// The next `times` `refresh_token` grant calls misbehave as `fault` says; code exchanges
+    /// are not affected. Consulted before the faults of [`Self::inject_token_faults`].
+    pub fn inject_refresh_faults(&self, fault: TokenFault, times: usize) {
+        let mut inner = self.shared.lock();
+        inner
+            .refresh_faults
+            .extend(std::iter::repeat_n(fault, times));
+    }
+
     /// The next `times` `/api/v1/user` calls misbehave as `fault` says.
     pub fn inject_api_user_faults(&self, fault: ApiFault, times: usize) {
         let mut inner = self.shared.lock();

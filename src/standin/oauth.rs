@@ -266,12 +266,21 @@ async fn token_endpoint(shared: &SharedState, headers: &HeaderMap, body: &[u8]) 
     let fault = {
         let mut inner = shared.lock();
         inner.counters.token_requests += 1;
-        match parsed.as_ref().map(|request| request.grant_type.as_str()) {
-            Ok("authorization_code") => inner.counters.authorization_code_grants += 1,
-            Ok("refresh_token") => inner.counters.refresh_grants += 1,
-            _ => {}
-        }
-        inner.token_faults.pop_front()
+        let is_refresh = match parsed.as_ref().map(|request| request.grant_type.as_str()) {
+            Ok("authorization_code") => {
+                inner.counters.authorization_code_grants += 1;
+                false
+            }
+            Ok("refresh_token") => {
+                inner.counters.refresh_grants += 1;
+                true
+            }
+            _ => false,
+        };
+        let refresh_fault = is_refresh
+            .then(|| inner.refresh_faults.pop_front())
+            .flatten();
+        refresh_fault.or_else(|| inner.token_faults.pop_front())
     };
     match fault {
         Some(TokenFault::ServerError) => return internal_error(),

@@ -110,7 +110,13 @@ impl Fixture {
             .send()
             .await
             .unwrap();
-        (response.status(), response.json().await.unwrap())
+        let status = response.status();
+        // A 500 has Forgejo's plain-text body, not JSON.
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn exchange(&self, code: &str) -> (StatusCode, Value) {
@@ -692,8 +698,17 @@ async fn faults_can_be_injected_into_the_token_endpoint_and_api() {
         "grant does not exist",
     );
     // Injected faults do not touch the grant: the token still works afterwards.
-    let (status, tokens) = fixture.refresh(&refresh).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fixture.refresh(&refresh).await.0, StatusCode::OK);
+
+    // Refresh-only faults leave code exchanges alone.
+    fixture
+        .standin
+        .inject_refresh_faults(TokenFault::ServerError, 1);
+    let tokens = fixture.login("read:user").await;
+    assert_eq!(
+        fixture.refresh(field(&tokens, "refresh_token")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
 
     // Hang: the request waits for a release, then is answered normally.
     fixture.standin.inject_token_faults(TokenFault::Hang, 1);
@@ -727,7 +742,7 @@ async fn faults_can_be_injected_into_the_token_endpoint_and_api() {
     fixture.standin.release_hung_requests();
     assert_eq!(hung.await.unwrap(), StatusCode::OK);
     assert_eq!(fixture.standin.hung_requests(), 0);
-    assert_eq!(fixture.standin.counters().refresh_grants, 4);
+    assert_eq!(fixture.standin.counters().refresh_grants, 5);
 
     let access = field(&tokens, "access_token");
     fixture
@@ -1181,4 +1196,84 @@ impl StdioPeer {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn public_clients_always_pass_consent_and_a_scope_change_there_fails() {
+    let fixture = start().await;
+    let challenge = pkce_s256(VERIFIER);
+    let authorize = |scope: &'static str| {
+        let fixture = &fixture;
+        let challenge = challenge.clone();
+        async move {
+            fixture
+                .authorize(&[
+                    ("client_id", CLI),
+                    ("redirect_uri", CLI_CALLBACK),
+                    ("response_type", "code"),
+                    ("state", "c"),
+                    ("scope", scope),
+                    ("code_challenge", &challenge),
+                    ("code_challenge_method", "S256"),
+                ])
+                .await
+        }
+    };
+    assert!(authorize("read:user").await.contains_key("code"));
+    // Same scope: consent passes again (public clients are never silent, RFC 6749 §10.2).
+    assert!(authorize("read:user").await.contains_key("code"));
+    // A different scope on the consent page: Forgejo's "a grant exists with different scope".
+    let query = authorize("write:repository").await;
+    assert_eq!(query["error"], "server_error");
+    assert_eq!(
+        query["error_description"],
+        "a grant exists with different scope"
+    );
+    assert_eq!(query["state"], "c");
+    // Consent refused by the user: access_denied; the existing grant is untouched.
+    fixture.standin.set_consent(ConsentMode::Deny);
+    assert_eq!(authorize("read:user").await["error"], "access_denied");
+    assert_eq!(
+        fixture.standin.grant_scope(ALICE, CLI).as_deref(),
+        Some("read:user")
+    );
+}
+
+#[tokio::test]
+async fn an_openid_scope_adds_an_id_token_for_the_client() {
+    let fixture = start().await;
+    let tokens = fixture.login("openid email").await;
+    let id_token = field(&tokens, "id_token");
+    let payload = id_token.split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], fixture.standin.base_url());
+    assert_eq!(claims["aud"], serde_json::json!([BROKER]));
+    assert_eq!(claims["sub"], "1");
+    assert_eq!(claims["email"], "alice@forgejo.invalid");
+    assert!(
+        claims.get("preferred_username").is_none(),
+        "no profile scope"
+    );
+    // The discovery document names the endpoints and offers no revocation or registration.
+    let discovery: Value = fixture
+        .http
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            fixture.standin.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["token_endpoint"], fixture.standin.token_url());
+    assert!(discovery.get("revocation_endpoint").is_none());
+    assert!(discovery.get("registration_endpoint").is_none());
 }

@@ -13,7 +13,7 @@
 //! - `api`: `/api/v1`; `data`: repositories, issues and their JSON.
 //! - `state`: the shared memory, fault injection and counters.
 //!
-//! Tests drive and observe it through [`RunningStandin`].
+//! Tests drive and observe it through [`StandinHandle`] (which [`RunningStandin`] derefs to).
 
 mod api;
 pub mod config;
@@ -96,21 +96,22 @@ impl StandinForgejo {
         });
         tracing::debug!(%local_addr, "stand-in Forgejo serving");
         Ok(RunningStandin {
-            base_url,
-            local_addr,
-            shared,
+            handle: StandinHandle {
+                base_url,
+                local_addr,
+                shared,
+            },
             cancel,
             tasks,
         })
     }
 }
 
-/// A serving stand-in Forgejo and the handle to inspect and steer it. Dropping it does not
-/// stop the server; call [`RunningStandin::shutdown`].
+/// A serving stand-in Forgejo. It dereferences to its [`StandinHandle`], through which tests
+/// inspect and steer it. Dropping it does not stop the server; call
+/// [`RunningStandin::shutdown`].
 pub struct RunningStandin {
-    base_url: String,
-    local_addr: SocketAddr,
-    shared: SharedState,
+    handle: StandinHandle,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -118,15 +119,57 @@ pub struct RunningStandin {
 impl std::fmt::Debug for RunningStandin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningStandin")
+            .field("base_url", &self.handle.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for RunningStandin {
+    type Target = StandinHandle;
+
+    fn deref(&self) -> &StandinHandle {
+        &self.handle
+    }
+}
+
+impl RunningStandin {
+    /// A cloneable handle that outlives borrows of `self` (e.g. to move into a task).
+    pub fn handle(&self) -> StandinHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (hung ones are released first), and
+    /// waits up to `deadline`. Returns whether everything stopped in time.
+    pub async fn shutdown(self, deadline: Duration) -> bool {
+        self.handle.release_hung_requests();
+        self.cancel.cancel();
+        self.tasks.close();
+        tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Inspects and steers a running stand-in; cheap to clone.
+#[derive(Clone)]
+pub struct StandinHandle {
+    base_url: String,
+    local_addr: SocketAddr,
+    shared: SharedState,
+}
+
+impl std::fmt::Debug for StandinHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandinHandle")
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
 }
 
-/// The tokens of a [`RunningStandin::issue_tokens`] call.
+/// The tokens of a [`StandinHandle::issue_tokens`] call.
 pub type IssuedTokens = TokenResponse;
 
-impl RunningStandin {
+impl StandinHandle {
     /// `http://127.0.0.1:PORT`, without trailing slash (Forgejo's `ROOT_URL` trimmed).
     pub fn base_url(&self) -> &str {
         &self.base_url
@@ -323,16 +366,5 @@ impl RunningStandin {
             .repositories
             .create_repository(owner, name, "", private, now);
         Ok(())
-    }
-
-    /// Stops accepting, lets in-flight requests finish (hung ones are released first), and
-    /// waits up to `deadline`. Returns whether everything stopped in time.
-    pub async fn shutdown(self, deadline: Duration) -> bool {
-        self.release_hung_requests();
-        self.cancel.cancel();
-        self.tasks.close();
-        tokio::time::timeout(deadline, self.tasks.wait())
-            .await
-            .is_ok()
     }
 }

@@ -82,7 +82,19 @@ impl StandinForgejo {
         shared.lock().base_url.clone_from(&base_url);
         let router = oauth::routes()
             .merge(api::routes())
-            .with_state(shared.clone());
+            .with_state(shared.clone())
+            .layer(
+                // Spans carry method and path only: queries and bodies hold codes and tokens.
+                tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                    |request: &axum::http::Request<_>| {
+                        tracing::debug_span!(
+                            "standin_forgejo",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                        )
+                    },
+                ),
+            );
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let shutdown = cancel.clone();

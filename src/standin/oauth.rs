@@ -24,6 +24,7 @@ pub(super) fn routes() -> Router<SharedState> {
             post(access_token).options(access_token_preflight),
         )
         .route("/login/oauth/userinfo", get(userinfo).post(userinfo))
+        .route("/login/oauth/introspect", post(introspect))
         .route(
             "/.well-known/openid-configuration",
             get(openid_configuration),
@@ -355,14 +356,37 @@ async fn userinfo(State(shared): State<SharedState>, headers: HeaderMap) -> Resp
             "groups": null,
         }))
         .into_response(),
-        None => {
-            let mut response = (StatusCode::UNAUTHORIZED, "no valid authorization").into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Bearer realm="""#),
-            );
-            response
-        }
+        None => no_valid_authorization(),
+    }
+}
+
+/// Forgejo's 401 on its OAuth endpoints: plain text and an empty Bearer realm.
+fn no_valid_authorization() -> Response {
+    let mut response = (StatusCode::UNAUTHORIZED, "no valid authorization").into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Bearer realm="""#),
+    );
+    response
+}
+
+async fn introspect(
+    State(shared): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pairs = form_pairs(&body);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let now = shared.now();
+    let answer = {
+        let inner = shared.lock();
+        provider::introspect(&inner, authorization, first(&pairs, "token"), now)
+    };
+    match answer {
+        Some(body) => axum::Json(body).into_response(),
+        None => no_valid_authorization(),
     }
 }
 

@@ -392,6 +392,44 @@ fn id_token(
     jwt_shaped(&claims)
 }
 
+/// `IntrospectOAuth`: the client authenticates with HTTP Basic only; an unknown, expired or
+/// revoked token is `{"active": false}`. Returns `None` when the client failed to authenticate.
+pub fn introspect(
+    inner: &Inner,
+    authorization: Option<&str>,
+    token: &str,
+    now: UnixSeconds,
+) -> Option<serde_json::Value> {
+    let mut credentials = RawTokenRequest::default();
+    merge_basic_auth(&mut credentials, authorization).ok()?;
+    let app = inner.app(&credentials.client_id)?;
+    if credentials.client_id.is_empty() || !secret_matches(app, &credentials.client_secret) {
+        return None;
+    }
+    let active = inner
+        .tokens
+        .get(token)
+        .filter(|record| record.expires_at > now)
+        .and_then(|record| {
+            inner
+                .grants
+                .get(&record.grant_id)
+                .map(|grant| (record, grant))
+        })
+        .and_then(|(record, grant)| {
+            let app = inner.app(&grant.client_id)?;
+            Some(serde_json::json!({
+                "active": true,
+                "scope": grant.scope,
+                "iss": inner.base_url,
+                "aud": [app.client_id],
+                "sub": grant.user_id.to_string(),
+                "exp": record.expires_at,
+            }))
+        });
+    Some(active.unwrap_or_else(|| serde_json::json!({"active": false})))
+}
+
 /// `grant.ScopeContains`: whole words of the space-separated scope.
 pub fn scope_contains(scope: &str, wanted: &str) -> bool {
     scope.split(' ').any(|word| word == wanted)
@@ -453,8 +491,7 @@ pub struct ConsentPage {
 }
 
 /// The authorize request's fields (`forms.AuthorizationForm`); absent means empty.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default, Clone)]
 pub struct RawAuthorizeRequest {
     pub response_type: String,
     pub client_id: String,

@@ -1277,3 +1277,73 @@ async fn an_openid_scope_adds_an_id_token_for_the_client() {
     assert!(discovery.get("revocation_endpoint").is_none());
     assert!(discovery.get("registration_endpoint").is_none());
 }
+
+#[tokio::test]
+async fn concurrent_refreshes_with_one_token_let_exactly_one_through() {
+    let fixture = start().await;
+    let tokens = fixture.login("read:user").await;
+    let refresh = field(&tokens, "refresh_token");
+    let answers = futures_util::future::join_all((0..8).map(|_| fixture.refresh(refresh))).await;
+    let ok = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .count();
+    assert_eq!(ok, 1, "{answers:?}");
+    for answer in answers
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::OK)
+    {
+        assert_token_error(answer, "unauthorized_client", "token was already used");
+    }
+    assert_eq!(fixture.standin.counters().refresh_grants, 8);
+    assert_eq!(fixture.standin.counters().tokens_issued, 2);
+}
+
+#[tokio::test]
+async fn introspection_needs_client_basic_auth() {
+    let fixture = start().await;
+    let tokens = fixture.login("read:user").await;
+    let url = format!("{}/login/oauth/introspect", fixture.standin.base_url());
+    let introspect = |token: String, secret: &'static str| {
+        let fixture = &fixture;
+        let url = url.clone();
+        async move {
+            fixture
+                .http
+                .post(url)
+                .basic_auth(BROKER, Some(secret))
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = introspect(field(&tokens, "access_token").into(), BROKER_SECRET).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["active"], true);
+    assert_eq!(body["sub"], "1");
+    assert_eq!(body["scope"], "read:user");
+    let body: Value = introspect("unknown".into(), BROKER_SECRET)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, serde_json::json!({"active": false}));
+    assert_eq!(
+        introspect("unknown".into(), "wrong").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let response = fixture
+        .http
+        .get(format!(
+            "{}/login/oauth/userinfo",
+            fixture.standin.base_url()
+        ))
+        .bearer_auth("unknown")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], r#"Bearer realm="""#);
+    assert_eq!(response.text().await.unwrap(), "no valid authorization");
+}

@@ -80,7 +80,7 @@ const http = createHttpServer(async (req, res) => {
       // suite's server-sse-polling scenario negotiates 2025-11-25 with the SDK client and then
       // sends raw requests headed `2025-03-26` (spec 2025-11-25 transports: the header SHOULD be
       // the negotiated version). A session-based server knows what it negotiated, so this
-      // harness, like the broker, goes by the session: a header naming another *supported*
+      // harness goes by the session (as the broker should): a header naming another *supported*
       // version is replaced by the negotiated one. Unsupported versions still reach the
       // transport unchanged and get its 400.
       const hdr = req.headers['mcp-protocol-version'];

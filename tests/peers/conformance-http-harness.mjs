@@ -2,8 +2,13 @@
 // Serves conformance-server.mjs over the TypeScript SDK's Streamable HTTP transport, so the
 // conformance suite can be run against the child's server definition WITHOUT the broker:
 //
-//   node tests/peers/conformance-http-harness.mjs [--port N]   # prints "listening <url>"
+//   node tests/peers/conformance-http-harness.mjs [--port N] [--stdio]  # prints "listening <url>"
 //   bash tests/peers/run-conformance.sh <url>
+//
+// Default: the server runs in this process. `--stdio`: each session instead spawns
+// conformance-child.mjs (the very file the broker runs; with $CONFORMANCE_CHILD_NODE, default this
+// Node) and relays JSON-RPC between it and the HTTP transport — a naive stand-in for the broker
+// that shows the stdio child itself passes, and what relaying needs (see `relatedTo` below).
 //
 // Session-based (Mcp-Session-Id, one server + transport per initialize), resumable (an in-memory
 // event store: priming events, Last-Event-ID replay), and DNS-rebinding protected: requests whose
@@ -19,10 +24,59 @@ import {
   LATEST_PROTOCOL_VERSION,
   SUPPORTED_PROTOCOL_VERSIONS,
 } from '@modelcontextprotocol/sdk/types.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { createServer } from './conformance-server.mjs';
 
 const portArg = process.argv.indexOf('--port');
 const port = portArg > 0 ? Number(process.argv[portArg + 1]) : 0;
+const viaStdio = process.argv.includes('--stdio');
+const CHILD = new URL('./conformance-child.mjs', import.meta.url).pathname;
+
+/**
+ * Connects `transport` (one HTTP session) to a fresh conformance-child.mjs over stdio, relaying
+ * messages both ways unchanged (ids included: one client per child, so the two id spaces never
+ * mix). The only routing the HTTP side needs is which client request a child→client message
+ * belongs to, so it travels on that request's POST SSE stream (`relatedRequestId`) rather than
+ * the standalone GET stream: a progress notification goes with the request that carried its
+ * progressToken; any other notification or request (logging, sampling, elicitation) with the
+ * newest request still in flight; with none in flight, on the GET stream.
+ */
+async function bridgeToStdioChild(transport) {
+  const child = new StdioClientTransport({
+    command: process.env.CONFORMANCE_CHILD_NODE ?? process.execPath,
+    args: [CHILD],
+    stderr: 'inherit',
+  });
+  const inflight = new Map(); // client request id -> progressToken (insertion-ordered)
+  const relatedTo = (msg) => {
+    const token = msg.method === 'notifications/progress' ? msg.params?.progressToken : undefined;
+    if (token !== undefined) {
+      for (const [id, t] of inflight) if (t === token) return id;
+    }
+    return [...inflight.keys()].at(-1);
+  };
+  child.onmessage = (msg) => {
+    const isResponse = msg.id !== undefined && msg.method === undefined;
+    if (isResponse) {
+      inflight.delete(msg.id);
+      transport.send(msg).catch(() => {});
+    } else {
+      transport.send(msg, { relatedRequestId: relatedTo(msg) }).catch(() => {});
+    }
+  };
+  child.onclose = () => transport.close().catch(() => {});
+  transport.onmessage = (msg) => {
+    if (msg.method !== undefined && msg.id !== undefined) inflight.set(msg.id, msg.params?._meta?.progressToken);
+    child.send(msg).catch(() => {});
+  };
+  const onclose = transport.onclose;
+  transport.onclose = () => {
+    onclose?.();
+    child.close().catch(() => {});
+  };
+  await child.start();
+  await transport.start();
+}
 const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]', '::1']);
 
 /** True when `host` (a Host header value or URL host, with optional port) names loopback. */
@@ -106,7 +160,8 @@ const http = createHttpServer(async (req, res) => {
     transport.onclose = () => {
       if (transport.sessionId) sessions.delete(transport.sessionId);
     };
-    await createServer().connect(transport);
+    if (viaStdio) await bridgeToStdioChild(transport);
+    else await createServer().connect(transport);
     await transport.handleRequest(req, res, body);
   } catch (err) {
     if (!res.headersSent) {

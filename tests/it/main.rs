@@ -7,5 +7,6 @@
     clippy::indexing_slicing
 )]
 
+mod demo_child;
 mod smoke;
 mod standin;

@@ -9,18 +9,19 @@
 //! for public clients only; exact redirect URI matching; granular API scopes.
 //!
 //! - [`config`]: applications, users, `[oauth2]` settings, the simulated browser.
-//! - `provider`: the OAuth2 logic; `oauth`: its HTTP routes.
+//! - `authorize`, `token`: the OAuth2 provider's logic; `oauth`: its HTTP routes.
 //! - `api`: `/api/v1`; `data`: repositories, issues and their JSON.
 //! - `state`: the shared memory, fault injection and counters.
 //!
 //! Tests drive and observe it through [`StandinHandle`] (which [`RunningStandin`] derefs to).
 
 mod api;
+mod authorize;
 pub mod config;
 mod data;
 mod oauth;
-mod provider;
 mod state;
+mod token;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,8 +32,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{ConsentMode, StandinApp, StandinConfig, StandinUser};
 pub use data::Issue;
-pub use provider::{TokenError, TokenErrorCode, TokenResponse};
 pub use state::{ApiFault, AuthorizeRecord, StandinCounters, TokenFault, token_marker};
+pub use token::{TokenError, TokenErrorCode, TokenResponse};
 
 use crate::auth::UserId;
 use crate::secret::RandomError;
@@ -336,7 +337,7 @@ impl StandinHandle {
             Some(grant) => grant.id,
             None => inner.create_grant(user, client_id, scope),
         };
-        Ok(provider::issue_for_grant(&mut inner, grant, now)?)
+        Ok(token::issue_for_grant(&mut inner, grant, now)?)
     }
 
     /// The issues of `owner/repository`, oldest first (empty if there is no such repository).

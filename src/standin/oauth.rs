@@ -1,6 +1,6 @@
 //! HTTP handlers for Forgejo's `/login/oauth/*` routes (forgejo-facts.md §1.1) and the bits of
 //! the web UI a browser meets on the way (sign-in page, consent page). Handlers are thin: parse,
-//! one call into [`super::provider`], map the result.
+//! one call into [`super::authorize`] or [`super::token`], map the result.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -9,11 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use super::provider::{
-    self, AuthorizeOutcome, ConsentPage, RawAuthorizeRequest, RawTokenRequest, TokenError,
-    TokenErrorCode,
-};
+use super::authorize::{self, AuthorizeOutcome, ConsentPage, RawAuthorizeRequest};
 use super::state::{AuthorizeRecord, SharedState, TokenFault};
+use super::token::{self, RawTokenRequest, TokenError, TokenErrorCode};
 
 pub(super) fn routes() -> Router<SharedState> {
     Router::new()
@@ -100,7 +98,7 @@ async fn authorize(
         let mut inner = shared.lock();
         inner.counters.authorize += 1;
         inner.last_authorize = Some(AuthorizeRecord { params: pairs });
-        provider::authorize(&mut inner, &request, now)
+        authorize::authorize(&mut inner, &request, now)
     };
     match outcome {
         Err(_) => internal_error(),
@@ -188,7 +186,7 @@ async fn grant(State(shared): State<SharedState>, body: Bytes) -> Response {
                     && pending.redirect_uri == first(&pairs, "redirect_uri") =>
             {
                 let granted = first(&pairs, "granted") == "true";
-                Some(provider::grant_consent(
+                Some(authorize::grant_consent(
                     &mut inner,
                     &pending,
                     granted,
@@ -302,13 +300,13 @@ async fn token_endpoint(shared: &SharedState, headers: &HeaderMap, body: &[u8]) 
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    if let Err(error) = provider::merge_basic_auth(&mut request, authorization) {
+    if let Err(error) = token::merge_basic_auth(&mut request, authorization) {
         return error.into_response();
     }
     let now = shared.now();
     let result = {
         let mut inner = shared.lock();
-        let result = provider::exchange(&mut inner, &request, now);
+        let result = token::exchange(&mut inner, &request, now);
         if result.is_ok() {
             inner.counters.tokens_issued += 1;
         }
@@ -382,7 +380,7 @@ async fn introspect(
     let now = shared.now();
     let answer = {
         let inner = shared.lock();
-        provider::introspect(&inner, authorization, first(&pairs, "token"), now)
+        token::introspect(&inner, authorization, first(&pairs, "token"), now)
     };
     match answer {
         Some(body) => axum::Json(body).into_response(),

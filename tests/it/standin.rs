@@ -1347,3 +1347,98 @@ async fn introspection_needs_client_basic_auth() {
     assert_eq!(response.headers()["www-authenticate"], r#"Bearer realm="""#);
     assert_eq!(response.text().await.unwrap(), "no valid authorization");
 }
+
+#[tokio::test]
+async fn malformed_input_gets_forgejo_errors_never_a_500() {
+    let fixture = start().await;
+    let base = fixture.standin.base_url().to_string();
+    let token = fixture
+        .standin
+        .issue_tokens(ALICE, BROKER, "")
+        .unwrap()
+        .access_token;
+
+    let response = fixture
+        .http
+        .get(fixture.standin.authorize_url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = fixture
+        .http
+        .get(format!(
+            "{}?client_id=%FF%FE&redirect_uri=%00",
+            fixture.standin.authorize_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    for (content_type, body) in [
+        ("application/json", b"{not json".to_vec()),
+        ("application/json", b"[1,2]".to_vec()),
+        (
+            "application/x-www-form-urlencoded",
+            vec![0xff, 0x00, b'&', b'=', b'='],
+        ),
+        ("text/plain", b"grant_type".to_vec()),
+    ] {
+        let response = fixture
+            .http
+            .post(fixture.standin.token_url())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{content_type}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].is_string());
+    }
+
+    let grant = fixture
+        .http
+        .post(format!("{base}/login/oauth/grant"))
+        .body("garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(grant.status(), StatusCode::BAD_REQUEST);
+
+    for path in [
+        "/api/v1/repos/alice/notes/issues/not-a-number",
+        "/api/v1/repos/alice/notes/issues/-1",
+        "/api/v1/repos/nobody/nothing",
+        "/api/v1/repos/alice/notes/issues/99999999999999999999999",
+        "/api/v1/no/such/route",
+    ] {
+        let response = fixture.api(path, &token).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let response = fixture
+        .api("/api/v1/user/repos?page=-3&limit=abc", &token)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let response = fixture
+        .http
+        .post(format!("{base}/api/v1/repos/alice/notes/issues"))
+        .header("authorization", format!("token {token}"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Query-string tokens are not accepted (Forgejo removed them).
+    let response = fixture
+        .http
+        .get(format!(
+            "{base}/api/v1/user?token={token}&access_token={token}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}

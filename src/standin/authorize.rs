@@ -308,7 +308,11 @@ mod tests {
     fn public_app() -> StandinApp {
         StandinApp::public(
             "pub",
-            ["http://127.0.0.1/callback", "https://app.example/CB/"],
+            [
+                "http://127.0.0.1/callback",
+                "http://[::1]/callback",
+                "https://app.example/CB/",
+            ],
         )
     }
 
@@ -329,9 +333,14 @@ mod tests {
             &app,
             "http://127.0.0.1:5173/callback"
         ));
+        assert!(redirect_uri_registered(&app, "http://[::1]:5173/callback"));
         assert!(!redirect_uri_registered(
             &app,
             "http://localhost:5173/callback"
+        ));
+        assert!(!redirect_uri_registered(
+            &app,
+            "https://127.0.0.1:5173/callback"
         ));
         let confidential = StandinApp::confidential("c", "s", ["http://127.0.0.1/callback"]);
         assert!(!redirect_uri_registered(
@@ -346,6 +355,31 @@ mod tests {
         assert_eq!(
             url,
             "https://c.example/cb?error=access_denied&error_description=no&state=&z=1"
+        );
+    }
+
+    #[test]
+    fn nobody_logged_in_means_the_sign_in_page_before_any_validation() {
+        let shared = super::super::state::Shared::new(super::super::config::StandinConfig {
+            logged_in_user: Some(42),
+            ..super::super::config::StandinConfig::with_demo_user()
+        });
+        let mut inner = shared.lock();
+        let request = RawAuthorizeRequest {
+            client_id: "unknown".into(),
+            ..RawAuthorizeRequest::default()
+        };
+        // User 42 does not exist: same as no session.
+        assert_eq!(
+            authorize(&mut inner, &request, 0).unwrap(),
+            AuthorizeOutcome::LoginRequired
+        );
+        inner.logged_in_user = Some(1);
+        assert_eq!(
+            authorize(&mut inner, &request, 0).unwrap(),
+            AuthorizeOutcome::ErrorPage {
+                description: "Client ID not registered".into()
+            }
         );
     }
 }

@@ -8,3 +8,4 @@
 )]
 
 mod smoke;
+mod standin;

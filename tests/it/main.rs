@@ -7,5 +7,7 @@
     clippy::indexing_slicing
 )]
 
+mod fixtures;
+mod oauth;
 mod smoke;
 mod standin;

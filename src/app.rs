@@ -162,6 +162,12 @@ pub async fn start_on(
         upstream: upstream.clone(),
         issuer: config.server.issuer(),
     };
+    if config.oauth.cimd_allow_loopback_for_tests {
+        tracing::warn!(
+            "oauth.cimd_allow_loopback_for_tests is on: CIMD fetches may reach services on this host; never use it in production"
+        );
+    }
+    let sweep_store = oauth_store.clone();
     let oauth_state = Arc::new(crate::oauth::build_state(
         &config.oauth,
         &config.server,
@@ -186,6 +192,12 @@ pub async fn start_on(
             tracing::error!(task = "http", %error, "http server failed");
         }
     });
+    tasks.spawn(crate::oauth::maintenance::run_sweeper(
+        sweep_store,
+        deps.clock.clone(),
+        Duration::from_secs(600),
+        cancel.clone(),
+    ));
     tracing::info!(%local_addr, "serving");
     Ok(RunningApp {
         local_addr,

@@ -7,6 +7,7 @@ pub mod callback;
 pub mod cimd;
 pub mod client;
 pub mod error;
+pub mod maintenance;
 pub mod metadata;
 pub mod pages;
 pub mod register;
@@ -300,12 +301,15 @@ pub fn router(state: Arc<OAuthState>) -> Router {
         .route("/oauth/token", post(token::token))
         .route("/token", post(token::token))
         .route("/oauth/revoke", post(revoke::revoke))
+        // OAuth requests are small; refuse big bodies before reading them.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
         .layer(cors());
     // Browser navigations: no CORS (nothing to read cross-origin), pages hardened instead.
     let browser = Router::new()
         .route("/oauth/authorize", get(authorize::authorize))
         .route("/authorize", get(authorize::authorize))
         .route("/oauth/consent", post(authorize::consent))
-        .route("/oauth/callback", get(callback::callback));
+        .route("/oauth/callback", get(callback::callback))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024));
     machine.merge(browser).with_state(state)
 }

@@ -206,7 +206,7 @@ impl OAuthStore {
         Ok(Self { db })
     }
 
-    fn call<T>(
+    pub(super) fn call<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, OAuthError>,
     ) -> Result<T, OAuthError> {

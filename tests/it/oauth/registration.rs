@@ -120,7 +120,14 @@ async fn malformed_metadata_gets_rfc_7591_errors() {
     let huge =
         json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x".repeat(70_000)});
     let (status, _) = broker.register(huge).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 413, "bodies over 64 KiB are refused before parsing");
+    let long_name =
+        json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x".repeat(201)});
+    let (status, body) = broker.register(long_name).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_client_metadata"))
+    );
     let events = broker.audit_events();
     assert!(
         events

@@ -8,5 +8,7 @@
 )]
 
 mod demo_child;
+mod fixtures;
+mod oauth;
 mod smoke;
 mod standin;

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{SharedAudit, TracingAudit};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::keystore::{self, KeystoreError, SealedRegistry, Vault, VaultDeps};
 use crate::store::{Db, StoreError};
 
 /// What the process provides from outside the config: time and the audit sink. Tests pass a
@@ -47,6 +48,17 @@ pub enum StartError {
     },
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
+    #[error("refusing to start: {0}")]
+    Vault(#[from] KeystoreError),
+    #[error("refusing to start: the vault could not be opened: {0}")]
+    VaultTask(tokio::task::JoinError),
+}
+
+/// Every column that holds vault ciphertext, declared by the component that owns it
+/// (keystore/registry.rs). The re-encryption job and `vault status` walk these.
+pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
+    // The upstream token table registers here when it lands (`upstream::SEALED_COLUMNS`).
+    Ok(SealedRegistry::new())
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
@@ -55,6 +67,7 @@ pub struct RunningApp {
     cancel: CancellationToken,
     tasks: TaskTracker,
     pub db: Db,
+    pub vault: Arc<Vault>,
 }
 
 impl RunningApp {
@@ -105,13 +118,40 @@ pub async fn start_on(
         source,
     })?;
     let db = Db::open(&config.server.database_path())?;
-    let _ = &deps;
+    // A missing or wrong master key stops the start here, before anything is served or
+    // written (the vault checks the key against its stored key check first).
+    let vault = {
+        let (db, vault_config, data_dir) = (
+            db.clone(),
+            config.vault.clone(),
+            config.server.data_dir.clone(),
+        );
+        let vault_deps = VaultDeps {
+            audit: Arc::clone(&deps.audit),
+            clock: Arc::clone(&deps.clock),
+        };
+        // Argon2id (for a passphrase) takes a noticeable moment: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            Vault::open(
+                db,
+                vault_config,
+                &data_dir,
+                sealed_columns()?,
+                vault_deps,
+                Arc::new(keystore::source::process_env),
+            )
+        })
+        .await
+        .map_err(StartError::VaultTask)??
+    };
+    let vault = Arc::new(vault);
 
     let router = crate::http::router(Vec::new());
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    keystore::rotation::spawn_background(Arc::clone(&vault), &tasks, cancel.clone());
     let shutdown = cancel.clone();
     tasks.spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -128,5 +168,6 @@ pub async fn start_on(
         cancel,
         tasks,
         db,
+        vault,
     })
 }

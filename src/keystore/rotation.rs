@@ -296,7 +296,9 @@ impl Vault {
                 }
             }
         }
-        if all_done {
+        // With no sealed column registered, "no row uses the old key" proves nothing (a
+        // component may not have registered yet): never retire then.
+        if all_done && !columns.is_empty() {
             report.retired = self.retire_unused(target, &columns)?;
         }
         report.idle = all_done;

@@ -8,3 +8,5 @@
 )]
 
 mod smoke;
+mod vault;
+mod vault_ops;

@@ -13,6 +13,7 @@ use crate::audit::{SharedAudit, TracingAudit};
 use crate::auth::AccessTokenVerifier;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::keystore::{self, KeystoreError, SealedRegistry, Vault, VaultDeps};
 use crate::oauth::TokenVerifier;
 use crate::oauth::store::OAuthStore;
 use crate::store::{Db, StoreError};
@@ -51,14 +52,22 @@ pub enum StartError {
     },
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
-    #[error(transparent)]
-    VaultKey(#[from] crate::upstream::keyfile::KeyFileError),
     #[error("forgejo.client_secret: {0}")]
     ClientSecret(String),
     #[error("cannot build the Forgejo client: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error(transparent)]
     Cimd(#[from] crate::oauth::cimd::CimdError),
+    #[error("refusing to start: {0}")]
+    Vault(#[from] KeystoreError),
+    #[error("refusing to start: the vault could not be opened: {0}")]
+    VaultTask(tokio::task::JoinError),
+}
+
+/// Every column that holds vault ciphertext, declared by the component that owns it
+/// (keystore/registry.rs). The re-encryption job and `vault status` walk these.
+pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
+    SealedRegistry::new().with(crate::upstream::store::SEALED_COLUMNS)
 }
 
 /// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.
@@ -79,6 +88,7 @@ pub struct RunningApp {
     tasks: TaskTracker,
     pub db: Db,
     pub auth: AuthHandles,
+    pub vault: Arc<Vault>,
 }
 
 impl RunningApp {
@@ -129,11 +139,36 @@ pub async fn start_on(
         source,
     })?;
     let db = Db::open(&config.server.database_path())?;
+    // A missing or wrong master key stops the start here, before anything is served or
+    // written (the vault checks the key against its stored key check first).
+    let vault = {
+        let (db, vault_config, data_dir) = (
+            db.clone(),
+            config.vault.clone(),
+            config.server.data_dir.clone(),
+        );
+        let vault_deps = VaultDeps {
+            audit: Arc::clone(&deps.audit),
+            clock: Arc::clone(&deps.clock),
+        };
+        // Argon2id (for a passphrase) takes a noticeable moment: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            Vault::open(
+                db,
+                vault_config,
+                &data_dir,
+                sealed_columns()?,
+                vault_deps,
+                Arc::new(keystore::source::process_env),
+            )
+        })
+        .await
+        .map_err(StartError::VaultTask)??
+    };
+    let vault = Arc::new(vault);
 
     // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
-    let sealer: Arc<dyn vault::Sealer> = Arc::new(crate::upstream::keyfile::load_keyring(
-        &config.server.data_dir,
-    )?);
+    let sealer: Arc<dyn vault::Sealer> = vault.clone();
     let client_secret = config
         .forgejo
         .load_client_secret()
@@ -182,6 +217,7 @@ pub async fn start_on(
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    keystore::rotation::spawn_background(Arc::clone(&vault), &tasks, cancel.clone());
     let shutdown = cancel.clone();
     tasks.spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -205,5 +241,6 @@ pub async fn start_on(
         tasks,
         db,
         auth,
+        vault,
     })
 }

@@ -66,6 +66,8 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub vault: crate::keystore::VaultConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +339,7 @@ impl Validate for Config {
         self.audit.validate(errors);
         self.rate_limits.validate(errors);
         self.metrics.validate(errors);
+        self.vault.validate(errors);
     }
 }
 

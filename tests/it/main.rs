@@ -12,3 +12,5 @@ mod fixtures;
 mod oauth;
 mod smoke;
 mod standin;
+mod vault;
+mod vault_ops;

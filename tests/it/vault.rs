@@ -757,3 +757,83 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+#[test]
+fn a_serving_broker_picks_up_a_master_key_replaced_in_place() {
+    let fixture = Fixture::new();
+    fixture.init();
+    let serving = fixture.open().unwrap();
+    let db = fixture.db();
+    write_row(&serving, &db, 1);
+    let new_key = fixture.data_dir().join("keys/next.key");
+    rotation::rotate_master_key(
+        &db,
+        &fixture.config,
+        fixture.data_dir(),
+        &NewMasterKey::KeyFile(new_key.clone()),
+        &fixture.deps(),
+        &no_env,
+    )
+    .unwrap();
+    // The operator adds a data key with the new master key (its config already switched).
+    let switched = VaultConfig {
+        key_file: Some(new_key.clone()),
+        ..fixture.config.clone()
+    };
+    rotation::rotate_data_key(&db, &switched, fixture.data_dir(), &fixture.deps(), &no_env)
+        .unwrap();
+    // The serving broker cannot unwrap v2 with the master key it holds: it keeps serving v1.
+    serving.reencrypt_step(JobHooks::default()).unwrap();
+    serving.reencrypt_step(JobHooks::default()).unwrap();
+    assert_eq!(serving.versions(), vec![1]);
+    check_row(&serving, &db, 1);
+    // Once the key file is replaced in place, the next tick reloads it and loads v2.
+    std::fs::rename(&new_key, fixture.key_file()).unwrap();
+    let mut retired = serving.reencrypt_step(JobHooks::default()).unwrap().retired;
+    assert_eq!(serving.current_version(), Some(2));
+    retired.extend(run_job_to_idle(&serving).retired);
+    assert_eq!(retired, vec![1]);
+    check_row(&serving, &db, 1);
+}
+
+#[test]
+fn first_start_initialises_from_a_prepared_key_and_env_sources_are_audited() {
+    let fixture = Fixture::new();
+    let key = vault::KeyMaterial::generate().unwrap();
+    let value = OsString::from(key.to_key_file().as_str());
+    let config = VaultConfig {
+        key_source: KeySourceKind::Env,
+        ..VaultConfig::default()
+    };
+    let env: SharedEnv = Arc::new(move |name: &str| {
+        (name == keystore::config::DEFAULT_ENV_VAR).then(|| value.clone())
+    });
+    let registry = SealedRegistry::new().with(TABLE).unwrap();
+    let open = || {
+        Vault::open(
+            fixture.db(),
+            config.clone(),
+            fixture.data_dir(),
+            registry.clone(),
+            fixture.deps(),
+            Arc::clone(&env),
+        )
+    };
+    let vault = open().unwrap();
+    write_row(&vault, &fixture.db(), 1);
+    drop(vault);
+    let vault = open().unwrap();
+    check_row(&vault, &fixture.db(), 1);
+    let events = fixture.audit.events();
+    let count = |wanted: &str| {
+        events
+            .iter()
+            .filter(
+                |event| matches!(event, AuditEvent::VaultEvent { action, .. } if action == wanted),
+            )
+            .count()
+    };
+    assert_eq!(count("vault_initialised"), 1);
+    assert_eq!(count("key_source_discouraged"), 2);
+    assert!(!format!("{events:?}").contains(key.to_key_file().trim_end()));
+}

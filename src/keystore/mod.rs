@@ -22,7 +22,6 @@ pub mod scan;
 pub mod source;
 pub mod status;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -373,6 +372,8 @@ pub struct Vault {
     origin: String,
     /// The last failed attempt to reload the master key from its source (after a rotation).
     last_reload: Mutex<Option<ReloadAttempt>>,
+    /// The target version the previous job step found no older row for (rotation.rs).
+    pub(crate) retire_candidate: Mutex<Option<u32>>,
     env: SharedEnv,
 }
 
@@ -460,6 +461,7 @@ impl Vault {
             counters: VaultCounters::default(),
             origin,
             last_reload: Mutex::new(None),
+            retire_candidate: Mutex::new(None),
             env,
         })
     }
@@ -537,7 +539,6 @@ impl Vault {
         let Some(meta) = meta else {
             return Ok(());
         };
-        let active_versions: BTreeSet<u32> = active.iter().map(|(version, _)| *version).collect();
         for (version, wrapped) in active {
             if self.keyring.read(|keyring| keyring.contains(version)) {
                 continue;
@@ -595,12 +596,9 @@ impl Vault {
             self.keyring.update(|keyring| keyring.insert(version, key));
             tracing::info!(target: "vault", version, "data key loaded");
         }
-        let held = self.keyring.versions();
-        for version in held {
-            if version < meta.min_decryption_version && !active_versions.contains(&version) {
-                self.keyring.update(|keyring| keyring.remove(version));
-            }
-        }
+        // Retired versions stay in this process's keyring until it restarts: a write that
+        // sealed under an old version just before the switch and landed after the retirement
+        // is still opened, and re-encrypted by the job's next pass (rotation.rs).
         Ok(())
     }
 }

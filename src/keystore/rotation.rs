@@ -296,12 +296,27 @@ impl Vault {
                 }
             }
         }
+        // Retire only at the second consecutive step that finds every column done: a value
+        // sealed under the old version just before the keyring switched has had a whole
+        // interval to be written and is then found (and re-encrypted) instead of stranded.
         // With no sealed column registered, "no row uses the old key" proves nothing (a
         // component may not have registered yet): never retire then.
-        if all_done && !columns.is_empty() {
+        let mut candidate = self
+            .retire_candidate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        report.idle = if !all_done {
+            *candidate = None;
+            false
+        } else if columns.is_empty() {
+            true
+        } else if *candidate == Some(target) {
             report.retired = self.retire_unused(target, &columns)?;
-        }
-        report.idle = all_done;
+            true
+        } else {
+            *candidate = Some(target);
+            !self.has_active_older_than(target)?
+        };
         Ok(report)
     }
 
@@ -453,8 +468,23 @@ impl Vault {
         Ok(outcome)
     }
 
+    /// True while a data key older than `target` is still active.
+    fn has_active_older_than(&self, target: u32) -> Result<bool, KeystoreError> {
+        self.db.call(|connection| {
+            connection
+                .query_row(
+                    "SELECT count(*) FROM vault_data_keys WHERE state = 'active' AND version < ?1",
+                    params![target],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|count| count > 0)
+                .map_err(KeystoreError::from)
+        })
+    }
+
     /// Retires every data key older than `target` once no sealed row uses it: raises
-    /// `min_decryption_version`, drops the wrapped key from the database and the keyring.
+    /// `min_decryption_version` and deletes the wrapped key from the database. This process
+    /// keeps the key in memory until it restarts (see `Vault::refresh_keys`).
     fn retire_unused(
         &self,
         target: u32,
@@ -495,7 +525,6 @@ impl Vault {
             Ok::<_, KeystoreError>(versions)
         })?;
         for version in &retired {
-            self.keyring.update(|keyring| keyring.remove(*version));
             self.deps
                 .record("data_key_retired", format!("version={version}"));
             tracing::info!(target: "vault", version, "data key retired: no row uses it any more");

@@ -43,6 +43,23 @@ pub struct MasterRotationReport {
     pub rewrapped_versions: Vec<u32>,
     pub generated_key_file: Option<PathBuf>,
     pub kdf: Option<KdfParams>,
+    /// False if a reader kept the WAL from being fully checkpointed (then the old wrappings
+    /// leave the WAL at the next checkpoint SQLite or the broker makes).
+    pub wal_checkpointed: bool,
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: copies the WAL into the database and empties it. With
+/// `secure_delete` on (store.rs), replaced values then no longer exist anywhere in the files.
+/// Returns false if readers prevented a complete checkpoint.
+pub fn checkpoint_wal(db: &Db) -> Result<bool, KeystoreError> {
+    db.call(|connection| {
+        connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|busy| busy == 0)
+            .map_err(KeystoreError::from)
+    })
 }
 
 fn require_meta(db: &Db) -> Result<super::StoredMeta, KeystoreError> {
@@ -140,6 +157,9 @@ pub fn rotate_master_key(
         transaction.commit()?;
         Ok::<_, KeystoreError>(versions)
     })?;
+    // The old wrappings (the reason to rotate may be that the old master key leaked) still sit
+    // in WAL frames until a checkpoint copies the new pages over them; do it now.
+    let wal_checkpointed = checkpoint_wal(db)?;
     deps.record(
         "master_key_rotated",
         format!("kind={kind} rewrapped_versions={rewrapped_versions:?}"),
@@ -148,6 +168,7 @@ pub fn rotate_master_key(
         rewrapped_versions,
         generated_key_file,
         kdf: kdf.map(|(params, _)| params),
+        wal_checkpointed,
     })
 }
 
@@ -524,6 +545,10 @@ impl Vault {
             transaction.commit()?;
             Ok::<_, KeystoreError>(versions)
         })?;
+        if !retired.is_empty() {
+            // Best effort: the deleted wrapped keys leave the WAL now rather than later.
+            let _ = checkpoint_wal(&self.db);
+        }
         for version in &retired {
             self.deps
                 .record("data_key_retired", format!("version={version}"));

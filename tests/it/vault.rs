@@ -393,6 +393,17 @@ fn master_key_rotation_rewraps_keys_without_touching_rows() {
     )
     .unwrap();
     assert_eq!(report.rewrapped_versions, vec![1]);
+    assert!(report.wal_checkpointed);
+    // The old wrapping is gone from the database file and its WAL.
+    let old_wrapped = keys_before
+        .iter()
+        .find(|(name, _)| name == "key1")
+        .map(|(_, wrapped)| wrapped.clone())
+        .unwrap();
+    assert_eq!(
+        scan::database_files(&fixture.db_path(), &[old_wrapped.as_slice()]),
+        vec![]
+    );
     assert_eq!(
         report.generated_key_file.as_deref(),
         Some(new_key.as_path())

@@ -191,6 +191,12 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
             if let Some(path) = report.generated_key_file {
                 println!("generated new key file {}", path.display());
             }
+            if !report.wal_checkpointed {
+                println!(
+                    "note: a reader kept the WAL from being checkpointed; the old wrappings leave {}-wal at the next checkpoint",
+                    config.server.database_path().display()
+                );
+            }
             match new {
                 rotation::NewMasterKey::KeyFile(path) => println!(
                     "now point [vault] at the new key (key_file = {:?}, or re-encrypt the systemd credential from it), back it up, then restart the broker at a convenient time; the old key no longer opens this vault",

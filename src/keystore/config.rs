@@ -85,9 +85,9 @@ pub struct VaultConfig {
     pub kdf: KdfConfig,
     /// Allows Argon2id parameters below RFC 9106's second recommended setting. For tests only.
     pub allow_weak_kdf: bool,
-    /// On the first start, with the `key-file` source and no key file yet: generate the key
-    /// file and initialise the vault (as `vault init` would), with a warning. An initialised
-    /// vault is never re-initialised: a missing key then stops the broker.
+    /// On the first start (no vault in the database), initialise it as `vault init` would
+    /// (generating the key file if that is the source and it does not exist), with a warning.
+    /// An initialised vault is never re-initialised: a missing or wrong key stops the broker.
     pub auto_init: bool,
     /// Rows re-encrypted per transaction by the background job after `vault rotate-data-key`.
     pub rotation_batch_rows: u32,

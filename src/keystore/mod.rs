@@ -22,7 +22,6 @@ pub mod scan;
 pub mod source;
 pub mod status;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -354,6 +353,12 @@ pub(crate) fn kdf_columns(
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
+struct ReloadAttempt {
+    key_check: Vec<u8>,
+    source: Option<source::SourceFingerprint>,
+}
+
 /// The serving broker's vault: the [`Sealer`] components use.
 pub struct Vault {
     db: Db,
@@ -365,8 +370,10 @@ pub struct Vault {
     deps: VaultDeps,
     counters: VaultCounters,
     origin: String,
-    /// Data key versions already warned about (unwrappable after a master-key rotation).
-    warned: Mutex<BTreeSet<u32>>,
+    /// The last failed attempt to reload the master key from its source (after a rotation).
+    last_reload: Mutex<Option<ReloadAttempt>>,
+    /// The target version the previous job step found no older row for (rotation.rs).
+    pub(crate) retire_candidate: Mutex<Option<u32>>,
     env: SharedEnv,
 }
 
@@ -381,8 +388,7 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     /// Opens the vault for serving. Refuses (and changes nothing) when the key is missing or
-    /// wrong; initialises only a vault that never existed, and only with `auto_init` and a
-    /// key file that does not exist yet.
+    /// wrong; initialises only a vault that never existed, and only with `auto_init`.
     pub fn open(
         db: Db,
         config: VaultConfig,
@@ -393,16 +399,15 @@ impl Vault {
     ) -> Result<Self, KeystoreError> {
         db.migrate(COMPONENT, MIGRATIONS)?;
         let mut meta = db.call(|connection| read_meta(connection))?;
-        if meta.is_none()
-            && config.auto_init
-            && config.key_source == KeySourceKind::KeyFile
-            && !config.key_file_path(data_dir).exists()
-        {
+        // A database without vault metadata holds no sealed value, so creating a vault in it
+        // cannot make anything unreadable; a database with one is never re-initialised.
+        if meta.is_none() && config.auto_init {
             let report = init(&db, &config, data_dir, &deps, &*env)?;
             tracing::warn!(
                 target: "vault",
-                key_file = ?report.generated_key_file,
-                "initialised a new vault with a generated key file; back the key file up separately from the database — without it the stored Forgejo tokens cannot be read (docs/vault.md)"
+                source = %report.origin,
+                generated_key_file = ?report.generated_key_file,
+                "initialised a new vault (first start); back the master key up separately from the database — without it the stored Forgejo tokens cannot be read (docs/vault.md)"
             );
             meta = db.call(|connection| read_meta(connection))?;
         }
@@ -435,6 +440,9 @@ impl Vault {
             return Err(KeystoreError::NoActiveDataKey);
         }
         let origin = source::describe(&config, data_dir);
+        if config.key_source == KeySourceKind::Env {
+            deps.record("key_source_discouraged", format!("source={origin}"));
+        }
         deps.record(
             "vault_opened",
             format!(
@@ -452,7 +460,8 @@ impl Vault {
             deps,
             counters: VaultCounters::default(),
             origin,
-            warned: Mutex::new(BTreeSet::new()),
+            last_reload: Mutex::new(None),
+            retire_candidate: Mutex::new(None),
             env,
         })
     }
@@ -530,7 +539,6 @@ impl Vault {
         let Some(meta) = meta else {
             return Ok(());
         };
-        let active_versions: BTreeSet<u32> = active.iter().map(|(version, _)| *version).collect();
         for (version, wrapped) in active {
             if self.keyring.read(|keyring| keyring.contains(version)) {
                 continue;
@@ -544,45 +552,53 @@ impl Vault {
             };
             let key = match unwrapped {
                 Ok(key) => key,
-                Err(_) => match unlock(&meta, &self.config, &self.data_dir, &*self.env) {
-                    Ok(new_master) => {
-                        let key = new_master
-                            .unwrap_data_key(version, &wrapped)
-                            .map_err(|_| KeystoreError::DataKeyUnreadable { version })?;
-                        *self
-                            .master
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = new_master;
-                        tracing::info!(target: "vault", "master key reloaded from its source after a rotation");
-                        key
+                Err(_) => {
+                    // Re-reading the source (and, for a passphrase, running Argon2id again)
+                    // is retried only when the stored key check or the source file changed
+                    // since the last failed attempt, not on every tick.
+                    let attempt = ReloadAttempt {
+                        key_check: meta.key_check.clone(),
+                        source: source::fingerprint(&self.config, &self.data_dir, &*self.env),
+                    };
+                    let mut last = self
+                        .last_reload
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if last.as_ref() == Some(&attempt) {
+                        continue;
                     }
-                    Err(error) => {
-                        let first = self
-                            .warned
-                            .lock()
-                            .map(|mut warned| warned.insert(version))
-                            .unwrap_or(true);
-                        if first {
+                    match unlock(&meta, &self.config, &self.data_dir, &*self.env) {
+                        Ok(new_master) => {
+                            let key = new_master
+                                .unwrap_data_key(version, &wrapped)
+                                .map_err(|_| KeystoreError::DataKeyUnreadable { version })?;
+                            *self
+                                .master
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = new_master;
+                            *last = None;
+                            tracing::info!(target: "vault", "master key reloaded from its source after a rotation");
+                            key
+                        }
+                        Err(error) => {
+                            *last = Some(attempt);
                             tracing::warn!(
                                 target: "vault",
                                 version,
                                 %error,
-                                "a new data key is wrapped under a master key this broker does not hold (the master key was rotated while serving); restart the broker with the new key to use it"
+                                "a new data key is wrapped under a master key this broker does not hold (the master key was rotated while serving); replace the key in place or restart the broker with the new key to use it"
                             );
+                            continue;
                         }
-                        continue;
                     }
-                },
+                }
             };
             self.keyring.update(|keyring| keyring.insert(version, key));
             tracing::info!(target: "vault", version, "data key loaded");
         }
-        let held = self.keyring.versions();
-        for version in held {
-            if version < meta.min_decryption_version && !active_versions.contains(&version) {
-                self.keyring.update(|keyring| keyring.remove(version));
-            }
-        }
+        // Retired versions stay in this process's keyring until it restarts: a write that
+        // sealed under an old version just before the switch and landed after the retirement
+        // is still opened, and re-encrypted by the job's next pass (rotation.rs).
         Ok(())
     }
 }

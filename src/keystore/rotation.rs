@@ -43,6 +43,23 @@ pub struct MasterRotationReport {
     pub rewrapped_versions: Vec<u32>,
     pub generated_key_file: Option<PathBuf>,
     pub kdf: Option<KdfParams>,
+    /// False if a reader kept the WAL from being fully checkpointed (then the old wrappings
+    /// leave the WAL at the next checkpoint SQLite or the broker makes).
+    pub wal_checkpointed: bool,
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: copies the WAL into the database and empties it. With
+/// `secure_delete` on (store.rs), replaced values then no longer exist anywhere in the files.
+/// Returns false if readers prevented a complete checkpoint.
+pub fn checkpoint_wal(db: &Db) -> Result<bool, KeystoreError> {
+    db.call(|connection| {
+        connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|busy| busy == 0)
+            .map_err(KeystoreError::from)
+    })
 }
 
 fn require_meta(db: &Db) -> Result<super::StoredMeta, KeystoreError> {
@@ -140,6 +157,9 @@ pub fn rotate_master_key(
         transaction.commit()?;
         Ok::<_, KeystoreError>(versions)
     })?;
+    // The old wrappings (the reason to rotate may be that the old master key leaked) still sit
+    // in WAL frames until a checkpoint copies the new pages over them; do it now.
+    let wal_checkpointed = checkpoint_wal(db)?;
     deps.record(
         "master_key_rotated",
         format!("kind={kind} rewrapped_versions={rewrapped_versions:?}"),
@@ -148,6 +168,7 @@ pub fn rotate_master_key(
         rewrapped_versions,
         generated_key_file,
         kdf: kdf.map(|(params, _)| params),
+        wal_checkpointed,
     })
 }
 
@@ -296,12 +317,27 @@ impl Vault {
                 }
             }
         }
+        // Retire only at the second consecutive step that finds every column done: a value
+        // sealed under the old version just before the keyring switched has had a whole
+        // interval to be written and is then found (and re-encrypted) instead of stranded.
         // With no sealed column registered, "no row uses the old key" proves nothing (a
         // component may not have registered yet): never retire then.
-        if all_done && !columns.is_empty() {
+        let mut candidate = self
+            .retire_candidate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        report.idle = if !all_done {
+            *candidate = None;
+            false
+        } else if columns.is_empty() {
+            true
+        } else if *candidate == Some(target) {
             report.retired = self.retire_unused(target, &columns)?;
-        }
-        report.idle = all_done;
+            true
+        } else {
+            *candidate = Some(target);
+            !self.has_active_older_than(target)?
+        };
         Ok(report)
     }
 
@@ -453,8 +489,23 @@ impl Vault {
         Ok(outcome)
     }
 
+    /// True while a data key older than `target` is still active.
+    fn has_active_older_than(&self, target: u32) -> Result<bool, KeystoreError> {
+        self.db.call(|connection| {
+            connection
+                .query_row(
+                    "SELECT count(*) FROM vault_data_keys WHERE state = 'active' AND version < ?1",
+                    params![target],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|count| count > 0)
+                .map_err(KeystoreError::from)
+        })
+    }
+
     /// Retires every data key older than `target` once no sealed row uses it: raises
-    /// `min_decryption_version`, drops the wrapped key from the database and the keyring.
+    /// `min_decryption_version` and deletes the wrapped key from the database. This process
+    /// keeps the key in memory until it restarts (see `Vault::refresh_keys`).
     fn retire_unused(
         &self,
         target: u32,
@@ -494,8 +545,11 @@ impl Vault {
             transaction.commit()?;
             Ok::<_, KeystoreError>(versions)
         })?;
+        if !retired.is_empty() {
+            // Best effort: the deleted wrapped keys leave the WAL now rather than later.
+            let _ = checkpoint_wal(&self.db);
+        }
         for version in &retired {
-            self.keyring.update(|keyring| keyring.remove(*version));
             self.deps
                 .record("data_key_retired", format!("version={version}"));
             tracing::info!(target: "vault", version, "data key retired: no row uses it any more");

@@ -180,6 +180,38 @@ pub fn load(
     Ok(LoadedSecret { secret, origin })
 }
 
+/// Identifies the current content of a file-based source without reading it (inode, size,
+/// modification time): enough to notice that an operator replaced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFingerprint {
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+/// The fingerprint of the configured source's file; `None` for the environment or a file
+/// that cannot be stat'ed.
+pub fn fingerprint(
+    config: &VaultConfig,
+    data_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Option<SourceFingerprint> {
+    let path = match config.key_source {
+        KeySourceKind::KeyFile => config.key_file_path(data_dir),
+        KeySourceKind::SystemdCredential => {
+            PathBuf::from(env("CREDENTIALS_DIRECTORY")?).join(&config.credential_name)
+        }
+        KeySourceKind::PassphraseFile => config.passphrase_file.clone()?,
+        KeySourceKind::Env => return None,
+    };
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(SourceFingerprint {
+        inode: metadata.ino(),
+        len: metadata.len(),
+        modified: metadata.modified().ok(),
+    })
+}
+
 /// Reads and parses a key-file-format file.
 pub fn read_key(
     path: &Path,

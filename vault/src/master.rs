@@ -45,8 +45,8 @@ impl MasterKey {
     pub fn derive(material: &KeyMaterial) -> Self {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), material.expose_bytes());
-        // 32 bytes is far below HKDF-SHA256's limit of 255 * 32, so expand cannot fail; if it
-        // ever did, the all-zero key would fail the key check rather than be used silently.
+        // Cannot fail: 32 bytes is far below HKDF-SHA256's output limit of 255 * 32 bytes
+        // (RFC 5869 §2.3), the only error `expand` has.
         let _ = hkdf.expand(HKDF_INFO, key.as_mut_slice());
         Self(key)
     }

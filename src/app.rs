@@ -12,14 +12,18 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{SharedAudit, TracingAudit};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::http::HttpOptions;
+use crate::metrics::Metrics;
+use crate::ratelimit::{RateLimiter, SharedRateLimiter};
 use crate::store::{Db, StoreError};
 
-/// What the process provides from outside the config: time and the audit sink. Tests pass a
-/// manual clock and an in-memory audit.
+/// What the process provides from outside the config: time, the audit sink and the metrics
+/// registry. Tests pass a manual clock and an in-memory audit.
 #[derive(Clone)]
 pub struct AppDeps {
     pub clock: SharedClock,
     pub audit: SharedAudit,
+    pub metrics: Metrics,
 }
 
 impl AppDeps {
@@ -27,9 +31,13 @@ impl AppDeps {
         Self {
             clock: Arc::new(SystemClock),
             audit: Arc::new(TracingAudit),
+            metrics: Metrics::new(),
         }
     }
 }
+
+/// How long open requests may run on after shutdown was requested.
+const DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,14 +60,22 @@ pub enum StartError {
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
 pub struct RunningApp {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     pub db: Db,
+    pub metrics: Metrics,
+    pub rate_limiter: SharedRateLimiter,
 }
 
 impl RunningApp {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// A token that, when cancelled, starts a graceful shutdown.
@@ -105,28 +121,62 @@ pub async fn start_on(
         source,
     })?;
     let db = Db::open(&config.server.database_path())?;
-    let _ = &deps;
-
-    let router = crate::http::router(Vec::new());
+    let metrics = deps.metrics.clone();
+    // The lead attaches per-route limits when merging the OAuth and MCP routers, e.g.
+    // `post(token).layer(ratelimit::layer(&rate_limiter, EndpointClass::Token))`.
+    let rate_limiter = RateLimiter::new(
+        &config.rate_limits,
+        &config.server.trusted_proxies,
+        metrics.clone(),
+        deps.audit.clone(),
+    );
+    let options = HttpOptions {
+        limits: config.limits.clone(),
+        metrics: metrics.clone(),
+    };
+    let router = crate::http::router(Vec::new(), &options);
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let shutdown = cancel.clone();
-    tasks.spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(task = "http", %error, "http server failed");
+
+    // `/metrics` on its own listener, never on the public one (issue #7).
+    let metrics_addr = match config.metrics.listen {
+        None => None,
+        Some(address) => {
+            let metrics_listener = TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })?;
+            let bound = metrics_listener
+                .local_addr()
+                .map_err(StartError::LocalAddr)?;
+            let shutdown = cancel.clone();
+            let limits = config.limits.clone();
+            let metrics_router = crate::metrics::router(metrics.clone());
+            tasks.spawn(async move {
+                crate::http::serve(metrics_listener, metrics_router, &limits, shutdown, DRAIN)
+                    .await;
+                tracing::debug!(task = "metrics-http", "stopped");
+            });
+            tracing::info!(metrics_addr = %bound, "serving metrics");
+            Some(bound)
         }
+    };
+
+    let shutdown = cancel.clone();
+    let limits = config.limits.clone();
+    tasks.spawn(async move {
+        crate::http::serve(listener, router, &limits, shutdown, DRAIN).await;
+        tracing::debug!(task = "http", "stopped");
     });
     tracing::info!(%local_addr, "serving");
     Ok(RunningApp {
         local_addr,
+        metrics_addr,
         cancel,
         tasks,
         db,
+        metrics,
+        rate_limiter,
     })
 }

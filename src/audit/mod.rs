@@ -143,6 +143,8 @@ pub enum AuditEvent {
     RateLimited {
         endpoint: String,
         key_kind: String,
+        /// The client address when the limit was per IP (an address is not a secret).
+        ip: Option<String>,
     },
     VaultEvent {
         action: String,

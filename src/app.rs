@@ -9,7 +9,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{SharedAudit, TracingAudit};
+use crate::audit::{
+    AuditEvent, AuditKey, AuditKeyError, AuditSink as _, AuditWriterError, FileAudit, SharedAudit,
+    TracingAudit,
+};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::http::HttpOptions;
@@ -34,6 +37,34 @@ impl AppDeps {
             metrics: Metrics::new(),
         }
     }
+
+    /// What `serve` uses: the system clock, a fresh metrics registry and the hash-chained
+    /// audit file of `config` (its checkpoint key is created on first start). The caller keeps
+    /// the [`FileAudit`] to [`FileAudit::close`] it after shutdown.
+    ///
+    /// The audit key comes from `audit.key_file` for now; once the vault lands it is derived
+    /// from the vault's root key instead.
+    pub fn for_config(config: &Config) -> Result<(Self, Arc<FileAudit>), StartError> {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let metrics = Metrics::new();
+        let data_dir = &config.server.data_dir;
+        let key = AuditKey::load_or_create(&config.audit.key_file(data_dir))?;
+        let audit = FileAudit::open(
+            config.audit.file_config(data_dir),
+            key,
+            clock.clone(),
+            metrics.clone(),
+        )?;
+        audit.record(AuditEvent::ConfigLoaded {
+            source: "serve".to_owned(),
+        });
+        let deps = Self {
+            clock,
+            audit: audit.clone(),
+            metrics,
+        };
+        Ok((deps, audit))
+    }
 }
 
 /// How long open requests may run on after shutdown was requested.
@@ -55,6 +86,10 @@ pub enum StartError {
     },
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
+    #[error(transparent)]
+    AuditKey(#[from] AuditKeyError),
+    #[error(transparent)]
+    Audit(#[from] AuditWriterError),
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].

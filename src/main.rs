@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use forgejo_mcp_broker::app::{self, AppDeps};
@@ -28,6 +30,11 @@ enum Command {
         #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
         config: PathBuf,
     },
+    /// Review the audit log: verify its hash chain and checkpoints, or show filtered records.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,7 +58,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .thread_name("broker")
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(serve(config))?;
+            let (deps, audit) = AppDeps::for_config(&config)?;
+            let served = runtime.block_on(serve(config, deps));
+            // After the runtime stopped serving: the final checkpoint covers every event.
+            audit.close();
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
@@ -67,11 +78,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { command } => cli::audit::run(command),
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let running = app::start(config, AppDeps::production()).await?;
+async fn serve(config: Config, deps: AppDeps) -> anyhow::Result<()> {
+    let running = app::start(config, deps).await?;
     let cancel = running.cancel_token();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -349,7 +349,11 @@ impl RateLimiter {
                 wait = Some(wait.map_or(this, |w| w.max(this)));
             }
         }
-        if self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(256) {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(256)
+        {
             self.metrics
                 .set_rate_limit_tracked_keys(self.tracked_keys());
         }

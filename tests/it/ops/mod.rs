@@ -1,5 +1,6 @@
 //! Abuse resistance and accountability (issue #7): rate limits, HTTP caps, metrics, audit log.
 
+mod audit;
 mod http_limits;
 mod logs;
 mod metrics;

@@ -1,0 +1,3 @@
+//! Operator subcommands beyond `serve` (binary-only; `anyhow` is allowed here).
+
+pub mod audit;

@@ -681,3 +681,31 @@ async fn the_served_broker_writes_a_verifiable_log_without_secrets() {
         )
     );
 }
+
+#[test]
+fn a_quiet_writer_checkpoints_pending_records_on_its_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let config = AuditFileConfig {
+        checkpoint_every: Duration::from_millis(100),
+        ..file_config(&path, 1 << 30, 1000)
+    };
+    let audit = FileAudit::open(config, key(), ManualClock::new(START), Metrics::new()).unwrap();
+    audit.record(token_issued(1));
+    // Poll (bounded) for the timer's checkpoint; nothing else would write one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("\"checkpoint\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint was written: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = verify_files(&[path.clone()], Some(&key())).unwrap();
+    assert!(report.is_ok(false), "{report}");
+    audit.close();
+}

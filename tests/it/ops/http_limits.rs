@@ -132,3 +132,18 @@ async fn oversized_request_heads_are_refused() {
     assert_eq!(fine.status(), 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_by_the_same_timeout() {
+    let server = TestServer::start(echo(), limits()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The response comes, then the connection idles without a next request until dropped.
+    let received = read_until_closed(&mut stream, Duration::from_secs(15)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    server.stop().await;
+}

@@ -35,6 +35,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
     },
+    /// The demo's stdio MCP child (whoami, list_repositories, create_issue against Forgejo's
+    /// API). Reads FORGEJO_URL and FORGEJO_ACCESS_TOKEN, or the token from --token-file.
+    DemoChild {
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +85,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => cli::audit::run(command),
+        Command::DemoChild { token_file } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

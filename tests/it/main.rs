@@ -7,5 +7,7 @@
     clippy::indexing_slicing
 )]
 
+mod demo_child;
 mod ops;
 mod smoke;
+mod standin;

@@ -705,7 +705,7 @@ fn a_quiet_writer_checkpoints_pending_records_on_its_timer() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let report = verify_files(&[path.clone()], Some(&key())).unwrap();
+    let report = verify_files(std::slice::from_ref(&path), Some(&key())).unwrap();
     assert!(report.is_ok(false), "{report}");
     audit.close();
 }

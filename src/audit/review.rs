@@ -94,12 +94,32 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// Intact, and (unless `allow_open_tail`) every record covered by a verified checkpoint.
-    pub fn is_ok(&self, allow_open_tail: bool) -> bool {
+    /// Intact, checkpoints verified, and, unless `policy` relaxes it, complete: starting at
+    /// seq 1 and every record covered by a checkpoint.
+    pub fn is_ok(&self, policy: VerifyPolicy) -> bool {
         self.first_break.is_none()
             && self.key_checked
-            && (allow_open_tail || self.unauthenticated_tail == 0)
+            && (policy.allow_open_tail || self.unauthenticated_tail == 0)
+            && (policy.allow_partial || !self.starts_mid_chain)
     }
+}
+
+/// What a verification may accept besides a complete, closed log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyPolicy {
+    /// Records after the last checkpoint (a log still being written).
+    pub allow_open_tail: bool,
+    /// A log that starts after seq 1 (older rotated files archived or deleted). Without this,
+    /// deleting a prefix of the log would go unnoticed.
+    pub allow_partial: bool,
+}
+
+impl VerifyPolicy {
+    /// Only a complete, closed log passes.
+    pub const STRICT: Self = Self {
+        allow_open_tail: false,
+        allow_partial: false,
+    };
 }
 
 impl fmt::Display for VerifyReport {
@@ -118,7 +138,7 @@ impl fmt::Display for VerifyReport {
         if self.starts_mid_chain {
             writeln!(
                 f,
-                "note: the files start at seq {} (earlier files not given); their first link was not checked",
+                "WARNING: the files start at seq {}, not 1 (earlier files not given, archived or deleted); their first link was not checked",
                 self.first_seq.unwrap_or_default()
             )?;
         }

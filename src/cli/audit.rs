@@ -8,7 +8,7 @@ use clap::Subcommand;
 use forgejo_mcp_broker::audit::AuditKey;
 use forgejo_mcp_broker::audit::chain::parse_time;
 use forgejo_mcp_broker::audit::review::{
-    ShowFilter, files_or_default, order_files, render_table, select, verify_files,
+    ShowFilter, VerifyPolicy, files_or_default, order_files, render_table, select, verify_files,
 };
 use forgejo_mcp_broker::config::Config;
 
@@ -28,6 +28,9 @@ pub enum AuditCommand {
         /// Accept records after the last checkpoint (a log that is still being written).
         #[arg(long)]
         allow_open_tail: bool,
+        /// Accept a log that starts after seq 1 (older rotated files archived or deleted).
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Print records matching every given filter (does not verify: run `verify` for that).
     Show {
@@ -72,6 +75,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             config,
             key_file,
             allow_open_tail,
+            allow_partial,
         } => {
             let config = config.map(|path| Config::load(&path)).transpose()?;
             let files = resolve_files(files, config.as_ref())?;
@@ -89,7 +93,11 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 println!("file {}", file.display());
             }
             print!("{report}");
-            Ok(if report.is_ok(allow_open_tail) {
+            let policy = VerifyPolicy {
+                allow_open_tail,
+                allow_partial,
+            };
+            Ok(if report.is_ok(policy) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use forgejo_mcp_broker::audit::chain::{ChainHead, line_hash};
 use forgejo_mcp_broker::audit::review::{
-    BreakKind, ShowFilter, VerifyReport, order_files, select, verify_files,
+    BreakKind, ShowFilter, VerifyPolicy, VerifyReport, order_files, select, verify_files,
 };
 use forgejo_mcp_broker::audit::writer::log_files;
 use forgejo_mcp_broker::audit::{AuditEvent, AuditFileConfig, AuditKey, AuditSink, FileAudit};
@@ -86,7 +86,7 @@ fn a_closed_log_verifies_completely() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_log(dir.path(), 12);
     let report = verify(&path);
-    assert!(report.is_ok(false), "{report}");
+    assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
     assert_eq!(report.records, 12);
     // Every 5 records, then the final one at close.
     assert_eq!(report.checkpoints, 3);
@@ -94,7 +94,10 @@ fn a_closed_log_verifies_completely() {
     // Without the key only the chain is checked, and the verdict says so.
     let keyless = verify_files(&[path], None).unwrap();
     assert!(keyless.first_break.is_none());
-    assert!(!keyless.is_ok(true));
+    assert!(!keyless.is_ok(VerifyPolicy {
+        allow_open_tail: true,
+        allow_partial: true
+    }));
     assert!(keyless.to_string().contains("NOT verified"));
 }
 
@@ -128,6 +131,24 @@ fn a_deleted_line_is_a_sequence_gap_where_it_was() {
                 found: 4
             }
         )
+    );
+}
+
+#[test]
+fn a_deleted_prefix_does_not_pass_as_a_complete_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), 12);
+    let log = lines(&path);
+    // Everything up to and including the first checkpoint removed.
+    write_lines(&path, &log[6..]);
+    let report = verify(&path);
+    assert!(report.first_break.is_none());
+    assert!(report.starts_mid_chain);
+    assert_eq!(report.first_seq, Some(7));
+    assert!(!report.is_ok(VerifyPolicy::STRICT));
+    assert!(
+        report.to_string().contains("start at seq 7, not 1"),
+        "{report}"
     );
 }
 
@@ -224,7 +245,7 @@ fn a_forged_tail_is_caught_at_its_checkpoint_or_reported_as_unauthenticated() {
     let report = verify(&path);
     assert!(report.first_break.is_none(), "{report}");
     assert_eq!(report.unauthenticated_tail, 2);
-    assert!(!report.is_ok(false));
+    assert!(!report.is_ok(VerifyPolicy::STRICT));
     assert!(report.to_string().contains("not authenticated"));
 }
 
@@ -289,13 +310,19 @@ fn the_chain_continues_across_rotation_restarts_and_a_torn_line() {
     let ordered = order_files(&shuffled).unwrap();
     assert_eq!(ordered, files);
     let report = verify_files(&files, Some(&key())).unwrap();
-    assert!(report.is_ok(false), "{report}");
+    assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
     assert_eq!(report.records, 150);
     assert_eq!(report.first_seq, Some(1));
     // A later file alone verifies too, noting it starts mid-chain.
     let last_alone = verify_files(&files[files.len() - 1..], Some(&key())).unwrap();
     assert!(last_alone.first_break.is_none());
     assert!(last_alone.starts_mid_chain);
+    // ...which passes only when partial logs are accepted: a deleted prefix must not pass.
+    assert!(!last_alone.is_ok(VerifyPolicy::STRICT));
+    assert!(last_alone.is_ok(VerifyPolicy {
+        allow_partial: true,
+        ..VerifyPolicy::STRICT
+    }));
     assert!(
         metrics
             .encode()
@@ -490,7 +517,11 @@ fn every_event_type_is_written_verified_and_found_by_name() {
     }
     audit.close();
     let files = vec![path];
-    assert!(verify_files(&files, Some(&key())).unwrap().is_ok(false));
+    assert!(
+        verify_files(&files, Some(&key()))
+            .unwrap()
+            .is_ok(VerifyPolicy::STRICT)
+    );
     for event in &events {
         let filter = ShowFilter {
             events: vec![event.name()],
@@ -662,7 +693,7 @@ async fn the_served_broker_writes_a_verifiable_log_without_secrets() {
     let key_path = config.audit.key_file(&config.server.data_dir);
     let key = AuditKey::load(&key_path).unwrap();
     let report = verify_files(&log_files(&active), Some(&key)).unwrap();
-    assert!(report.is_ok(false), "{report}");
+    assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
     let text = std::fs::read_to_string(&active).unwrap();
     assert!(text.contains(r#""event":"config_loaded""#));
     assert!(
@@ -706,6 +737,38 @@ fn a_quiet_writer_checkpoints_pending_records_on_its_timer() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let report = verify_files(std::slice::from_ref(&path), Some(&key())).unwrap();
-    assert!(report.is_ok(false), "{report}");
+    assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
     audit.close();
+}
+
+mod any_single_byte_change {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Whatever byte of a closed log is changed, to whatever other printable character,
+        /// verification with the key does not pass.
+        #[test]
+        fn is_never_accepted(position in any::<prop::sample::Index>(), replacement in 0x20u8..0x7f) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = write_log(dir.path(), 12);
+            let mut bytes = std::fs::read(&path).unwrap();
+            // Newlines are structure, not content: change a byte inside a line.
+            let candidates: Vec<usize> = bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b != b'\n')
+                .map(|(i, _)| i)
+                .collect();
+            let index = candidates[position.index(candidates.len())];
+            prop_assume!(bytes[index] != replacement);
+            bytes[index] = replacement;
+            std::fs::write(&path, &bytes).unwrap();
+            let report = verify_files(std::slice::from_ref(&path), Some(&key())).unwrap();
+            prop_assert!(!report.is_ok(VerifyPolicy::STRICT), "byte {index} → {:?} accepted:\n{report}", replacement as char);
+        }
+    }
 }

@@ -256,7 +256,11 @@ pub struct RateLimiter {
     trusted_proxies: Arc<[IpAddr]>,
     metrics: Metrics,
     audit: SharedAudit,
-    /// At most this many `rate_limited` audit events per minute, whatever the flood.
+    /// One `rate_limited` audit record per (class, key) per [`TRIP_AUDIT_PERIOD`]: the trip,
+    /// not every refused request of a flood.
+    trip_audit:
+        Gcra<(EndpointClass, RateKey), BoundedStore<(EndpointClass, RateKey)>, DefaultClock>,
+    /// And at most this many per minute in all, whatever the number of keys.
     audit_budget: DirectGcra,
     checks: AtomicU64,
 }
@@ -270,6 +274,8 @@ impl std::fmt::Debug for RateLimiter {
             .finish_non_exhaustive()
     }
 }
+
+const TRIP_AUDIT_PERIOD: Duration = Duration::from_secs(600);
 
 const AUDIT_TRIPS_PER_MINUTE: NonZeroU32 = match NonZeroU32::new(60) {
     Some(n) => n,
@@ -315,8 +321,15 @@ impl RateLimiter {
                 )
             })
             .collect();
+        let trip_audit_quota =
+            Quota::with_period(TRIP_AUDIT_PERIOD).unwrap_or(Quota::per_minute(NonZeroU32::MIN));
         Arc::new(Self {
             limits,
+            trip_audit: Gcra::new(
+                trip_audit_quota,
+                BoundedStore::new(config.max_keys),
+                clock.clone(),
+            ),
             audit_budget: Gcra::direct_with_clock(
                 Quota::per_minute(AUDIT_TRIPS_PER_MINUTE),
                 clock.clone(),
@@ -362,7 +375,9 @@ impl RateLimiter {
             Some(retry_after) => {
                 self.metrics
                     .rate_limit_rejected(class.as_str(), kind.as_str());
-                if self.audit_budget.check().is_ok() {
+                if self.trip_audit.check_key(&(class, *key)).is_ok()
+                    && self.audit_budget.check().is_ok()
+                {
                     self.audit.record(AuditEvent::RateLimited {
                         endpoint: class.as_str().to_owned(),
                         key_kind: kind.as_str().to_owned(),
@@ -501,11 +516,23 @@ mod tests {
     }
 
     #[test]
-    fn audit_of_trips_is_itself_limited() {
+    fn audit_records_trips_not_every_refusal_and_has_a_global_budget() {
         let config: RateLimitConfig = toml::from_str("[consent]\nper_ip = \"1/h\"\n").unwrap();
-        let (limiter, audit, _) = limiter(&config);
+        let (limiter, audit, metrics) = limiter(&config);
         let key = RateKey::ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
         for _ in 0..1000 {
+            let _ = limiter.check(EndpointClass::Consent, &key);
+        }
+        assert_eq!(audit.events().len(), 1, "one trip of one key");
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"rate_limit_rejections_total{class="consent",key_kind="ip"} 999"#)
+        );
+        // Many keys tripping at once: the global budget caps the audit records.
+        for n in 0..1000u32 {
+            let key = RateKey::ip(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)));
+            let _ = limiter.check(EndpointClass::Consent, &key);
             let _ = limiter.check(EndpointClass::Consent, &key);
         }
         assert_eq!(audit.events().len(), 60);

@@ -6,8 +6,8 @@
 //! are counted too (`audit_write_errors_total`) and logged without the event's content.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -27,8 +27,10 @@ pub enum AuditWriterError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("audit log {path} line {line} is not an audit record; refusing to continue its chain")]
-    Corrupt { path: PathBuf, line: usize },
+    #[error(
+        "audit log {path} does not end (or start) with an audit record; refusing to continue its chain"
+    )]
+    Corrupt { path: PathBuf },
     #[error("cannot start the audit writer thread: {0}")]
     Thread(std::io::Error),
 }
@@ -209,6 +211,10 @@ struct WriterState {
     clock: SharedClock,
     metrics: Metrics,
     file: File,
+    /// Inode of `file`: when the path names another inode, another process rotated the log.
+    inode: u64,
+    /// Length of `file` after this writer's last write; any other length means another
+    /// process (an admin or vault command) appended meanwhile, so the chain head is re-read.
     size: u64,
     /// Seq of the active file's first line (names it when rotated).
     first_seq: Option<u64>,
@@ -226,43 +232,96 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The chain position after the last complete line of `path`, the seq of its first line, and
-/// the length of the complete part (a torn last line from a crash is cut off).
-fn scan(path: &Path) -> Result<(Option<ChainHead>, Option<u64>, u64), AuditWriterError> {
-    let open_error = |source| AuditWriterError::Open {
-        path: path.to_path_buf(),
-        source,
+/// The first line, the last complete line and the length of the complete part of `file` (a
+/// torn last line, left by a crash, is not part of it). Reads only the ends of the file.
+fn read_ends(file: &File) -> std::io::Result<(Option<String>, Option<String>, u64)> {
+    const WINDOW: u64 = 64 * 1024;
+    let length = file.metadata()?.len();
+    let read = |start: u64, end: u64| -> std::io::Result<Vec<u8>> {
+        let mut buffer = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        file.read_exact_at(&mut buffer, start)?;
+        Ok(buffer)
     };
-    let mut text = String::new();
-    match File::open(path) {
-        Ok(mut file) => {
-            file.read_to_string(&mut text).map_err(open_error)?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    // The last complete line: the bytes between the last two newlines of a window that
+    // holds both (or starts at the file's start).
+    let mut window = WINDOW;
+    let (last, complete) = loop {
+        let start = length.saturating_sub(window);
+        let chunk = read(start, length)?;
+        let Some(end) = chunk.iter().rposition(|b| *b == b'\n') else {
+            if start == 0 {
+                break (None, 0);
+            }
+            window = window.saturating_mul(2);
+            continue;
+        };
+        let complete = start + u64::try_from(end).unwrap_or(0) + 1;
+        let before = chunk.get(..end).unwrap_or_default();
+        match before.iter().rposition(|b| *b == b'\n') {
+            Some(previous) => {
+                break (
+                    Some(text(before.get(previous + 1..).unwrap_or_default())),
+                    complete,
+                );
+            }
+            None if start == 0 => break (Some(text(before)), complete),
+            None => window = window.saturating_mul(2),
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((None, None, 0)),
-        Err(error) => return Err(open_error(error)),
+    };
+    if complete == 0 {
+        return Ok((None, None, 0));
     }
-    let complete = text.rfind('\n').map_or(0, |end| end + 1);
-    let complete_text = text.get(..complete).unwrap_or_default();
-    let mut lines = complete_text.lines();
-    let corrupt = |line| AuditWriterError::Corrupt {
-        path: path.to_path_buf(),
-        line,
-    };
-    let first_seq = match lines.next() {
-        Some(first) => Some(RawLine::parse(first).map_err(|_| corrupt(1))?.seq),
-        None => None,
-    };
-    let head = match complete_text.lines().last() {
-        Some(last) => {
-            let raw = RawLine::parse(last).map_err(|_| corrupt(complete_text.lines().count()))?;
-            Some(ChainHead {
-                next_seq: raw.seq.saturating_add(1),
-                prev: line_hash(last),
-            })
+    let mut window = WINDOW.min(complete);
+    let first = loop {
+        let chunk = read(0, window)?;
+        match chunk.iter().position(|b| *b == b'\n') {
+            Some(end) => break text(chunk.get(..end).unwrap_or_default()),
+            None => window = window.saturating_mul(2).min(complete),
         }
+    };
+    Ok((Some(first), last, complete))
+}
+
+/// Where the chain stands for the active file `file` at `path`: after its last complete line;
+/// if it has none, after the newest rotated file's last line; else at genesis.
+fn chain_position(
+    path: &Path,
+    file: &File,
+) -> Result<(ChainHead, Option<u64>, u64), AuditWriterError> {
+    let corrupt = |path: &Path| AuditWriterError::Corrupt {
+        path: path.to_path_buf(),
+    };
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AuditWriterError::Open { path, source }
+    };
+    let (first, last, complete) = read_ends(file).map_err(io_error(path))?;
+    let first_seq = match first {
+        Some(first) => Some(RawLine::parse(&first).map_err(|_| corrupt(path))?.seq),
         None => None,
     };
-    Ok((head, first_seq, u64::try_from(complete).unwrap_or(u64::MAX)))
+    let head_after = |line: &str, path: &Path| -> Result<ChainHead, AuditWriterError> {
+        let raw = RawLine::parse(line).map_err(|_| corrupt(path))?;
+        Ok(ChainHead {
+            next_seq: raw.seq.saturating_add(1),
+            prev: line_hash(line),
+        })
+    };
+    let head = match last {
+        Some(last) => head_after(&last, path)?,
+        None => match log_files(path).into_iter().rfind(|p| p != path) {
+            Some(rotated) => {
+                let rotated_file = File::open(&rotated).map_err(io_error(&rotated))?;
+                match read_ends(&rotated_file).map_err(io_error(&rotated))? {
+                    (_, Some(last), _) => head_after(&last, &rotated)?,
+                    _ => ChainHead::genesis(),
+                }
+            }
+            None => ChainHead::genesis(),
+        },
+    };
+    Ok((head, first_seq, complete))
 }
 
 impl WriterState {
@@ -280,72 +339,131 @@ impl WriterState {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(open_error)?;
         }
-        let (active_head, first_seq, complete) = scan(path)?;
-        // An empty active file continues the newest rotated file's chain.
-        let head = match active_head {
-            Some(head) => head,
-            None => {
-                let mut head = ChainHead::genesis();
-                if let Some(newest) = log_files(path).into_iter().rfind(|p| p != path)
-                    && let (Some(rotated_head), _, _) = scan(&newest)?
-                {
-                    head = rotated_head;
-                }
-                head
-            }
-        };
         let file = open_append(path).map_err(open_error)?;
-        let size = file.metadata().map_err(open_error)?.len();
-        if size > complete {
-            tracing::warn!(target: "audit", path = %path.display(), "cutting a torn last line left by a crash");
-            file.set_len(complete).map_err(open_error)?;
-        }
-        Ok(Self {
+        let inode = file.metadata().map_err(open_error)?.ino();
+        let mut state = Self {
             config: config.clone(),
             key,
             clock,
             metrics,
             file,
-            size: complete,
-            first_seq,
-            head,
+            inode,
+            // Forces the first locked operation to read the chain head.
+            size: u64::MAX,
+            first_seq: None,
+            head: ChainHead::genesis(),
             since_checkpoint: 0,
             write_errors: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        // Read the head now, so a corrupt log is refused at start rather than on first write.
+        state.lock_active().map_err(open_error)?;
+        let synced = state.resync();
+        let _ = state.file.unlock();
+        synced?;
+        Ok(state)
     }
 
     fn run(mut self, receiver: Receiver<Message>) {
         loop {
             match receiver.recv_timeout(self.config.checkpoint_every) {
                 Ok(Message::Event(time, event)) => {
-                    self.write_event(time, &event);
-                    if self.since_checkpoint >= self.config.checkpoint_every_lines {
-                        self.checkpoint();
-                    }
-                    if self.size >= self.config.rotate_bytes {
-                        self.rotate();
-                    }
+                    self.locked(|state| {
+                        state.write_event(time, &event);
+                        if state.since_checkpoint >= state.config.checkpoint_every_lines {
+                            state.checkpoint();
+                        }
+                        if state.size >= state.config.rotate_bytes {
+                            state.rotate();
+                        }
+                    });
                 }
                 Ok(Message::Flush(reply)) => {
-                    self.checkpoint_if_pending();
+                    self.locked(Self::checkpoint_if_pending);
                     self.sync();
                     let _ = reply.send(());
                 }
                 Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => {
-                    self.checkpoint_if_pending();
+                    self.locked(Self::checkpoint_if_pending);
                     self.sync();
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => self.checkpoint_if_pending(),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.since_checkpoint > 0 {
+                        self.locked(Self::checkpoint_if_pending);
+                    }
+                }
             }
         }
+    }
+
+    fn count_error(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.audit_write_error();
+        tracing::error!(target: "audit", %error, "audit {what} failed");
+    }
+
+    /// Runs `operation` holding an exclusive lock (flock) on the active file, with the chain
+    /// head re-read if another process wrote since. Other processes (`admin`, `vault` commands
+    /// run while the broker serves) append through the same protocol, so the chain stays one.
+    fn locked(&mut self, operation: impl FnOnce(&mut Self)) {
+        if let Err(error) = self.lock_active() {
+            self.count_error("lock", &error);
+            return;
+        }
+        match self.resync() {
+            Ok(()) => operation(self),
+            Err(error) => self.count_error("resync", &error),
+        }
+        if let Err(error) = self.file.unlock() {
+            self.count_error("unlock", &error);
+        }
+    }
+
+    /// Locks the file the log's path names now (following a rotation by another process).
+    fn lock_active(&mut self) -> std::io::Result<()> {
+        for _ in 0..16 {
+            self.file.lock()?;
+            match std::fs::metadata(&self.config.path) {
+                Ok(metadata) if metadata.ino() == self.inode => return Ok(()),
+                _ => {
+                    self.file.unlock()?;
+                    let file = open_append(&self.config.path)?;
+                    self.inode = file.metadata()?.ino();
+                    self.file = file;
+                    self.size = u64::MAX;
+                }
+            }
+        }
+        Err(std::io::Error::other("the audit log keeps being replaced"))
+    }
+
+    /// Under the lock: if the file is not as this writer left it, continue after its last line
+    /// (cutting a torn line a crashed writer left).
+    fn resync(&mut self) -> Result<(), AuditWriterError> {
+        let open_error = |source| AuditWriterError::Open {
+            path: self.config.path.clone(),
+            source,
+        };
+        let length = self.file.metadata().map_err(open_error)?.len();
+        if length == self.size {
+            return Ok(());
+        }
+        let (head, first_seq, complete) = chain_position(&self.config.path, &self.file)?;
+        if length > complete {
+            tracing::warn!(target: "audit", path = %self.config.path.display(), "cutting a torn last line left by a crash");
+            self.file.set_len(complete).map_err(open_error)?;
+        }
+        self.head = head;
+        self.first_seq = first_seq;
+        self.size = complete;
+        Ok(())
     }
 
     fn write_line(&mut self, line: &str) -> bool {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
-        // One write per line on an O_APPEND file: a line is never interleaved with another.
+        // One write per line on an O_APPEND file, under the lock.
         match self.file.write_all(&bytes) {
             Ok(()) => {
                 if self.first_seq.is_none() {
@@ -357,9 +475,9 @@ impl WriterState {
                 true
             }
             Err(error) => {
-                self.write_errors.fetch_add(1, Ordering::Relaxed);
-                self.metrics.audit_write_error();
-                tracing::error!(target: "audit", %error, "audit write failed");
+                self.count_error("write", &error);
+                // What reached the file is unknown: re-read it before the next write.
+                self.size = u64::MAX;
                 false
             }
         }
@@ -376,11 +494,7 @@ impl WriterState {
                     self.metrics.audit_written();
                 }
             }
-            Err(error) => {
-                self.write_errors.fetch_add(1, Ordering::Relaxed);
-                self.metrics.audit_write_error();
-                tracing::error!(target: "audit", %error, "audit event not serialisable");
-            }
+            Err(error) => self.count_error("serialisation", &error),
         }
     }
 
@@ -403,14 +517,12 @@ impl WriterState {
 
     fn sync(&mut self) {
         if let Err(error) = self.file.sync_data() {
-            self.write_errors.fetch_add(1, Ordering::Relaxed);
-            self.metrics.audit_write_error();
-            tracing::error!(target: "audit", %error, "audit fsync failed");
+            self.count_error("fsync", &error);
         }
     }
 
-    /// Closes the active file with a checkpoint, renames it after its first seq and starts a
-    /// new one; the chain continues into it.
+    /// Under the lock: closes the active file with a checkpoint, renames it after its first
+    /// seq and starts a new one; the chain continues into it.
     fn rotate(&mut self) {
         self.checkpoint_if_pending();
         self.sync();
@@ -419,24 +531,24 @@ impl WriterState {
         };
         let target = rotated_path(&self.config.path, first_seq);
         if let Err(error) = std::fs::rename(&self.config.path, &target) {
-            self.write_errors.fetch_add(1, Ordering::Relaxed);
-            self.metrics.audit_write_error();
-            tracing::error!(target: "audit", %error, "audit rotation failed; continuing in the same file");
+            self.count_error("rotation", &error);
             return;
         }
-        match open_append(&self.config.path) {
-            Ok(file) => {
+        match open_append(&self.config.path).and_then(|file| {
+            let inode = file.metadata()?.ino();
+            Ok((file, inode))
+        }) {
+            Ok((file, inode)) => {
+                // Replacing the old handle closes it, which releases its lock.
                 self.file = file;
+                self.inode = inode;
                 self.size = 0;
                 self.first_seq = None;
             }
             Err(error) => {
-                // Keep writing into the renamed file (still open): nothing is lost.
-                self.write_errors.fetch_add(1, Ordering::Relaxed);
-                self.metrics.audit_write_error();
-                tracing::error!(target: "audit", %error, "cannot open a new audit file after rotation");
+                // The next write follows the path to whatever file is there by then.
+                self.count_error("reopen after rotation", &error);
             }
         }
-        let _ = self.file.seek(SeekFrom::End(0));
     }
 }

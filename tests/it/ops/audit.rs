@@ -772,3 +772,36 @@ mod any_single_byte_change {
         }
     }
 }
+
+/// The broker and a command run beside it (`admin`, `vault`) append to the same log: the
+/// lock-and-resync protocol keeps one chain, through rotations by either.
+#[test]
+fn two_writers_on_one_log_keep_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let clock = ManualClock::new(START);
+    let open = || {
+        FileAudit::open(
+            file_config(&path, 8192, 7),
+            key(),
+            clock.clone(),
+            Metrics::new(),
+        )
+        .unwrap()
+    };
+    let serving = open();
+    let command = open();
+    // Both writers' threads race for the file.
+    std::thread::scope(|scope| {
+        scope.spawn(|| (0..150).for_each(|n| serving.record(token_issued(n))));
+        scope.spawn(|| (150..300).for_each(|n| command.record(token_issued(n))));
+    });
+    command.close();
+    serving.close();
+    assert_eq!(serving.write_errors() + command.write_errors(), 0);
+    let files = log_files(&path);
+    assert!(files.len() > 2, "{files:?}");
+    let report = verify_files(&files, Some(&key())).unwrap();
+    assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
+    assert_eq!(report.records, 300);
+}

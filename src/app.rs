@@ -13,12 +13,16 @@ use crate::audit::{
     AuditEvent, AuditKey, AuditKeyError, AuditSink as _, AuditWriterError, FileAudit, SharedAudit,
     TracingAudit,
 };
+use crate::auth::AccessTokenVerifier;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::http::HttpOptions;
 use crate::metrics::Metrics;
+use crate::oauth::TokenVerifier;
+use crate::oauth::store::OAuthStore;
 use crate::ratelimit::{RateLimiter, SharedRateLimiter};
 use crate::store::{Db, StoreError};
+use crate::upstream::{ForgejoClient, GrantStore, Upstream};
 
 /// What the process provides from outside the config: time, the audit sink and the metrics
 /// registry. Tests pass a manual clock and an in-memory audit.
@@ -90,6 +94,25 @@ pub enum StartError {
     AuditKey(#[from] AuditKeyError),
     #[error(transparent)]
     Audit(#[from] AuditWriterError),
+    #[error(transparent)]
+    VaultKey(#[from] crate::upstream::keyfile::KeyFileError),
+    #[error("forgejo.client_secret: {0}")]
+    ClientSecret(String),
+    #[error("cannot build the Forgejo client: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Cimd(#[from] crate::oauth::cimd::CimdError),
+}
+
+/// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.
+#[derive(Clone)]
+pub struct AuthHandles {
+    /// Checks broker access tokens on `/mcp`.
+    pub verifier: Arc<dyn AccessTokenVerifier>,
+    /// Users' Forgejo token sets: [`crate::auth::UpstreamCredentials`], refresh, burn.
+    pub upstream: Arc<Upstream>,
+    /// The public origin (for [`crate::oauth::mcp_unauthorized`]).
+    pub issuer: String,
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
@@ -101,6 +124,7 @@ pub struct RunningApp {
     pub db: Db,
     pub metrics: Metrics,
     pub rate_limiter: SharedRateLimiter,
+    pub auth: AuthHandles,
 }
 
 impl RunningApp {
@@ -157,7 +181,7 @@ pub async fn start_on(
     })?;
     let db = Db::open(&config.server.database_path())?;
     let metrics = deps.metrics.clone();
-    // The lead attaches per-route limits when merging the OAuth and MCP routers, e.g.
+    // Routers attach per-IP limits route by route, e.g.
     // `post(token).layer(ratelimit::layer(&rate_limiter, EndpointClass::Token))`.
     let rate_limiter = RateLimiter::new(
         &config.rate_limits,
@@ -165,11 +189,59 @@ pub async fn start_on(
         metrics.clone(),
         deps.audit.clone(),
     );
+
+    // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
+    let sealer: Arc<dyn vault::Sealer> = Arc::new(crate::upstream::keyfile::load_keyring(
+        &config.server.data_dir,
+    )?);
+    let client_secret = config
+        .forgejo
+        .load_client_secret()
+        .map_err(StartError::ClientSecret)?;
+    let forgejo = ForgejoClient::new(
+        &config.forgejo,
+        client_secret,
+        crate::upstream::forgejo_redirect_uri(&config.server),
+    )?;
+    let grants = GrantStore::new(db.clone(), sealer.clone())?;
+    let upstream = Arc::new(Upstream::new(
+        forgejo,
+        grants,
+        sealer,
+        deps.clock.clone(),
+        deps.audit.clone(),
+        i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
+    ));
+    let oauth_store = OAuthStore::new(db.clone())?;
+    let auth = AuthHandles {
+        verifier: Arc::new(TokenVerifier::new(
+            oauth_store.clone(),
+            upstream.clone(),
+            deps.clock.clone(),
+        )),
+        upstream: upstream.clone(),
+        issuer: config.server.issuer(),
+    };
+    if config.oauth.cimd_allow_loopback_for_tests {
+        tracing::warn!(
+            "oauth.cimd_allow_loopback_for_tests is on: CIMD fetches may reach services on this host; never use it in production"
+        );
+    }
+    let sweep_store = oauth_store.clone();
+    let oauth_state = Arc::new(crate::oauth::build_state(
+        &config.oauth,
+        &config.server,
+        oauth_store,
+        upstream,
+        deps.clock.clone(),
+        deps.audit.clone(),
+    )?);
+
     let options = HttpOptions {
         limits: config.limits.clone(),
         metrics: metrics.clone(),
     };
-    let router = crate::http::router(Vec::new(), &options);
+    let router = crate::http::router([crate::oauth::router(oauth_state, &rate_limiter)], &options);
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
@@ -204,6 +276,12 @@ pub async fn start_on(
         crate::http::serve(listener, router, &limits, shutdown, DRAIN).await;
         tracing::debug!(task = "http", "stopped");
     });
+    tasks.spawn(crate::oauth::maintenance::run_sweeper(
+        sweep_store,
+        deps.clock.clone(),
+        Duration::from_secs(600),
+        cancel.clone(),
+    ));
     tracing::info!(%local_addr, "serving");
     Ok(RunningApp {
         local_addr,
@@ -213,5 +291,6 @@ pub async fn start_on(
         db,
         metrics,
         rate_limiter,
+        auth,
     })
 }

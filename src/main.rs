@@ -79,8 +79,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.server.mcp_resource()
             );
             println!(
-                "Register at Forgejo (Settings → Applications → OAuth2, confidential client) with redirect URI: {}/oauth/callback",
-                config.server.issuer()
+                "Register at Forgejo (Settings → Applications → OAuth2, confidential client) with redirect URI: {}",
+                forgejo_mcp_broker::upstream::forgejo_redirect_uri(&config.server)
             );
             Ok(ExitCode::SUCCESS)
         }

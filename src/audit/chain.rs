@@ -144,9 +144,15 @@ impl AuditKey {
         hex::encode(self.checkpoint_mac(seq, time, prev).finalize().into_bytes())
     }
 
-    /// Constant-time check of a checkpoint's HMAC.
+    /// Constant-time check of a checkpoint's HMAC. Only the canonical spelling (64 lowercase
+    /// hex digits, as written) is accepted: every byte of a checkpoint line is fixed by the key,
+    /// so not even a change of letter case goes unnoticed.
     pub fn verify_checkpoint(&self, seq: u64, time: &str, prev: &str, hmac_hex: &str) -> bool {
-        let Ok(tag) = hex::decode(hmac_hex) else {
+        let canonical = hmac_hex.len() == 64
+            && hmac_hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let Some(tag) = canonical.then(|| hex::decode(hmac_hex).ok()).flatten() else {
             return false;
         };
         self.checkpoint_mac(seq, time, prev)
@@ -319,6 +325,8 @@ mod tests {
         assert_eq!(mark.key_id, key.key_id());
         assert!(key.verify_checkpoint(2, &raw.time, &raw.prev, &mark.hmac));
         assert!(!key.verify_checkpoint(3, &raw.time, &raw.prev, &mark.hmac));
+        let uppercase = mark.hmac.to_ascii_uppercase();
+        assert!(!key.verify_checkpoint(2, &raw.time, &raw.prev, &uppercase));
         let other = AuditKey::from_bytes([8; 32]);
         assert!(!other.verify_checkpoint(2, &raw.time, &raw.prev, &mark.hmac));
         assert_ne!(other.key_id(), key.key_id());

@@ -8,6 +8,8 @@
 )]
 
 mod demo_child;
+mod fixtures;
+mod oauth;
 mod ops;
 mod smoke;
 mod standin;

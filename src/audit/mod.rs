@@ -213,6 +213,17 @@ impl AuditSink for MemoryAudit {
     }
 }
 
+/// Sends every event to each of several sinks (e.g. the audit file and a test's memory).
+pub struct TeeAudit(pub Vec<SharedAudit>);
+
+impl AuditSink for TeeAudit {
+    fn record(&self, event: AuditEvent) {
+        for sink in &self.0 {
+            sink.record(event.clone());
+        }
+    }
+}
+
 /// Writes events to the `tracing` log at INFO under the `audit` target.
 #[derive(Debug, Default)]
 pub struct TracingAudit;

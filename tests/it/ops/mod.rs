@@ -1,6 +1,7 @@
 //! Abuse resistance and accountability (issue #7): rate limits, HTTP caps, metrics, audit log.
 
 mod audit;
+mod flow;
 mod http_limits;
 mod logs;
 mod metrics;

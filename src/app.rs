@@ -51,14 +51,7 @@ impl AppDeps {
     pub fn for_config(config: &Config) -> Result<(Self, Arc<FileAudit>), StartError> {
         let clock: SharedClock = Arc::new(SystemClock);
         let metrics = Metrics::new();
-        let data_dir = &config.server.data_dir;
-        let key = AuditKey::load_or_create(&config.audit.key_file(data_dir))?;
-        let audit = FileAudit::open(
-            config.audit.file_config(data_dir),
-            key,
-            clock.clone(),
-            metrics.clone(),
-        )?;
+        let audit = open_file_audit(config, clock.clone(), metrics.clone())?;
         audit.record(AuditEvent::ConfigLoaded {
             source: "serve".to_owned(),
         });
@@ -69,6 +62,53 @@ impl AppDeps {
         };
         Ok((deps, audit))
     }
+}
+
+/// The hash-chained audit file of `config`, its checkpoint key created on first use. Commands
+/// run beside the serving broker (`admin`) open it too: writers share it safely.
+pub fn open_file_audit(
+    config: &Config,
+    clock: SharedClock,
+    metrics: Metrics,
+) -> Result<Arc<FileAudit>, StartError> {
+    let data_dir = &config.server.data_dir;
+    let key = AuditKey::load_or_create(&config.audit.key_file(data_dir))?;
+    Ok(FileAudit::open(
+        config.audit.file_config(data_dir),
+        key,
+        clock,
+        metrics,
+    )?)
+}
+
+/// The upstream token keeper (users' Forgejo token sets) over `db`; `serve` and the admin
+/// verbs build it the same way.
+pub fn build_upstream(
+    config: &Config,
+    db: &Db,
+    deps: &AppDeps,
+) -> Result<Arc<Upstream>, StartError> {
+    let sealer: Arc<dyn vault::Sealer> = Arc::new(crate::upstream::keyfile::load_keyring(
+        &config.server.data_dir,
+    )?);
+    let client_secret = config
+        .forgejo
+        .load_client_secret()
+        .map_err(StartError::ClientSecret)?;
+    let forgejo = ForgejoClient::new(
+        &config.forgejo,
+        client_secret,
+        crate::upstream::forgejo_redirect_uri(&config.server),
+    )?;
+    let grants = GrantStore::new(db.clone(), sealer.clone())?;
+    Ok(Arc::new(Upstream::new(
+        forgejo,
+        grants,
+        sealer,
+        deps.clock.clone(),
+        deps.audit.clone(),
+        i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
+    )))
 }
 
 /// How long open requests may run on after shutdown was requested.
@@ -191,27 +231,7 @@ pub async fn start_on(
     );
 
     // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
-    let sealer: Arc<dyn vault::Sealer> = Arc::new(crate::upstream::keyfile::load_keyring(
-        &config.server.data_dir,
-    )?);
-    let client_secret = config
-        .forgejo
-        .load_client_secret()
-        .map_err(StartError::ClientSecret)?;
-    let forgejo = ForgejoClient::new(
-        &config.forgejo,
-        client_secret,
-        crate::upstream::forgejo_redirect_uri(&config.server),
-    )?;
-    let grants = GrantStore::new(db.clone(), sealer.clone())?;
-    let upstream = Arc::new(Upstream::new(
-        forgejo,
-        grants,
-        sealer,
-        deps.clock.clone(),
-        deps.audit.clone(),
-        i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
-    ));
+    let upstream = build_upstream(&config, &db, &deps)?;
     let oauth_store = OAuthStore::new(db.clone())?;
     let auth = AuthHandles {
         verifier: Arc::new(TokenVerifier::new(

@@ -30,6 +30,8 @@ enum Command {
         #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
         config: PathBuf,
     },
+    /// Operator actions on clients and users (each audited).
+    Admin(cli::admin::AdminArgs),
     /// Review the audit log: verify its hash chain and checkpoints, or show filtered records.
     Audit {
         #[command(subcommand)]
@@ -85,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => cli::audit::run(command),
+        Command::Admin(args) => cli::admin::run(args),
         Command::DemoChild { token_file } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -1,5 +1,6 @@
 //! Abuse resistance and accountability (issue #7): rate limits, HTTP caps, metrics, audit log.
 
+mod admin;
 mod audit;
 mod flow;
 mod http_limits;

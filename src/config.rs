@@ -63,6 +63,8 @@ pub struct Config {
     #[serde(default)]
     pub rate_limits: crate::ratelimit::RateLimitConfig,
     #[serde(default)]
+    pub limits: crate::ratelimit::HttpLimitsConfig,
+    #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -338,6 +340,7 @@ impl Validate for Config {
         self.mcp.validate(errors);
         self.audit.validate(errors);
         self.rate_limits.validate(errors);
+        self.limits.validate(errors);
         self.metrics.validate(errors);
         self.vault.validate(errors);
     }

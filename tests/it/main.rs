@@ -10,6 +10,7 @@
 mod demo_child;
 mod fixtures;
 mod oauth;
+mod ops;
 mod smoke;
 mod standin;
 mod vault;

@@ -9,18 +9,19 @@
 //! for public clients only; exact redirect URI matching; granular API scopes.
 //!
 //! - [`config`]: applications, users, `[oauth2]` settings, the simulated browser.
-//! - `provider`: the OAuth2 logic; `oauth`: its HTTP routes.
+//! - `authorize`, `token`: the OAuth2 provider's logic; `oauth`: its HTTP routes.
 //! - `api`: `/api/v1`; `data`: repositories, issues and their JSON.
 //! - `state`: the shared memory, fault injection and counters.
 //!
-//! Tests drive and observe it through [`RunningStandin`].
+//! Tests drive and observe it through [`StandinHandle`] (which [`RunningStandin`] derefs to).
 
 mod api;
+mod authorize;
 pub mod config;
 mod data;
 mod oauth;
-mod provider;
 mod state;
+mod token;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,8 +32,8 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{ConsentMode, StandinApp, StandinConfig, StandinUser};
 pub use data::Issue;
-pub use provider::{TokenError, TokenErrorCode, TokenResponse};
 pub use state::{ApiFault, AuthorizeRecord, StandinCounters, TokenFault, token_marker};
+pub use token::{TokenError, TokenErrorCode, TokenResponse};
 
 use crate::auth::UserId;
 use crate::secret::RandomError;
@@ -82,7 +83,19 @@ impl StandinForgejo {
         shared.lock().base_url.clone_from(&base_url);
         let router = oauth::routes()
             .merge(api::routes())
-            .with_state(shared.clone());
+            .with_state(shared.clone())
+            .layer(
+                // Spans carry method and path only: queries and bodies hold codes and tokens.
+                tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                    |request: &axum::http::Request<_>| {
+                        tracing::debug_span!(
+                            "standin_forgejo",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                        )
+                    },
+                ),
+            );
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let shutdown = cancel.clone();
@@ -96,21 +109,22 @@ impl StandinForgejo {
         });
         tracing::debug!(%local_addr, "stand-in Forgejo serving");
         Ok(RunningStandin {
-            base_url,
-            local_addr,
-            shared,
+            handle: StandinHandle {
+                base_url,
+                local_addr,
+                shared,
+            },
             cancel,
             tasks,
         })
     }
 }
 
-/// A serving stand-in Forgejo and the handle to inspect and steer it. Dropping it does not
-/// stop the server; call [`RunningStandin::shutdown`].
+/// A serving stand-in Forgejo. It dereferences to its [`StandinHandle`], through which tests
+/// inspect and steer it. Dropping it does not stop the server; call
+/// [`RunningStandin::shutdown`].
 pub struct RunningStandin {
-    base_url: String,
-    local_addr: SocketAddr,
-    shared: SharedState,
+    handle: StandinHandle,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -118,15 +132,57 @@ pub struct RunningStandin {
 impl std::fmt::Debug for RunningStandin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningStandin")
+            .field("base_url", &self.handle.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for RunningStandin {
+    type Target = StandinHandle;
+
+    fn deref(&self) -> &StandinHandle {
+        &self.handle
+    }
+}
+
+impl RunningStandin {
+    /// A cloneable handle that outlives borrows of `self` (e.g. to move into a task).
+    pub fn handle(&self) -> StandinHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (hung ones are released first), and
+    /// waits up to `deadline`. Returns whether everything stopped in time.
+    pub async fn shutdown(self, deadline: Duration) -> bool {
+        self.handle.release_hung_requests();
+        self.cancel.cancel();
+        self.tasks.close();
+        tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Inspects and steers a running stand-in; cheap to clone.
+#[derive(Clone)]
+pub struct StandinHandle {
+    base_url: String,
+    local_addr: SocketAddr,
+    shared: SharedState,
+}
+
+impl std::fmt::Debug for StandinHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandinHandle")
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
 }
 
-/// The tokens of a [`RunningStandin::issue_tokens`] call.
+/// The tokens of a [`StandinHandle::issue_tokens`] call.
 pub type IssuedTokens = TokenResponse;
 
-impl RunningStandin {
+impl StandinHandle {
     /// `http://127.0.0.1:PORT`, without trailing slash (Forgejo's `ROOT_URL` trimmed).
     pub fn base_url(&self) -> &str {
         &self.base_url
@@ -174,6 +230,15 @@ impl RunningStandin {
     pub fn inject_token_faults(&self, fault: TokenFault, times: usize) {
         let mut inner = self.shared.lock();
         inner.token_faults.extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// The next `times` `refresh_token` grant calls misbehave as `fault` says; code exchanges
+    /// are not affected. Consulted before the faults of [`Self::inject_token_faults`].
+    pub fn inject_refresh_faults(&self, fault: TokenFault, times: usize) {
+        let mut inner = self.shared.lock();
+        inner
+            .refresh_faults
+            .extend(std::iter::repeat_n(fault, times));
     }
 
     /// The next `times` `/api/v1/user` calls misbehave as `fault` says.
@@ -272,7 +337,7 @@ impl RunningStandin {
             Some(grant) => grant.id,
             None => inner.create_grant(user, client_id, scope),
         };
-        Ok(provider::issue_for_grant(&mut inner, grant, now)?)
+        Ok(token::issue_for_grant(&mut inner, grant, now)?)
     }
 
     /// The issues of `owner/repository`, oldest first (empty if there is no such repository).
@@ -314,16 +379,5 @@ impl RunningStandin {
             .repositories
             .create_repository(owner, name, "", private, now);
         Ok(())
-    }
-
-    /// Stops accepting, lets in-flight requests finish (hung ones are released first), and
-    /// waits up to `deadline`. Returns whether everything stopped in time.
-    pub async fn shutdown(self, deadline: Duration) -> bool {
-        self.release_hung_requests();
-        self.cancel.cancel();
-        self.tasks.close();
-        tokio::time::timeout(deadline, self.tasks.wait())
-            .await
-            .is_ok()
     }
 }

@@ -1,6 +1,6 @@
 //! HTTP handlers for Forgejo's `/login/oauth/*` routes (forgejo-facts.md §1.1) and the bits of
 //! the web UI a browser meets on the way (sign-in page, consent page). Handlers are thin: parse,
-//! one call into [`super::provider`], map the result.
+//! one call into [`super::authorize`] or [`super::token`], map the result.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -9,11 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use super::provider::{
-    self, AuthorizeOutcome, ConsentPage, RawAuthorizeRequest, RawTokenRequest, TokenError,
-    TokenErrorCode,
-};
+use super::authorize::{self, AuthorizeOutcome, ConsentPage, RawAuthorizeRequest};
 use super::state::{AuthorizeRecord, SharedState, TokenFault};
+use super::token::{self, RawTokenRequest, TokenError, TokenErrorCode};
 
 pub(super) fn routes() -> Router<SharedState> {
     Router::new()
@@ -24,6 +22,7 @@ pub(super) fn routes() -> Router<SharedState> {
             post(access_token).options(access_token_preflight),
         )
         .route("/login/oauth/userinfo", get(userinfo).post(userinfo))
+        .route("/login/oauth/introspect", post(introspect))
         .route(
             "/.well-known/openid-configuration",
             get(openid_configuration),
@@ -99,7 +98,7 @@ async fn authorize(
         let mut inner = shared.lock();
         inner.counters.authorize += 1;
         inner.last_authorize = Some(AuthorizeRecord { params: pairs });
-        provider::authorize(&mut inner, &request, now)
+        authorize::authorize(&mut inner, &request, now)
     };
     match outcome {
         Err(_) => internal_error(),
@@ -187,7 +186,7 @@ async fn grant(State(shared): State<SharedState>, body: Bytes) -> Response {
                     && pending.redirect_uri == first(&pairs, "redirect_uri") =>
             {
                 let granted = first(&pairs, "granted") == "true";
-                Some(provider::grant_consent(
+                Some(authorize::grant_consent(
                     &mut inner,
                     &pending,
                     granted,
@@ -266,12 +265,21 @@ async fn token_endpoint(shared: &SharedState, headers: &HeaderMap, body: &[u8]) 
     let fault = {
         let mut inner = shared.lock();
         inner.counters.token_requests += 1;
-        match parsed.as_ref().map(|request| request.grant_type.as_str()) {
-            Ok("authorization_code") => inner.counters.authorization_code_grants += 1,
-            Ok("refresh_token") => inner.counters.refresh_grants += 1,
-            _ => {}
-        }
-        inner.token_faults.pop_front()
+        let is_refresh = match parsed.as_ref().map(|request| request.grant_type.as_str()) {
+            Ok("authorization_code") => {
+                inner.counters.authorization_code_grants += 1;
+                false
+            }
+            Ok("refresh_token") => {
+                inner.counters.refresh_grants += 1;
+                true
+            }
+            _ => false,
+        };
+        let refresh_fault = is_refresh
+            .then(|| inner.refresh_faults.pop_front())
+            .flatten();
+        refresh_fault.or_else(|| inner.token_faults.pop_front())
     };
     match fault {
         Some(TokenFault::ServerError) => return internal_error(),
@@ -292,13 +300,13 @@ async fn token_endpoint(shared: &SharedState, headers: &HeaderMap, body: &[u8]) 
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    if let Err(error) = provider::merge_basic_auth(&mut request, authorization) {
+    if let Err(error) = token::merge_basic_auth(&mut request, authorization) {
         return error.into_response();
     }
     let now = shared.now();
     let result = {
         let mut inner = shared.lock();
-        let result = provider::exchange(&mut inner, &request, now);
+        let result = token::exchange(&mut inner, &request, now);
         if result.is_ok() {
             inner.counters.tokens_issued += 1;
         }
@@ -346,14 +354,37 @@ async fn userinfo(State(shared): State<SharedState>, headers: HeaderMap) -> Resp
             "groups": null,
         }))
         .into_response(),
-        None => {
-            let mut response = (StatusCode::UNAUTHORIZED, "no valid authorization").into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Bearer realm="""#),
-            );
-            response
-        }
+        None => no_valid_authorization(),
+    }
+}
+
+/// Forgejo's 401 on its OAuth endpoints: plain text and an empty Bearer realm.
+fn no_valid_authorization() -> Response {
+    let mut response = (StatusCode::UNAUTHORIZED, "no valid authorization").into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Bearer realm="""#),
+    );
+    response
+}
+
+async fn introspect(
+    State(shared): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pairs = form_pairs(&body);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let now = shared.now();
+    let answer = {
+        let inner = shared.lock();
+        token::introspect(&inner, authorization, first(&pairs, "token"), now)
+    };
+    match answer {
+        Some(body) => axum::Json(body).into_response(),
+        None => no_valid_authorization(),
     }
 }
 

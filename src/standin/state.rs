@@ -155,6 +155,8 @@ pub(super) struct Inner {
     pub issued: Vec<String>,
     pub pending_consents: HashMap<String, PendingConsent>,
     pub token_faults: VecDeque<TokenFault>,
+    /// Faults for `refresh_token` grants only; consulted before `token_faults`.
+    pub refresh_faults: VecDeque<TokenFault>,
     pub api_user_faults: VecDeque<ApiFault>,
     pub counters: StandinCounters,
     pub last_authorize: Option<AuthorizeRecord>,
@@ -316,6 +318,7 @@ impl Shared {
             issued: Vec::new(),
             pending_consents: HashMap::new(),
             token_faults: VecDeque::new(),
+            refresh_faults: VecDeque::new(),
             api_user_faults: VecDeque::new(),
             counters: StandinCounters::default(),
             last_authorize: None,

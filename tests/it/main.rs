@@ -7,6 +7,7 @@
     clippy::indexing_slicing
 )]
 
+mod demo_child;
 mod fixtures;
 mod oauth;
 mod smoke;

@@ -110,7 +110,13 @@ impl Fixture {
             .send()
             .await
             .unwrap();
-        (response.status(), response.json().await.unwrap())
+        let status = response.status();
+        // A 500 has Forgejo's plain-text body, not JSON.
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn exchange(&self, code: &str) -> (StatusCode, Value) {
@@ -692,8 +698,17 @@ async fn faults_can_be_injected_into_the_token_endpoint_and_api() {
         "grant does not exist",
     );
     // Injected faults do not touch the grant: the token still works afterwards.
-    let (status, tokens) = fixture.refresh(&refresh).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fixture.refresh(&refresh).await.0, StatusCode::OK);
+
+    // Refresh-only faults leave code exchanges alone.
+    fixture
+        .standin
+        .inject_refresh_faults(TokenFault::ServerError, 1);
+    let tokens = fixture.login("read:user").await;
+    assert_eq!(
+        fixture.refresh(field(&tokens, "refresh_token")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
 
     // Hang: the request waits for a release, then is answered normally.
     fixture.standin.inject_token_faults(TokenFault::Hang, 1);
@@ -727,7 +742,7 @@ async fn faults_can_be_injected_into_the_token_endpoint_and_api() {
     fixture.standin.release_hung_requests();
     assert_eq!(hung.await.unwrap(), StatusCode::OK);
     assert_eq!(fixture.standin.hung_requests(), 0);
-    assert_eq!(fixture.standin.counters().refresh_grants, 4);
+    assert_eq!(fixture.standin.counters().refresh_grants, 5);
 
     let access = field(&tokens, "access_token");
     fixture
@@ -1046,4 +1061,384 @@ async fn shutdown_stops_serving_even_with_a_hung_request() {
             .await
             .is_err()
     );
+}
+
+/// A real Forgejo-API MCP server (`gitea-mcp` 0.5.1 from PyPI, installed by
+/// `tests/peers/install.sh`) lists repositories and creates an issue against the stand-in.
+#[tokio::test]
+async fn gitea_mcp_lists_repositories_and_creates_an_issue() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let binary =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/.venv/bin/gitea-mcp");
+    if !binary.exists() {
+        eprintln!(
+            "skipped: {} is absent (run tests/peers/install.sh)",
+            binary.display()
+        );
+        return;
+    }
+    let fixture = start().await;
+    let tokens = fixture
+        .standin
+        .issue_tokens(ALICE, BROKER, "read:user read:repository write:issue")
+        .unwrap();
+    let mut child = tokio::process::Command::new(&binary)
+        .env_clear()
+        .env("GITEA_URL", fixture.standin.base_url())
+        .env("GITEA_TOKEN", &tokens.access_token)
+        .env("GITEA_MAX_RETRIES", "0")
+        .env("HOME", std::env::temp_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut peer = StdioPeer {
+        stdin: child.stdin.take().unwrap(),
+        lines: BufReader::new(child.stdout.take().unwrap()).lines(),
+    };
+    let initialized = peer
+        .call(
+            1,
+            "initialize",
+            serde_json::json!({
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "standin-test", "version": "0"}
+            }),
+        )
+        .await;
+    assert!(
+        initialized["result"]["serverInfo"].is_object(),
+        "{initialized}"
+    );
+    peer.send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+
+    let listed = peer
+        .call(
+            2,
+            "tools/call",
+            serde_json::json!({"name": "list_repos", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(listed["result"]["isError"], false, "{listed}");
+    let text = listed["result"]["content"].to_string();
+    assert!(
+        text.contains("alice/notes") && text.contains("alice/private-notes"),
+        "{text}"
+    );
+
+    let created = peer.call(
+        3,
+        "tools/call",
+        serde_json::json!({"name": "create_issue", "arguments": {
+            "owner": "alice", "repo": "notes", "title": "Filed by gitea-mcp", "body": "via the stand-in"
+        }}),
+    )
+    .await;
+    assert_eq!(created["result"]["isError"], false, "{created}");
+    let titles: Vec<String> = fixture
+        .standin
+        .issues("alice", "notes")
+        .into_iter()
+        .map(|issue| issue.title)
+        .collect();
+    assert_eq!(titles, ["Welcome", "Filed by gitea-mcp"]);
+
+    let info = peer
+        .call(
+            4,
+            "tools/call",
+            serde_json::json!({"name": "get_server_info", "arguments": {}}),
+        )
+        .await;
+    let text = info["result"]["content"].to_string();
+    assert!(
+        text.contains("alice") && text.contains("11.0.1+gitea-1.22.0"),
+        "{text}"
+    );
+    child.kill().await.unwrap();
+}
+
+/// A stdio MCP server spoken to with newline-delimited JSON-RPC.
+struct StdioPeer {
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl StdioPeer {
+    async fn send(&mut self, message: Value) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Sends a request and returns the response with the same id, skipping notifications.
+    async fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        )
+        .await;
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+                .await
+                .expect("the peer answers within a minute")
+                .unwrap()
+                .expect("the peer closed stdout");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn public_clients_always_pass_consent_and_a_scope_change_there_fails() {
+    let fixture = start().await;
+    let challenge = pkce_s256(VERIFIER);
+    let authorize = |scope: &'static str| {
+        let fixture = &fixture;
+        let challenge = challenge.clone();
+        async move {
+            fixture
+                .authorize(&[
+                    ("client_id", CLI),
+                    ("redirect_uri", CLI_CALLBACK),
+                    ("response_type", "code"),
+                    ("state", "c"),
+                    ("scope", scope),
+                    ("code_challenge", &challenge),
+                    ("code_challenge_method", "S256"),
+                ])
+                .await
+        }
+    };
+    assert!(authorize("read:user").await.contains_key("code"));
+    // Same scope: consent passes again (public clients are never silent, RFC 6749 §10.2).
+    assert!(authorize("read:user").await.contains_key("code"));
+    // A different scope on the consent page: Forgejo's "a grant exists with different scope".
+    let query = authorize("write:repository").await;
+    assert_eq!(query["error"], "server_error");
+    assert_eq!(
+        query["error_description"],
+        "a grant exists with different scope"
+    );
+    assert_eq!(query["state"], "c");
+    // Consent refused by the user: access_denied; the existing grant is untouched.
+    fixture.standin.set_consent(ConsentMode::Deny);
+    assert_eq!(authorize("read:user").await["error"], "access_denied");
+    assert_eq!(
+        fixture.standin.grant_scope(ALICE, CLI).as_deref(),
+        Some("read:user")
+    );
+}
+
+#[tokio::test]
+async fn an_openid_scope_adds_an_id_token_for_the_client() {
+    let fixture = start().await;
+    let tokens = fixture.login("openid email").await;
+    let id_token = field(&tokens, "id_token");
+    let payload = id_token.split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], fixture.standin.base_url());
+    assert_eq!(claims["aud"], serde_json::json!([BROKER]));
+    assert_eq!(claims["sub"], "1");
+    assert_eq!(claims["email"], "alice@forgejo.invalid");
+    assert!(
+        claims.get("preferred_username").is_none(),
+        "no profile scope"
+    );
+    // The discovery document names the endpoints and offers no revocation or registration.
+    let discovery: Value = fixture
+        .http
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            fixture.standin.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["token_endpoint"], fixture.standin.token_url());
+    assert!(discovery.get("revocation_endpoint").is_none());
+    assert!(discovery.get("registration_endpoint").is_none());
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_with_one_token_let_exactly_one_through() {
+    let fixture = start().await;
+    let tokens = fixture.login("read:user").await;
+    let refresh = field(&tokens, "refresh_token");
+    let answers = futures_util::future::join_all((0..8).map(|_| fixture.refresh(refresh))).await;
+    let ok = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .count();
+    assert_eq!(ok, 1, "{answers:?}");
+    for answer in answers
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::OK)
+    {
+        assert_token_error(answer, "unauthorized_client", "token was already used");
+    }
+    assert_eq!(fixture.standin.counters().refresh_grants, 8);
+    assert_eq!(fixture.standin.counters().tokens_issued, 2);
+}
+
+#[tokio::test]
+async fn introspection_needs_client_basic_auth() {
+    let fixture = start().await;
+    let tokens = fixture.login("read:user").await;
+    let url = format!("{}/login/oauth/introspect", fixture.standin.base_url());
+    let introspect = |token: String, secret: &'static str| {
+        let fixture = &fixture;
+        let url = url.clone();
+        async move {
+            fixture
+                .http
+                .post(url)
+                .basic_auth(BROKER, Some(secret))
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = introspect(field(&tokens, "access_token").into(), BROKER_SECRET).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["active"], true);
+    assert_eq!(body["sub"], "1");
+    assert_eq!(body["scope"], "read:user");
+    let body: Value = introspect("unknown".into(), BROKER_SECRET)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, serde_json::json!({"active": false}));
+    assert_eq!(
+        introspect("unknown".into(), "wrong").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let response = fixture
+        .http
+        .get(format!(
+            "{}/login/oauth/userinfo",
+            fixture.standin.base_url()
+        ))
+        .bearer_auth("unknown")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], r#"Bearer realm="""#);
+    assert_eq!(response.text().await.unwrap(), "no valid authorization");
+}
+
+#[tokio::test]
+async fn malformed_input_gets_forgejo_errors_never_a_500() {
+    let fixture = start().await;
+    let base = fixture.standin.base_url().to_string();
+    let token = fixture
+        .standin
+        .issue_tokens(ALICE, BROKER, "")
+        .unwrap()
+        .access_token;
+
+    let response = fixture
+        .http
+        .get(fixture.standin.authorize_url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = fixture
+        .http
+        .get(format!(
+            "{}?client_id=%FF%FE&redirect_uri=%00",
+            fixture.standin.authorize_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    for (content_type, body) in [
+        ("application/json", b"{not json".to_vec()),
+        ("application/json", b"[1,2]".to_vec()),
+        (
+            "application/x-www-form-urlencoded",
+            vec![0xff, 0x00, b'&', b'=', b'='],
+        ),
+        ("text/plain", b"grant_type".to_vec()),
+    ] {
+        let response = fixture
+            .http
+            .post(fixture.standin.token_url())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{content_type}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"].is_string());
+    }
+
+    let grant = fixture
+        .http
+        .post(format!("{base}/login/oauth/grant"))
+        .body("garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(grant.status(), StatusCode::BAD_REQUEST);
+
+    for path in [
+        "/api/v1/repos/alice/notes/issues/not-a-number",
+        "/api/v1/repos/alice/notes/issues/-1",
+        "/api/v1/repos/nobody/nothing",
+        "/api/v1/repos/alice/notes/issues/99999999999999999999999",
+        "/api/v1/no/such/route",
+    ] {
+        let response = fixture.api(path, &token).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let response = fixture
+        .api("/api/v1/user/repos?page=-3&limit=abc", &token)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let response = fixture
+        .http
+        .post(format!("{base}/api/v1/repos/alice/notes/issues"))
+        .header("authorization", format!("token {token}"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Query-string tokens are not accepted (Forgejo removed them).
+    let response = fixture
+        .http
+        .get(format!(
+            "{base}/api/v1/user?token={token}&access_token={token}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

@@ -1,16 +1,15 @@
-//! Forgejo's OAuth2 provider logic, step for step as `routers/web/auth/oauth.go` does it
-//! (`AuthorizeOAuth`, `GrantApplicationOAuth`, `AccessTokenOAuth`, `handleRefreshToken`,
-//! `handleAuthorizationCode`, `newAccessTokenResponse`); see forgejo-facts.md §1. Error codes
-//! and descriptions are Forgejo's, including where they differ from RFC 6749.
-
-use std::net::IpAddr;
+//! Forgejo's token endpoint logic, step for step as `routers/web/auth/oauth.go` does it
+//! (`AccessTokenOAuth`, `handleRefreshToken`, `handleAuthorizationCode`,
+//! `newAccessTokenResponse`, `IntrospectOAuth`); see forgejo-facts.md §1.2–§1.5. Error codes and
+//! descriptions are Forgejo's, including where they differ from RFC 6749.
 
 use serde::Serialize;
 
-use super::config::{ConsentMode, StandinApp};
-use super::state::{AuthorizationCode, Inner, PendingConsent, TokenKind, jwt_shaped};
+use super::authorize::redirect_uri_registered;
+use super::config::StandinApp;
+use super::state::{AuthorizationCode, Grant, Inner, TokenKind, jwt_shaped};
 use crate::clock::UnixSeconds;
-use crate::secret::{ExposeSecret, RandomError, constant_time_eq, pkce_s256, random_id};
+use crate::secret::{ExposeSecret, RandomError, constant_time_eq, pkce_s256};
 
 /// Token endpoint error codes Forgejo uses (`AccessTokenErrorCode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +48,9 @@ fn token_error(code: TokenErrorCode, description: impl Into<String>) -> TokenErr
     }
 }
 
-/// The token endpoint's form (`forms.AccessTokenForm`); every field may be empty.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+/// The token endpoint's form (`forms.AccessTokenForm`); every field may be empty. Its `Debug`
+/// shows only the non-secret fields.
+#[derive(Default, Clone, serde::Deserialize)]
 #[serde(default)]
 pub struct RawTokenRequest {
     pub grant_type: String,
@@ -62,8 +62,19 @@ pub struct RawTokenRequest {
     pub code_verifier: String,
 }
 
-/// `AccessTokenResponse`. `token_type` is lowercase `bearer`, as Forgejo sends it.
-#[derive(Debug, Clone, Serialize)]
+impl std::fmt::Debug for RawTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawTokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `AccessTokenResponse`. `token_type` is lowercase `bearer`, as Forgejo sends it. Its `Debug`
+/// hides the tokens.
+#[derive(Clone, Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
@@ -71,6 +82,15 @@ pub struct TokenResponse {
     pub refresh_token: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub id_token: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Fills client credentials from an HTTP Basic header when the body lacks either, rejecting a
@@ -346,11 +366,7 @@ fn new_token_response(
     })
 }
 
-fn id_token(
-    inner: &Inner,
-    grant: &super::state::Grant,
-    now: UnixSeconds,
-) -> Result<String, RandomError> {
+fn id_token(inner: &Inner, grant: &Grant, now: UnixSeconds) -> Result<String, RandomError> {
     let mut claims = serde_json::json!({
         "iss": inner.base_url,
         "aud": [grant.client_id],
@@ -371,342 +387,52 @@ fn id_token(
     jwt_shaped(&claims)
 }
 
+/// `IntrospectOAuth`: the client authenticates with HTTP Basic only; an unknown, expired or
+/// revoked token is `{"active": false}`. Returns `None` when the client failed to authenticate.
+pub fn introspect(
+    inner: &Inner,
+    authorization: Option<&str>,
+    token: &str,
+    now: UnixSeconds,
+) -> Option<serde_json::Value> {
+    let mut credentials = RawTokenRequest::default();
+    merge_basic_auth(&mut credentials, authorization).ok()?;
+    let app = inner.app(&credentials.client_id)?;
+    if credentials.client_id.is_empty() || !secret_matches(app, &credentials.client_secret) {
+        return None;
+    }
+    let active = inner
+        .tokens
+        .get(token)
+        .filter(|record| record.expires_at > now)
+        .and_then(|record| {
+            inner
+                .grants
+                .get(&record.grant_id)
+                .map(|grant| (record, grant))
+        })
+        .and_then(|(record, grant)| {
+            let app = inner.app(&grant.client_id)?;
+            Some(serde_json::json!({
+                "active": true,
+                "scope": grant.scope,
+                "iss": inner.base_url,
+                "aud": [app.client_id],
+                "sub": grant.user_id.to_string(),
+                "exp": record.expires_at,
+            }))
+        });
+    Some(active.unwrap_or_else(|| serde_json::json!({"active": false})))
+}
+
 /// `grant.ScopeContains`: whole words of the space-separated scope.
 pub fn scope_contains(scope: &str, wanted: &str) -> bool {
     scope.split(' ').any(|word| word == wanted)
 }
 
-/// `ContainsRedirectURI` (forgejo-facts.md §1.8): exact but case-insensitive, one trailing `/`
-/// ignored; for public clients only, an `http` IP-literal loopback URI matches with any port.
-pub fn redirect_uri_registered(app: &StandinApp, redirect_uri: &str) -> bool {
-    let normalise = |uri: &str| {
-        let lower = uri.to_lowercase();
-        lower.strip_suffix('/').map(str::to_string).unwrap_or(lower)
-    };
-    let contains = |uri: &str| {
-        let wanted = normalise(uri);
-        app.redirect_uris
-            .iter()
-            .any(|registered| normalise(registered) == wanted)
-    };
-    if !app.is_confidential()
-        && let Ok(mut parsed) = url::Url::parse(redirect_uri)
-        && parsed.scheme() == "http"
-        && parsed.port().is_some()
-        && parsed
-            .host_str()
-            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
-            .and_then(|host| host.parse::<IpAddr>().ok())
-            .is_some_and(|ip| ip.is_loopback())
-        && parsed.set_port(None).is_ok()
-        && contains(parsed.as_str())
-    {
-        return true;
-    }
-    contains(redirect_uri)
-}
-
-/// What `/login/oauth/authorize` does with a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthorizeOutcome {
-    /// Nobody is logged in: Forgejo sends the browser to its sign-in page.
-    LoginRequired,
-    /// Forgejo's HTML error page (HTTP 400): the client or redirect URI cannot be trusted, so
-    /// the browser is not sent back.
-    ErrorPage { description: String },
-    /// A 303 to the client's redirect URI, with `code` or `error`.
-    Redirect(String),
-    /// The consent page, with the value that identifies its form.
-    Consent(ConsentPage),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsentPage {
-    pub form_id: String,
-    pub app_name: String,
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub state: String,
-    pub scope: String,
-    pub nonce: String,
-}
-
-/// The authorize request's fields (`forms.AuthorizationForm`); absent means empty.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(default)]
-pub struct RawAuthorizeRequest {
-    pub response_type: String,
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub state: String,
-    pub scope: String,
-    pub nonce: String,
-    pub code_challenge_method: String,
-    pub code_challenge: String,
-}
-
-/// `handleAuthorizeError` with a redirect URI: `error`, `error_description` and `state`
-/// (always, even empty) added to the query, keys sorted as Go's `url.Values.Encode` does.
-pub fn error_redirect(redirect_uri: &str, error: &str, description: &str, state: &str) -> String {
-    with_query(
-        redirect_uri,
-        &[
-            ("error", error),
-            ("error_description", description),
-            ("state", state),
-        ],
-    )
-}
-
-fn with_query(uri: &str, set: &[(&str, &str)]) -> String {
-    let Ok(mut parsed) = url::Url::parse(uri) else {
-        return uri.to_string();
-    };
-    let mut pairs: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter(|(key, _)| !set.iter().any(|(name, _)| name == key))
-        .map(|(key, value)| (key.into_owned(), value.into_owned()))
-        .collect();
-    pairs.extend(
-        set.iter()
-            .map(|(key, value)| ((*key).to_string(), (*value).to_string())),
-    );
-    pairs.sort_by(|a, b| a.0.cmp(&b.0));
-    parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    parsed.to_string()
-}
-
-/// `GenerateRedirectURI`: `code`, and `state` when one was sent.
-fn code_redirect(redirect_uri: &str, code: &str, state: &str) -> String {
-    if state.is_empty() {
-        with_query(redirect_uri, &[("code", code)])
-    } else {
-        with_query(redirect_uri, &[("code", code), ("state", state)])
-    }
-}
-
-/// `GenerateNewAuthorizationCode`: `gta_` and base32 of random bytes, as Forgejo's codes look.
-fn new_code(
-    inner: &mut Inner,
-    grant_id: i64,
-    redirect_uri: &str,
-    code_challenge: &str,
-    code_challenge_method: &str,
-    now: UnixSeconds,
-) -> Result<String, RandomError> {
-    let code = format!(
-        "gta_{}",
-        random_id(32)?.to_lowercase().replace(['-', '_'], "a")
-    );
-    inner.codes.insert(
-        code.clone(),
-        AuthorizationCode {
-            grant_id,
-            redirect_uri: redirect_uri.to_string(),
-            code_challenge: code_challenge.to_string(),
-            code_challenge_method: code_challenge_method.to_string(),
-            issued_at: now,
-        },
-    );
-    Ok(code)
-}
-
-/// `AuthorizeOAuth`, for the user whose session the browser carries.
-pub fn authorize(
-    inner: &mut Inner,
-    request: &RawAuthorizeRequest,
-    now: UnixSeconds,
-) -> Result<AuthorizeOutcome, RandomError> {
-    let Some(user_id) = inner.logged_in_user.filter(|id| inner.user(*id).is_some()) else {
-        return Ok(AuthorizeOutcome::LoginRequired);
-    };
-    let Some(app) = inner.app(&request.client_id).cloned() else {
-        return Ok(AuthorizeOutcome::ErrorPage {
-            description: "Client ID not registered".into(),
-        });
-    };
-    if !redirect_uri_registered(&app, &request.redirect_uri) {
-        return Ok(AuthorizeOutcome::ErrorPage {
-            description: "Unregistered Redirect URI".into(),
-        });
-    }
-    let redirect_error = |error: &str, description: &str| {
-        AuthorizeOutcome::Redirect(error_redirect(
-            &request.redirect_uri,
-            error,
-            description,
-            &request.state,
-        ))
-    };
-    if request.response_type != "code" {
-        return Ok(redirect_error(
-            "unsupported_response_type",
-            "Only code response type is supported.",
-        ));
-    }
-    match request.code_challenge_method.as_str() {
-        "S256" | "plain" => {}
-        // RFC 7636 §4.4.1 and RFC 8252 §8.1: public clients must use PKCE.
-        "" if !app.is_confidential() => {
-            return Ok(redirect_error(
-                "invalid_request",
-                "PKCE is required for public clients",
-            ));
-        }
-        "" => {}
-        _ => {
-            return Ok(redirect_error(
-                "invalid_request",
-                "unsupported code challenge method",
-            ));
-        }
-    }
-    // A confidential client with an existing grant skips the consent page; the requested
-    // scope is ignored and the old grant's scope stays (§1.7, §0.5).
-    if app.is_confidential()
-        && let Some(grant) = inner.grant_for(user_id, &app.client_id).cloned()
-    {
-        if !request.nonce.is_empty()
-            && let Some(stored) = inner.grants.get_mut(&grant.id)
-        {
-            stored.nonce.clone_from(&request.nonce);
-        }
-        let code = new_code(
-            inner,
-            grant.id,
-            &request.redirect_uri,
-            &request.code_challenge,
-            &request.code_challenge_method,
-            now,
-        )?;
-        return Ok(AuthorizeOutcome::Redirect(code_redirect(
-            &request.redirect_uri,
-            &code,
-            &request.state,
-        )));
-    }
-    let pending = PendingConsent {
-        user_id,
-        client_id: app.client_id.clone(),
-        redirect_uri: request.redirect_uri.clone(),
-        state: request.state.clone(),
-        code_challenge: request.code_challenge.clone(),
-        code_challenge_method: request.code_challenge_method.clone(),
-    };
-    match inner.consent {
-        ConsentMode::AutoApprove => {
-            grant_consent(inner, &pending, true, &request.scope, &request.nonce, now)
-                .map(AuthorizeOutcome::Redirect)
-        }
-        ConsentMode::Deny => {
-            grant_consent(inner, &pending, false, &request.scope, &request.nonce, now)
-                .map(AuthorizeOutcome::Redirect)
-        }
-        ConsentMode::ShowPage => {
-            let form_id = random_id(24)?;
-            inner.pending_consents.insert(form_id.clone(), pending);
-            Ok(AuthorizeOutcome::Consent(ConsentPage {
-                form_id,
-                app_name: app.name.clone(),
-                client_id: app.client_id.clone(),
-                redirect_uri: request.redirect_uri.clone(),
-                state: request.state.clone(),
-                scope: request.scope.clone(),
-                nonce: request.nonce.clone(),
-            }))
-        }
-    }
-}
-
-/// `GrantApplicationOAuth` after the session checks: the user's answer on the consent page.
-/// Returns the URL to send the browser to.
-pub fn grant_consent(
-    inner: &mut Inner,
-    pending: &PendingConsent,
-    granted: bool,
-    scope: &str,
-    nonce: &str,
-    now: UnixSeconds,
-) -> Result<String, RandomError> {
-    let redirect_error = |error: &str, description: &str| {
-        error_redirect(&pending.redirect_uri, error, description, &pending.state)
-    };
-    if !granted {
-        return Ok(redirect_error("access_denied", "the request is denied"));
-    }
-    let grant_id = match inner.grant_for(pending.user_id, &pending.client_id) {
-        None => inner.create_grant(pending.user_id, &pending.client_id, scope),
-        Some(grant) if grant.scope != scope => {
-            return Ok(redirect_error(
-                "server_error",
-                "a grant exists with different scope",
-            ));
-        }
-        Some(grant) => grant.id,
-    };
-    if !nonce.is_empty()
-        && let Some(grant) = inner.grants.get_mut(&grant_id)
-    {
-        grant.nonce = nonce.to_string();
-    }
-    // Forgejo ≤ v11 loses the challenge on this path (§1.3); later versions keep it.
-    let (challenge, method) = if inner.settings.lose_pkce_on_consent_page {
-        ("", "")
-    } else {
-        (
-            pending.code_challenge.as_str(),
-            pending.code_challenge_method.as_str(),
-        )
-    };
-    let code = new_code(
-        inner,
-        grant_id,
-        &pending.redirect_uri,
-        challenge,
-        method,
-        now,
-    )?;
-    Ok(code_redirect(&pending.redirect_uri, &code, &pending.state))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn public_app() -> StandinApp {
-        StandinApp::public(
-            "pub",
-            ["http://127.0.0.1/callback", "https://app.example/CB/"],
-        )
-    }
-
-    #[test]
-    fn redirect_uris_match_case_insensitively_ignoring_one_trailing_slash() {
-        let app = public_app();
-        assert!(redirect_uri_registered(&app, "https://APP.example/cb"));
-        assert!(redirect_uri_registered(&app, "https://app.example/cb/"));
-        assert!(!redirect_uri_registered(&app, "https://app.example/cb//"));
-        assert!(!redirect_uri_registered(&app, "https://app.example/cb/x"));
-        assert!(!redirect_uri_registered(&app, "https://app.example/cb?x=1"));
-    }
-
-    #[test]
-    fn loopback_ports_are_ignored_for_public_ip_literals_only() {
-        let app = public_app();
-        assert!(redirect_uri_registered(
-            &app,
-            "http://127.0.0.1:5173/callback"
-        ));
-        assert!(!redirect_uri_registered(
-            &app,
-            "http://localhost:5173/callback"
-        ));
-        let confidential = StandinApp::confidential("c", "s", ["http://127.0.0.1/callback"]);
-        assert!(!redirect_uri_registered(
-            &confidential,
-            "http://127.0.0.1:5173/callback"
-        ));
-    }
 
     #[test]
     fn basic_auth_fills_and_must_agree_with_the_body() {
@@ -734,12 +460,31 @@ mod tests {
     }
 
     #[test]
-    fn error_redirects_keep_existing_query_and_sort_keys() {
-        let url = error_redirect("https://c.example/cb?z=1", "access_denied", "no", "");
-        assert_eq!(
-            url,
-            "https://c.example/cb?error=access_denied&error_description=no&state=&z=1"
-        );
+    fn debug_output_hides_secrets_and_tokens() {
+        let request = RawTokenRequest {
+            client_secret: "s3cret-value".into(),
+            refresh_token: "refresh-value".into(),
+            code: "gta_code-value".into(),
+            code_verifier: "verifier-value".into(),
+            ..RawTokenRequest::default()
+        };
+        let response = TokenResponse {
+            access_token: "access-value".into(),
+            token_type: "bearer",
+            expires_in: 1,
+            refresh_token: "refresh-value".into(),
+            id_token: "id-value".into(),
+        };
+        let printed = format!("{request:?} {response:?}");
+        for secret in [
+            "s3cret",
+            "refresh-value",
+            "code-value",
+            "verifier-value",
+            "access-value",
+        ] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
     }
 
     #[test]

@@ -34,6 +34,15 @@ pub use error::{OAuthError, OAuthFailure};
 use store::{ClientKind, ClientRecord, OAuthStore};
 pub use verifier::{TokenVerifier, mcp_unauthorized};
 
+/// For hand-written `Debug` of wire types that carry secrets (codes, tokens, verifiers).
+pub(crate) fn redacted(value: &Option<String>) -> &'static str {
+    if value.is_some() {
+        "[redacted]"
+    } else {
+        "None"
+    }
+}
+
 /// `[oauth]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

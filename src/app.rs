@@ -193,9 +193,13 @@ pub async fn start_on(
         }
     });
     tasks.spawn(crate::oauth::maintenance::run_sweeper(
-        sweep_store,
-        deps.clock.clone(),
-        Duration::from_secs(600),
+        crate::oauth::maintenance::Sweeper {
+            store: sweep_store,
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            interval: Duration::from_secs(600),
+            unused_client_ttl_secs: config.oauth.unused_client_ttl_secs,
+        },
         cancel.clone(),
     ));
     tracing::info!(%local_addr, "serving");

@@ -62,6 +62,10 @@ pub struct OAuthConfig {
     pub upstream_login_ttl_secs: u64,
     /// Refresh the Forgejo token this long before it expires (default 5 min).
     pub upstream_refresh_ahead_secs: u64,
+    /// Registered (DCR) clients with no grant this long after registration, and cached CIMD
+    /// documents of clients with no live grant, are deleted (checklist item 65: Claude and
+    /// VS Code register again and again). 0 keeps them forever.
+    pub unused_client_ttl_secs: u64,
     /// Cap on authorizations in progress, in total and per client.
     pub max_pending_authorizations: u64,
     pub max_pending_per_client: u64,
@@ -90,6 +94,7 @@ impl Default for OAuthConfig {
             consent_ttl_secs: 600,
             upstream_login_ttl_secs: 600,
             upstream_refresh_ahead_secs: 300,
+            unused_client_ttl_secs: 30 * 24 * 3600,
             max_pending_authorizations: 10_000,
             max_pending_per_client: 100,
             cimd_enabled: true,

@@ -70,6 +70,11 @@ pub struct AuthHandles {
     pub upstream: Arc<Upstream>,
     /// The public origin (for [`crate::oauth::mcp_unauthorized`]).
     pub issuer: String,
+    /// Revoked grants and dead users are announced here: the MCP edge subscribes and ends
+    /// the matching sessions.
+    pub access_ended: crate::auth::AccessEndedSender,
+    /// For operator actions: `revoke_user`, `revoke_client`.
+    pub oauth_store: OAuthStore,
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
@@ -143,6 +148,7 @@ pub async fn start_on(
         client_secret,
         crate::upstream::forgejo_redirect_uri(&config.server),
     )?;
+    let access_ended = crate::auth::access_ended_channel();
     let grants = GrantStore::new(db.clone(), sealer.clone())?;
     let upstream = Arc::new(Upstream::new(
         forgejo,
@@ -151,8 +157,9 @@ pub async fn start_on(
         deps.clock.clone(),
         deps.audit.clone(),
         i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
+        access_ended.clone(),
     ));
-    let oauth_store = OAuthStore::new(db.clone())?;
+    let oauth_store = OAuthStore::new(db.clone(), access_ended.clone())?;
     let auth = AuthHandles {
         verifier: Arc::new(TokenVerifier::new(
             oauth_store.clone(),
@@ -161,6 +168,8 @@ pub async fn start_on(
         )),
         upstream: upstream.clone(),
         issuer: config.server.issuer(),
+        access_ended,
+        oauth_store: oauth_store.clone(),
     };
     if config.oauth.cimd_allow_loopback_for_tests {
         tracing::warn!(

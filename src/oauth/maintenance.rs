@@ -183,7 +183,11 @@ mod tests {
     use crate::store::Db;
 
     fn store_with_grant(user_id: UserId, client_id: &str, grant_id: &str, now: i64) -> OAuthStore {
-        let store = OAuthStore::new(Db::open_in_memory().unwrap()).unwrap();
+        let store = OAuthStore::new(
+            Db::open_in_memory().unwrap(),
+            crate::auth::access_ended_channel(),
+        )
+        .unwrap();
         add_grant(&store, user_id, client_id, grant_id, now);
         store
     }

@@ -246,6 +246,13 @@ impl Actor {
     // ---- client → child -------------------------------------------------------------------
 
     async fn initialize_new(&mut self, id: Id, params: Option<Box<RawValue>>) -> InitializeOutcome {
+        if self.record.initialize_params.is_some() {
+            // Item 146: one `initialize` per session (the Streamable HTTP edge answers repeats
+            // from the record before they get here; this guards the legacy transport).
+            return InitializeOutcome::Failed(SpawnError::Initialize(
+                "the session is already initialized".to_owned(),
+            ));
+        }
         let params_text = params.as_deref().map_or("{}", RawValue::get).to_owned();
         self.record.initialize_params = Some(params_text);
         match self.spawn_child(false).await {
@@ -494,9 +501,12 @@ impl Actor {
             return;
         };
         let timeout = self.ctx.config.write_timeout();
+        // One write per message: the line and its newline together (stdin is unbuffered).
+        let mut framed = Vec::with_capacity(line.len() + 1);
+        framed.extend_from_slice(line.as_bytes());
+        framed.push(b'\n');
         let write = async {
-            child.stdin.write_all(line.as_bytes()).await?;
-            child.stdin.write_all(b"\n").await?;
+            child.stdin.write_all(&framed).await?;
             child.stdin.flush().await
         };
         match tokio::time::timeout(timeout, write).await {

@@ -153,3 +153,38 @@ async fn the_child_environment_is_the_allowlist_plus_the_credential() {
     assert!(!String::from_utf8_lossy(&cmdline).contains("forgejo-token"));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn audit_events_carry_neither_session_ids_nor_tokens() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("bearer-secret-value", 3, "client-a", "grant-1");
+    client.initialize().await;
+    client.tool_text("echo", json!({"message": "x"})).await;
+    client.call_tool("crash", json!({})).await;
+    client.tool_text("echo", json!({"message": "y"})).await;
+    assert_eq!(client.delete().await, 204);
+    let events = broker.audit.events();
+    let names: Vec<String> = events.iter().map(|e| e.name()).collect();
+    for expected in [
+        "session_created",
+        "child_spawned",
+        "tool_called",
+        "child_exited",
+        "session_resumed",
+        "session_ended",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let text = serde_json::to_string(&events).unwrap();
+    let session = client.session.as_deref().unwrap();
+    assert!(
+        !text.contains(session),
+        "the session id leaked into the audit log"
+    );
+    assert!(!text.contains("forgejo-token-of-3"));
+    assert!(!text.contains("bearer-secret-value"));
+    broker.stop().await;
+}

@@ -207,6 +207,10 @@ impl Broker {
         )
         .unwrap();
         let server = tokio::spawn(async move {
+            // Small SSE writes must not wait for delayed ACKs (Nagle).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, router).await;
         });
         Self {

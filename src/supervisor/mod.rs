@@ -5,6 +5,7 @@
 //! A launched child is owned by one [`ChildHandle`] (STYLE.md habit 10): dropping it kills the
 //! child's whole process group (or sandbox); [`ChildHandle::stop`] does it gracefully.
 
+pub mod plain;
 pub mod sandbox_check;
 pub mod sandbox_config;
 pub mod sandboxed;

@@ -7,5 +7,13 @@
     clippy::indexing_slicing
 )]
 
+mod demo_child;
+mod fixtures;
+mod mcp;
+mod oauth;
+mod ops;
 mod sandbox;
 mod smoke;
+mod standin;
+mod vault;
+mod vault_ops;

@@ -13,6 +13,8 @@ use super::{ChildSpec, TokenDelivery};
 
 pub struct CheckReport {
     pub layers: Vec<LayerReport>,
+    /// Paths of the configured profile (and `extra_read_only`) that do not exist here.
+    pub missing_paths: Vec<String>,
     pub cgroup_backend: String,
     /// `Ok(output)` of the trial child, or why it could not start.
     pub trial: Result<String, String>,
@@ -35,6 +37,13 @@ impl CheckReport {
                 report.layer,
                 report.status.label(),
                 report.status.reason().unwrap_or_default()
+            );
+        }
+        if !self.missing_paths.is_empty() {
+            let _ = writeln!(
+                out,
+                "profile paths not on this host (skipped): {}",
+                self.missing_paths.join(", ")
             );
         }
         match &self.trial {
@@ -86,8 +95,18 @@ pub async fn run(config: &SandboxConfig) -> CheckReport {
         .map(|e| e.to_string());
     // A host where no child can start at all fails the check even without requirements.
     let requirements_met = unmet.is_none() && trial.is_ok();
+    let missing_paths = policies::profile(&config.profile)
+        .map(|profile| profile.read_only)
+        .unwrap_or_default()
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .chain(config.extra_read_only.iter().cloned())
+        .filter(|path| !path.exists())
+        .map(|path| path.display().to_string())
+        .collect();
     CheckReport {
         layers,
+        missing_paths,
         cgroup_backend: backend.name().to_owned(),
         trial: trial.map(|(output, _)| output),
         requirements_met,

@@ -303,7 +303,11 @@ impl Inner {
         wanted.extend(self.config.extra_read_only.iter().cloned());
         wanted.push(program.clone());
         wanted.extend(working_dir.map(Path::to_path_buf));
-        let (binds, _missing) = sandbox::binds::resolve_binds(&wanted);
+        let (binds, missing) = sandbox::binds::resolve_binds(&wanted);
+        if !missing.is_empty() {
+            // Profiles list paths for several distributions; `sandbox check` shows these too.
+            tracing::debug!(?missing, "sandbox profile paths not present on this host");
+        }
         let mut read_only: Vec<String> = binds
             .iter()
             .filter(|b| !matches!(b, Bind::Symlink { .. }))

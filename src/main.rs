@@ -42,6 +42,9 @@ enum Command {
     DemoChild {
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Forgejo's base URL (default: $FORGEJO_URL).
+        #[arg(long)]
+        url: Option<String>,
     },
     /// The vault holding Forgejo tokens at rest: init, status, key rotation (docs/vault.md).
     Vault {
@@ -127,12 +130,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { command } => cli::audit::run(command),
         Command::Admin(args) => cli::admin::run(args),
-        Command::DemoChild { token_file } => {
+        Command::DemoChild { token_file, url } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file))?;
+            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file, url))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Vault { command } => vault_command(command),

@@ -18,6 +18,7 @@ fn admin_for(broker: &TestBroker) -> Admin {
         clock: broker.clock.clone(),
         audit: broker.audit.clone(),
         metrics: Metrics::new(),
+        launcher: None,
     };
     Admin::open(&broker.config(), &deps).unwrap()
 }

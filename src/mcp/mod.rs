@@ -169,7 +169,7 @@ pub struct ChildProfileConfig {
     pub args: Vec<String>,
     /// Variables copied from the broker's environment when set there; nothing else is inherited.
     pub env_allowlist: Vec<String>,
-    /// Fixed variables for the child.
+    /// Fixed variables for the child; `{forgejo_url}` is replaced as in `args`.
     pub env: BTreeMap<String, String>,
     /// The variable carrying the credential (`env` delivery, and `pipe` where the child reads env).
     pub token_variable: String,

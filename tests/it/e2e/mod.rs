@@ -7,6 +7,7 @@
 
 mod clients;
 mod conformance;
+mod demo;
 pub mod forwarder;
 
 use std::path::{Path, PathBuf};
@@ -87,12 +88,21 @@ pub async fn run_typescript_client(
     extra_args: &[&str],
     env: &[(&str, &str)],
 ) -> Steps {
+    run_typescript_client_at(&broker.resource(), extra_args, env).await
+}
+
+/// [`run_typescript_client`] against any MCP URL (e.g. the `demo` subcommand's).
+pub async fn run_typescript_client_at(
+    mcp_url: &str,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> Steps {
     let script = peers_dir().join("oauth-client.mjs");
     let mut command = tokio::process::Command::new(node());
     command
         .arg(&script)
         .arg("--url")
-        .arg(broker.resource())
+        .arg(mcp_url)
         .args(extra_args)
         .envs(env.iter().copied())
         .current_dir(peers_dir())
@@ -118,24 +128,27 @@ pub async fn run_typescript_client(
 
 /// The whole client-visible flow, as `oauth-client.mjs` reports it, checked step by step.
 pub fn assert_full_flow(broker: &TestBroker, steps: &Steps) {
+    assert_full_flow_at(&broker.base_url, steps);
+}
+
+/// [`assert_full_flow`] for a broker whose public origin is `base_url`.
+pub fn assert_full_flow_at(base_url: &str, steps: &Steps) {
+    let resource = format!("{base_url}/mcp");
     let unauthenticated = steps.find("unauthenticated");
     assert_eq!(unauthenticated["status"], 401);
     let challenge = unauthenticated["www_authenticate"].as_str().unwrap();
     assert!(
         challenge.contains(&format!(
             "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
-            broker.base_url
+            base_url
         )),
         "{challenge}"
     );
 
     let authorize = steps.find("authorize");
-    assert_eq!(
-        authorize["endpoint"],
-        format!("{}/oauth/authorize", broker.base_url)
-    );
+    assert_eq!(authorize["endpoint"], format!("{base_url}/oauth/authorize"));
     assert_eq!(authorize["code_challenge_method"], "S256");
-    assert_eq!(authorize["resource"], broker.resource());
+    assert_eq!(authorize["resource"], resource.as_str());
     assert_eq!(authorize["has_state"], true);
 
     let consent = steps.find("consent_page");

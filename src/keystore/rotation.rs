@@ -627,3 +627,47 @@ pub fn spawn_background(vault: Arc<Vault>, tasks: &TaskTracker, cancel: Cancella
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLUMN: SealedColumn = SealedColumn {
+        table: "t",
+        id_column: "id",
+        user_id_column: "user_id",
+        column: "secret",
+    };
+
+    #[test]
+    fn rows_per_version_reads_headers_and_flags_non_envelopes() {
+        let db = Db::open_in_memory().unwrap();
+        let counts = db
+            .call(|c| rows_per_version(c, &COLUMN).map_err(crate::store::StoreError::from))
+            .unwrap();
+        assert!(counts.is_empty(), "a missing table has no rows");
+        let counts = db
+            .call(|c| {
+                c.execute_batch(
+                    "CREATE TABLE t (id INTEGER PRIMARY KEY, user_id INTEGER, secret BLOB);
+                     INSERT INTO t VALUES (1, 1, x'0100000002aa'), (2, 1, x'0100000002bb'),
+                         (3, 1, x'0100000001cc'), (4, 1, x'01'), (5, 1, NULL);",
+                )?;
+                rows_per_version(c, &COLUMN).map_err(crate::store::StoreError::from)
+            })
+            .unwrap();
+        assert_eq!(counts, vec![(None, 1), (Some(1), 1), (Some(2), 2)]);
+    }
+
+    #[test]
+    fn ids_become_aad_text_as_documented() {
+        assert_eq!(id_as_text(&Value::Integer(42)).as_deref(), Some("42"));
+        assert_eq!(id_as_text(&Value::Integer(-1)).as_deref(), Some("-1"));
+        assert_eq!(
+            id_as_text(&Value::Text("01JD6Q".into())).as_deref(),
+            Some("01JD6Q")
+        );
+        assert_eq!(id_as_text(&Value::Blob(vec![1])), None);
+        assert_eq!(id_as_text(&Value::Null), None);
+    }
+}

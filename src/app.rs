@@ -10,10 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{SharedAudit, TracingAudit};
+use crate::auth::AccessTokenVerifier;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::keystore::{self, KeystoreError, SealedRegistry, Vault, VaultDeps};
+use crate::oauth::TokenVerifier;
+use crate::oauth::store::OAuthStore;
 use crate::store::{Db, StoreError};
+use crate::upstream::{ForgejoClient, GrantStore, Upstream};
 
 /// What the process provides from outside the config: time and the audit sink. Tests pass a
 /// manual clock and an in-memory audit.
@@ -48,6 +52,12 @@ pub enum StartError {
     },
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
+    #[error("forgejo.client_secret: {0}")]
+    ClientSecret(String),
+    #[error("cannot build the Forgejo client: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Cimd(#[from] crate::oauth::cimd::CimdError),
     #[error("refusing to start: {0}")]
     Vault(#[from] KeystoreError),
     #[error("refusing to start: the vault could not be opened: {0}")]
@@ -57,8 +67,18 @@ pub enum StartError {
 /// Every column that holds vault ciphertext, declared by the component that owns it
 /// (keystore/registry.rs). The re-encryption job and `vault status` walk these.
 pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
-    // The upstream token table registers here when it lands (`upstream::SEALED_COLUMNS`).
-    Ok(SealedRegistry::new())
+    SealedRegistry::new().with(crate::upstream::store::SEALED_COLUMNS)
+}
+
+/// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.
+#[derive(Clone)]
+pub struct AuthHandles {
+    /// Checks broker access tokens on `/mcp`.
+    pub verifier: Arc<dyn AccessTokenVerifier>,
+    /// Users' Forgejo token sets: [`crate::auth::UpstreamCredentials`], refresh, burn.
+    pub upstream: Arc<Upstream>,
+    /// The public origin (for [`crate::oauth::mcp_unauthorized`]).
+    pub issuer: String,
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
@@ -67,6 +87,7 @@ pub struct RunningApp {
     cancel: CancellationToken,
     tasks: TaskTracker,
     pub db: Db,
+    pub auth: AuthHandles,
     pub vault: Arc<Vault>,
 }
 
@@ -146,7 +167,52 @@ pub async fn start_on(
     };
     let vault = Arc::new(vault);
 
-    let router = crate::http::router(Vec::new());
+    // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
+    let sealer: Arc<dyn vault::Sealer> = vault.clone();
+    let client_secret = config
+        .forgejo
+        .load_client_secret()
+        .map_err(StartError::ClientSecret)?;
+    let forgejo = ForgejoClient::new(
+        &config.forgejo,
+        client_secret,
+        crate::upstream::forgejo_redirect_uri(&config.server),
+    )?;
+    let grants = GrantStore::new(db.clone(), sealer.clone())?;
+    let upstream = Arc::new(Upstream::new(
+        forgejo,
+        grants,
+        sealer,
+        deps.clock.clone(),
+        deps.audit.clone(),
+        i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
+    ));
+    let oauth_store = OAuthStore::new(db.clone())?;
+    let auth = AuthHandles {
+        verifier: Arc::new(TokenVerifier::new(
+            oauth_store.clone(),
+            upstream.clone(),
+            deps.clock.clone(),
+        )),
+        upstream: upstream.clone(),
+        issuer: config.server.issuer(),
+    };
+    if config.oauth.cimd_allow_loopback_for_tests {
+        tracing::warn!(
+            "oauth.cimd_allow_loopback_for_tests is on: CIMD fetches may reach services on this host; never use it in production"
+        );
+    }
+    let sweep_store = oauth_store.clone();
+    let oauth_state = Arc::new(crate::oauth::build_state(
+        &config.oauth,
+        &config.server,
+        oauth_store,
+        upstream,
+        deps.clock.clone(),
+        deps.audit.clone(),
+    )?);
+
+    let router = crate::http::router([crate::oauth::router(oauth_state)]);
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
@@ -162,12 +228,19 @@ pub async fn start_on(
             tracing::error!(task = "http", %error, "http server failed");
         }
     });
+    tasks.spawn(crate::oauth::maintenance::run_sweeper(
+        sweep_store,
+        deps.clock.clone(),
+        Duration::from_secs(600),
+        cancel.clone(),
+    ));
     tracing::info!(%local_addr, "serving");
     Ok(RunningApp {
         local_addr,
         cancel,
         tasks,
         db,
+        auth,
         vault,
     })
 }

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod ratelimit;
 pub mod secret;
+pub mod standin;
 pub mod store;
 pub mod supervisor;
 pub mod upstream;

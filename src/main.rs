@@ -28,6 +28,12 @@ enum Command {
         #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
         config: PathBuf,
     },
+    /// The demo's stdio MCP child (whoami, list_repositories, create_issue against Forgejo's
+    /// API). Reads FORGEJO_URL and FORGEJO_ACCESS_TOKEN, or the token from --token-file.
+    DemoChild {
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// The vault holding Forgejo tokens at rest: init, status, key rotation (docs/vault.md).
     Vault {
         #[command(subcommand)]
@@ -101,9 +107,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.server.mcp_resource()
             );
             println!(
-                "Register at Forgejo (Settings → Applications → OAuth2, confidential client) with redirect URI: {}/oauth/callback",
-                config.server.issuer()
+                "Register at Forgejo (Settings → Applications → OAuth2, confidential client) with redirect URI: {}",
+                forgejo_mcp_broker::upstream::forgejo_redirect_uri(&config.server)
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoChild { token_file } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Vault { command } => vault_command(command),

@@ -7,6 +7,10 @@
     clippy::indexing_slicing
 )]
 
+mod demo_child;
+mod fixtures;
+mod oauth;
 mod smoke;
+mod standin;
 mod vault;
 mod vault_ops;

@@ -110,13 +110,41 @@ async fn operator_commands_run_while_the_broker_serves() {
     assert!(!ok && text.contains("already initialised"), "{text}");
 
     let running = start(dir.path(), "auto_init = false").await.unwrap();
+    // A real sealed row (the upstream token table is a registered sealed column), so the
+    // re-encryption job has something to carry from v1 to v2 before v1 may retire.
     let aad = Aad {
-        table: "t",
-        column: "c",
+        table: "upstream_grants",
+        column: "access_token",
         row_id: "1",
         user_id: 1,
     };
     let sealed_v1 = running.vault.seal(&aad, b"gto_token").unwrap();
+    running
+        .db
+        .call(|connection| {
+            connection
+                .execute(
+                    "INSERT INTO upstream_grants (user_id, username, access_token, expires_at, generation, updated_at)
+                     VALUES (1, 'alice', ?1, 0, 1, 0)",
+                    [&sealed_v1],
+                )
+                .map_err(forgejo_mcp_broker::store::StoreError::from)
+        })
+        .unwrap();
+    let stored_row = |running: &forgejo_mcp_broker::app::RunningApp| -> Vec<u8> {
+        running
+            .db
+            .call(|connection| {
+                connection
+                    .query_row(
+                        "SELECT access_token FROM upstream_grants WHERE user_id = 1",
+                        [],
+                        |row| row.get(0),
+                    )
+                    .map_err(forgejo_mcp_broker::store::StoreError::from)
+            })
+            .unwrap()
+    };
 
     let (ok, text) = cli(&config, &["rotate-data-key"]);
     assert!(ok && text.contains("data key v2 added"), "{text}");
@@ -139,9 +167,13 @@ async fn operator_commands_run_while_the_broker_serves() {
         ],
     );
     assert!(ok && text.contains("no row rewritten"), "{text}");
-    // Still serving, with both keys (nothing retires while no sealed column is registered).
+    // Still serving; the stored row opens whichever key version it now carries.
     assert_eq!(
-        running.vault.open(&aad, &sealed_v1).unwrap().as_slice(),
+        running
+            .vault
+            .open(&aad, &stored_row(&running))
+            .unwrap()
+            .as_slice(),
         b"gto_token"
     );
     assert_eq!(

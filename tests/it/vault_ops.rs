@@ -325,3 +325,64 @@ async fn rotations_while_serving_real_upstream_grants() {
     );
     broker.shutdown().await;
 }
+
+/// A grant whose ciphertext does not open is reported and means "authorize again": the row is
+/// kept untouched, and a new login replaces it.
+#[tokio::test]
+async fn an_unreadable_upstream_grant_means_authorize_again_and_is_kept() {
+    use forgejo_mcp_broker::audit::AuditEvent;
+    use forgejo_mcp_broker::auth::{UpstreamCredentials, UpstreamCredentialsError};
+
+    use crate::fixtures::{ALICE, TestBroker};
+
+    let broker = TestBroker::builder().start().await;
+    let (client, _tokens) = broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    upstream.access_token(ALICE).await.unwrap();
+    let db = broker.app().db.clone();
+    let read = || -> Vec<u8> {
+        db.call(|c| {
+            c.query_row(
+                "SELECT access_token FROM upstream_grants WHERE user_id = ?1",
+                [ALICE],
+                |row| row.get(0),
+            )
+            .map_err(forgejo_mcp_broker::store::StoreError::from)
+        })
+        .unwrap()
+    };
+    let mut tampered = read();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    db.call(|c| {
+        c.execute(
+            "UPDATE upstream_grants SET access_token = ?1 WHERE user_id = ?2",
+            rusqlite::params![tampered, ALICE],
+        )
+        .map_err(forgejo_mcp_broker::store::StoreError::from)
+    })
+    .unwrap();
+
+    let error = upstream.access_token(ALICE).await.unwrap_err();
+    assert!(
+        matches!(error, UpstreamCredentialsError::GrantDead),
+        "{error}"
+    );
+    assert_eq!(read(), tampered, "kept as it was, not deleted or rewritten");
+    assert_eq!(
+        broker.app().vault.counters().row_authentication_failures(),
+        1
+    );
+    assert!(broker.audit_events().iter().any(|event| matches!(
+        event,
+        AuditEvent::VaultEvent { action, detail }
+            if action == "row_unreadable" && detail.contains("table=upstream_grants")
+                && detail.contains(&format!("user_id={ALICE}"))
+    )));
+
+    // Authorizing again replaces the row.
+    broker.login(&client).await;
+    upstream.access_token(ALICE).await.unwrap();
+    assert_ne!(read(), tampered);
+    broker.shutdown().await;
+}

@@ -103,6 +103,10 @@ pub enum KeystoreError {
         "data key version {version} cannot be unwrapped although the key check passed: the vault tables are damaged; restore them from a backup"
     )]
     DataKeyUnreadable { version: u32 },
+    #[error(
+        "{rows} sealed values exist but the vault's keys are missing from the database; refusing to create a new vault over them: restore the database from a backup (docs/vault.md)"
+    )]
+    OrphanedSealedValues { rows: u64 },
     #[error("the vault holds no active data key")]
     NoActiveDataKey,
     #[error("the stored Argon2id parameters or salt are damaged")]
@@ -284,12 +288,27 @@ pub fn init(
     db: &Db,
     config: &VaultConfig,
     data_dir: &Path,
+    registry: &SealedRegistry,
     deps: &VaultDeps,
     env: EnvLookup<'_>,
 ) -> Result<InitReport, KeystoreError> {
     db.migrate(COMPONENT, MIGRATIONS)?;
     if db.call(|connection| read_meta(connection))?.is_some() {
         return Err(KeystoreError::AlreadyInitialised);
+    }
+    // Sealed values without vault metadata: the metadata was lost or removed. A new vault
+    // would never open them; stop so the operator restores the database instead.
+    let orphaned = db.call(|connection| {
+        let mut total = 0u64;
+        for column in registry.columns() {
+            for (_, rows) in rotation::rows_per_version(connection, &column)? {
+                total += rows;
+            }
+        }
+        Ok::<_, KeystoreError>(total)
+    })?;
+    if orphaned > 0 {
+        return Err(KeystoreError::OrphanedSealedValues { rows: orphaned });
     }
     let mut generated_key_file = None;
     if config.key_source == KeySourceKind::KeyFile {
@@ -402,7 +421,7 @@ impl Vault {
         // A database without vault metadata holds no sealed value, so creating a vault in it
         // cannot make anything unreadable; a database with one is never re-initialised.
         if meta.is_none() && config.auto_init {
-            let report = init(&db, &config, data_dir, &deps, &*env)?;
+            let report = init(&db, &config, data_dir, &registry, &deps, &*env)?;
             tracing::warn!(
                 target: "vault",
                 source = %report.origin,

@@ -96,7 +96,7 @@ pub enum KeystoreError {
         origin: String,
     },
     #[error(
-        "the master key from {origin} does not open this vault (key check failed): wrong key, wrong passphrase or a different database. Nothing was changed; restore the right key (docs/vault.md, \"Backup and restore\")"
+        "the master key from {origin} does not open this vault (key check failed): wrong key, wrong passphrase or a different database. Nothing was changed. After `vault rotate-master-key`, point [vault] at the new key; otherwise restore the right key (docs/vault.md, \"Backup and restore\")"
     )]
     WrongKey { origin: String },
     #[error(

@@ -125,8 +125,9 @@ pub fn rotate_master_key(
     let kind = new_secret.kind();
     let rewrapped_versions = db.call(|connection| {
         // IMMEDIATE: takes the write lock first, so a concurrent `rotate-data-key` either
-        // finished before (its key is re-wrapped here) or waits (and wraps under the new key
-        // after re-reading the key check... it unlocks with the old one and fails loudly).
+        // committed before (its key is re-wrapped here) or commits after, and then finds the
+        // key check changed under it and fails loudly instead of wrapping under the old key.
+        // The same check here catches two master rotations racing each other.
         let transaction =
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let current = read_meta(&transaction)?.ok_or(KeystoreError::NoActiveDataKey)?;

@@ -9,22 +9,31 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{SharedAudit, TracingAudit};
+use crate::audit::{
+    AuditEvent, AuditKey, AuditKeyError, AuditSink as _, AuditWriterError, FileAudit, SharedAudit,
+    TracingAudit,
+};
 use crate::auth::AccessTokenVerifier;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::http::HttpOptions;
 use crate::keystore::{self, KeystoreError, SealedRegistry, Vault, VaultDeps};
+use crate::metrics::Metrics;
 use crate::oauth::TokenVerifier;
 use crate::oauth::store::OAuthStore;
+use crate::ratelimit::{RateLimiter, SharedRateLimiter};
 use crate::store::{Db, StoreError};
 use crate::upstream::{ForgejoClient, GrantStore, Upstream};
 
-/// What the process provides from outside the config: time and the audit sink. Tests pass a
-/// manual clock and an in-memory audit.
+/// What the process provides from outside the config: time, the audit sink and the metrics
+/// registry. Tests pass a manual clock and an in-memory audit.
 #[derive(Clone)]
 pub struct AppDeps {
     pub clock: SharedClock,
     pub audit: SharedAudit,
+    pub metrics: Metrics,
+    /// Starts MCP children; `None` means the launcher the configuration asks for.
+    pub launcher: Option<Arc<dyn crate::supervisor::ChildLauncher>>,
 }
 
 impl AppDeps {
@@ -32,9 +41,101 @@ impl AppDeps {
         Self {
             clock: Arc::new(SystemClock),
             audit: Arc::new(TracingAudit),
+            metrics: Metrics::new(),
+            launcher: None,
         }
     }
+
+    /// What `serve` uses: the system clock, a fresh metrics registry and the hash-chained
+    /// audit file of `config` (its checkpoint key is created on first start). The caller keeps
+    /// the [`FileAudit`] to [`FileAudit::close`] it after shutdown.
+    ///
+    /// The audit key comes from `audit.key_file` for now; once the vault lands it is derived
+    /// from the vault's root key instead.
+    pub fn for_config(config: &Config) -> Result<(Self, Arc<FileAudit>), StartError> {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let metrics = Metrics::new();
+        let audit = open_file_audit(config, clock.clone(), metrics.clone())?;
+        audit.record(AuditEvent::ConfigLoaded {
+            source: "serve".to_owned(),
+        });
+        let deps = Self {
+            clock,
+            audit: audit.clone(),
+            metrics,
+            launcher: None,
+        };
+        Ok((deps, audit))
+    }
 }
+
+/// The hash-chained audit file of `config`, its checkpoint key created on first use. Commands
+/// run beside the serving broker (`admin`) open it too: writers share it safely.
+pub fn open_file_audit(
+    config: &Config,
+    clock: SharedClock,
+    metrics: Metrics,
+) -> Result<Arc<FileAudit>, StartError> {
+    let data_dir = &config.server.data_dir;
+    let key = AuditKey::load_or_create(&config.audit.key_file(data_dir))?;
+    Ok(FileAudit::open(
+        config.audit.file_config(data_dir),
+        key,
+        clock,
+        metrics,
+    )?)
+}
+
+/// The upstream token keeper (users' Forgejo token sets) over `db`; `serve` and the admin
+/// verbs build it the same way.
+/// Opens the vault, refusing (and changing nothing) when the master key is missing or wrong.
+/// Blocking: a passphrase source runs Argon2id.
+pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, StartError> {
+    let vault_deps = VaultDeps {
+        audit: Arc::clone(&deps.audit),
+        clock: Arc::clone(&deps.clock),
+    };
+    let registry = sealed_columns().map_err(KeystoreError::from)?;
+    Ok(Vault::open(
+        db.clone(),
+        config.vault.clone(),
+        &config.server.data_dir,
+        registry,
+        vault_deps,
+        Arc::new(keystore::source::process_env),
+    )?)
+}
+
+pub fn build_upstream(
+    config: &Config,
+    db: &Db,
+    deps: &AppDeps,
+    sealer: Arc<dyn vault::Sealer>,
+    access_ended: crate::auth::AccessEndedSender,
+) -> Result<Arc<Upstream>, StartError> {
+    let client_secret = config
+        .forgejo
+        .load_client_secret()
+        .map_err(StartError::ClientSecret)?;
+    let forgejo = ForgejoClient::new(
+        &config.forgejo,
+        client_secret,
+        crate::upstream::forgejo_redirect_uri(&config.server),
+    )?;
+    let grants = GrantStore::new(db.clone(), sealer.clone())?;
+    Ok(Arc::new(Upstream::new(
+        forgejo,
+        grants,
+        sealer,
+        deps.clock.clone(),
+        deps.audit.clone(),
+        i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
+        access_ended,
+    )))
+}
+
+/// How long open requests may run on after shutdown was requested.
+const DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,6 +153,10 @@ pub enum StartError {
     },
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
+    #[error(transparent)]
+    AuditKey(#[from] AuditKeyError),
+    #[error(transparent)]
+    Audit(#[from] AuditWriterError),
     #[error("forgejo.client_secret: {0}")]
     ClientSecret(String),
     #[error("cannot build the Forgejo client: {0}")]
@@ -60,6 +165,8 @@ pub enum StartError {
     Cimd(#[from] crate::oauth::cimd::CimdError),
     #[error("refusing to start: {0}")]
     Vault(#[from] KeystoreError),
+    #[error("cannot start the MCP edge: {0}")]
+    Mcp(#[from] crate::mcp::McpStartError),
     #[error("refusing to start: the vault could not be opened: {0}")]
     VaultTask(tokio::task::JoinError),
 }
@@ -79,21 +186,35 @@ pub struct AuthHandles {
     pub upstream: Arc<Upstream>,
     /// The public origin (for [`crate::oauth::mcp_unauthorized`]).
     pub issuer: String,
+    /// Revoked grants and dead users are announced here: the MCP edge subscribes and ends
+    /// the matching sessions.
+    pub access_ended: crate::auth::AccessEndedSender,
+    /// For operator actions: `revoke_user`, `revoke_client`.
+    pub oauth_store: OAuthStore,
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
 pub struct RunningApp {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     pub db: Db,
+    pub metrics: Metrics,
+    pub rate_limiter: SharedRateLimiter,
     pub auth: AuthHandles,
     pub vault: Arc<Vault>,
+    pub mcp: Arc<crate::mcp::McpHandle>,
 }
 
 impl RunningApp {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// A token that, when cancelled, starts a graceful shutdown.
@@ -112,9 +233,42 @@ impl RunningApp {
     pub async fn shutdown(self, deadline: Duration) -> bool {
         self.cancel.cancel();
         self.tasks.close();
-        tokio::time::timeout(deadline, self.tasks.wait())
+        // Children stop (sessions stay in the database and resume after a restart).
+        let children_stopped = self.mcp.shutdown(deadline).await;
+        let tasks_stopped = tokio::time::timeout(deadline, self.tasks.wait())
             .await
-            .is_ok()
+            .is_ok();
+        children_stopped && tasks_stopped
+    }
+}
+
+/// Ends the MCP sessions of a revoked grant or a user whose Forgejo grant died, so their
+/// children stop at once rather than at their next request.
+async fn end_sessions_when_access_ends(
+    mut events: tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>,
+    mcp: Arc<crate::mcp::McpHandle>,
+    cancel: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(crate::auth::AccessEnded::Grant { grant_id, .. }) => {
+                mcp.end_grant(&grant_id).await;
+            }
+            Ok(crate::auth::AccessEnded::User { user_id }) => {
+                mcp.end_user(user_id).await;
+            }
+            Err(RecvError::Lagged(missed)) => {
+                // Sessions of missed grants still end at their next request (the verifier
+                // reads the grant from the database); only the early stop is lost.
+                tracing::warn!(task = "access-ended", missed, "revocation notices dropped");
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 
@@ -142,52 +296,28 @@ pub async fn start_on(
     // A missing or wrong master key stops the start here, before anything is served or
     // written (the vault checks the key against its stored key check first).
     let vault = {
-        let (db, vault_config, data_dir) = (
-            db.clone(),
-            config.vault.clone(),
-            config.server.data_dir.clone(),
-        );
-        let vault_deps = VaultDeps {
-            audit: Arc::clone(&deps.audit),
-            clock: Arc::clone(&deps.clock),
-        };
+        let (config, db, deps) = (config.clone(), db.clone(), deps.clone());
         // Argon2id (for a passphrase) takes a noticeable moment: off the async workers.
-        tokio::task::spawn_blocking(move || {
-            Vault::open(
-                db,
-                vault_config,
-                &data_dir,
-                sealed_columns()?,
-                vault_deps,
-                Arc::new(keystore::source::process_env),
-            )
-        })
-        .await
-        .map_err(StartError::VaultTask)??
+        tokio::task::spawn_blocking(move || open_vault(&config, &db, &deps))
+            .await
+            .map_err(StartError::VaultTask)??
     };
     let vault = Arc::new(vault);
 
-    // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
-    let sealer: Arc<dyn vault::Sealer> = vault.clone();
-    let client_secret = config
-        .forgejo
-        .load_client_secret()
-        .map_err(StartError::ClientSecret)?;
-    let forgejo = ForgejoClient::new(
-        &config.forgejo,
-        client_secret,
-        crate::upstream::forgejo_redirect_uri(&config.server),
-    )?;
-    let grants = GrantStore::new(db.clone(), sealer.clone())?;
-    let upstream = Arc::new(Upstream::new(
-        forgejo,
-        grants,
-        sealer,
-        deps.clock.clone(),
+    let metrics = deps.metrics.clone();
+    // Routers attach per-IP limits route by route, e.g.
+    // `post(token).layer(ratelimit::layer(&rate_limiter, EndpointClass::Token))`.
+    let rate_limiter = RateLimiter::new(
+        &config.rate_limits,
+        &config.server.trusted_proxies,
+        metrics.clone(),
         deps.audit.clone(),
-        i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
-    ));
-    let oauth_store = OAuthStore::new(db.clone())?;
+    );
+
+    // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
+    let access_ended = crate::auth::access_ended_channel();
+    let upstream = build_upstream(&config, &db, &deps, vault.clone(), access_ended.clone())?;
+    let oauth_store = OAuthStore::new(db.clone(), access_ended.clone())?;
     let auth = AuthHandles {
         verifier: Arc::new(TokenVerifier::new(
             oauth_store.clone(),
@@ -196,6 +326,8 @@ pub async fn start_on(
         )),
         upstream: upstream.clone(),
         issuer: config.server.issuer(),
+        access_ended,
+        oauth_store: oauth_store.clone(),
     };
     if config.oauth.cimd_allow_loopback_for_tests {
         tracing::warn!(
@@ -212,34 +344,93 @@ pub async fn start_on(
         deps.audit.clone(),
     )?);
 
-    let router = crate::http::router([crate::oauth::router(oauth_state)]);
+    let options = HttpOptions {
+        limits: config.limits.clone(),
+        metrics: metrics.clone(),
+    };
+    // The MCP edge (issue #3): every request checked by the OAuth half's verifier; children get
+    // the user's Forgejo credentials from the upstream token keeper.
+    let (mcp_router, mcp) = crate::mcp::router(
+        &config.server,
+        &config.mcp,
+        config.forgejo.url.as_str(),
+        crate::mcp::McpDeps {
+            db: db.clone(),
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            verifier: auth.verifier.clone(),
+            upstream: auth.upstream.clone(),
+            launcher: deps
+                .launcher
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::supervisor::plain::PlainLauncher)),
+        },
+    )?;
+    let mcp = Arc::new(mcp);
+    let router = crate::http::router(
+        [crate::oauth::router(oauth_state, &rate_limiter), mcp_router],
+        &options,
+    );
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     keystore::rotation::spawn_background(Arc::clone(&vault), &tasks, cancel.clone());
-    let shutdown = cancel.clone();
-    tasks.spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(task = "http", %error, "http server failed");
+
+    // `/metrics` on its own listener, never on the public one (issue #7).
+    let metrics_addr = match config.metrics.listen {
+        None => None,
+        Some(address) => {
+            let metrics_listener = TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })?;
+            let bound = metrics_listener
+                .local_addr()
+                .map_err(StartError::LocalAddr)?;
+            let shutdown = cancel.clone();
+            let limits = config.limits.clone();
+            let metrics_router = crate::metrics::router(metrics.clone());
+            tasks.spawn(async move {
+                crate::http::serve(metrics_listener, metrics_router, &limits, shutdown, DRAIN)
+                    .await;
+                tracing::debug!(task = "metrics-http", "stopped");
+            });
+            tracing::info!(metrics_addr = %bound, "serving metrics");
+            Some(bound)
         }
+    };
+
+    let shutdown = cancel.clone();
+    let limits = config.limits.clone();
+    tasks.spawn(async move {
+        crate::http::serve(listener, router, &limits, shutdown, DRAIN).await;
+        tracing::debug!(task = "http", "stopped");
     });
     tasks.spawn(crate::oauth::maintenance::run_sweeper(
-        sweep_store,
-        deps.clock.clone(),
-        Duration::from_secs(600),
+        crate::oauth::maintenance::Sweeper {
+            store: sweep_store,
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            interval: Duration::from_secs(600),
+            unused_client_ttl_secs: config.oauth.unused_client_ttl_secs,
+        },
         cancel.clone(),
     ));
     tracing::info!(%local_addr, "serving");
+    tasks.spawn(end_sessions_when_access_ends(
+        auth.access_ended.subscribe(),
+        mcp.clone(),
+        cancel.clone(),
+    ));
     Ok(RunningApp {
+        mcp,
         local_addr,
+        metrics_addr,
         cancel,
         tasks,
         db,
+        metrics,
+        rate_limiter,
         auth,
         vault,
     })

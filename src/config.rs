@@ -63,6 +63,8 @@ pub struct Config {
     #[serde(default)]
     pub rate_limits: crate::ratelimit::RateLimitConfig,
     #[serde(default)]
+    pub limits: crate::ratelimit::HttpLimitsConfig,
+    #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -336,8 +338,18 @@ impl Validate for Config {
         self.forgejo.validate(errors);
         self.oauth.validate(errors);
         self.mcp.validate(errors);
+        if self.mcp.max_body_bytes > self.limits.max_body_bytes {
+            errors.push(
+                "mcp.max_body_bytes",
+                format!(
+                    "must not exceed limits.max_body_bytes ({}), the server-wide cap",
+                    self.limits.max_body_bytes
+                ),
+            );
+        }
         self.audit.validate(errors);
         self.rate_limits.validate(errors);
+        self.limits.validate(errors);
         self.metrics.validate(errors);
         self.vault.validate(errors);
     }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use forgejo_mcp_broker::app::{self, AppDeps};
@@ -28,11 +30,21 @@ enum Command {
         #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
         config: PathBuf,
     },
+    /// Operator actions on clients and users (each audited).
+    Admin(cli::admin::AdminArgs),
+    /// Review the audit log: verify its hash chain and checkpoints, or show filtered records.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
     /// The demo's stdio MCP child (whoami, list_repositories, create_issue against Forgejo's
     /// API). Reads FORGEJO_URL and FORGEJO_ACCESS_TOKEN, or the token from --token-file.
     DemoChild {
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Forgejo's base URL (default: $FORGEJO_URL).
+        #[arg(long)]
+        url: Option<String>,
     },
     /// The vault holding Forgejo tokens at rest: init, status, key rotation (docs/vault.md).
     Vault {
@@ -96,7 +108,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .thread_name("broker")
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(serve(config))?;
+            let (deps, audit) = AppDeps::for_config(&config)?;
+            let served = runtime.block_on(serve(config, deps));
+            // After the runtime stopped serving: the final checkpoint covers every event.
+            audit.close();
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
@@ -112,12 +128,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::DemoChild { token_file } => {
+        Command::Audit { command } => cli::audit::run(command),
+        Command::Admin(args) => cli::admin::run(args),
+        Command::DemoChild { token_file, url } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file))?;
+            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file, url))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Vault { command } => vault_command(command),
@@ -225,8 +243,8 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let running = app::start(config, AppDeps::production()).await?;
+async fn serve(config: Config, deps: AppDeps) -> anyhow::Result<()> {
+    let running = app::start(config, deps).await?;
     let cancel = running.cancel_token();
     tokio::spawn(async move {
         wait_for_signal().await;

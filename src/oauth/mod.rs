@@ -16,6 +16,7 @@ pub mod store;
 pub mod token;
 pub mod verifier;
 
+use crate::ratelimit::{EndpointClass, SharedRateLimiter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,15 @@ use crate::upstream::Upstream;
 pub use error::{OAuthError, OAuthFailure};
 use store::{ClientKind, ClientRecord, OAuthStore};
 pub use verifier::{TokenVerifier, mcp_unauthorized};
+
+/// For hand-written `Debug` of wire types that carry secrets (codes, tokens, verifiers).
+pub(crate) fn redacted(value: &Option<String>) -> &'static str {
+    if value.is_some() {
+        "[redacted]"
+    } else {
+        "None"
+    }
+}
 
 /// `[oauth]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +63,10 @@ pub struct OAuthConfig {
     pub upstream_login_ttl_secs: u64,
     /// Refresh the Forgejo token this long before it expires (default 5 min).
     pub upstream_refresh_ahead_secs: u64,
+    /// Registered (DCR) clients with no grant this long after registration, and cached CIMD
+    /// documents of clients with no live grant, are deleted (checklist item 65: Claude and
+    /// VS Code register again and again). 0 keeps them forever.
+    pub unused_client_ttl_secs: u64,
     /// Cap on authorizations in progress, in total and per client.
     pub max_pending_authorizations: u64,
     pub max_pending_per_client: u64,
@@ -81,6 +95,7 @@ impl Default for OAuthConfig {
             consent_ttl_secs: 600,
             upstream_login_ttl_secs: 600,
             upstream_refresh_ahead_secs: 300,
+            unused_client_ttl_secs: 30 * 24 * 3600,
             max_pending_authorizations: 10_000,
             max_pending_per_client: 100,
             cimd_enabled: true,
@@ -277,8 +292,10 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(3600))
 }
 
-/// The authorization server's routes (ARCHITECTURE.md §5).
-pub fn router(state: Arc<OAuthState>) -> Router {
+/// The authorization server's routes (ARCHITECTURE.md §5), each abuse-prone one limited per
+/// client IP (issue #7; aliases share their endpoint's class).
+pub fn router(state: Arc<OAuthState>, limiter: &SharedRateLimiter) -> Router {
+    let limit = |class| crate::ratelimit::layer(limiter, class);
     let machine = Router::new()
         .route(
             "/.well-known/oauth-protected-resource",
@@ -296,19 +313,43 @@ pub fn router(state: Arc<OAuthState>) -> Router {
             "/.well-known/openid-configuration",
             get(metadata::authorization_server),
         )
-        .route("/oauth/register", post(register::register))
-        .route("/register", post(register::register))
-        .route("/oauth/token", post(token::token))
-        .route("/token", post(token::token))
-        .route("/oauth/revoke", post(revoke::revoke))
+        .route(
+            "/oauth/register",
+            post(register::register).layer(limit(EndpointClass::Register)),
+        )
+        .route(
+            "/register",
+            post(register::register).layer(limit(EndpointClass::Register)),
+        )
+        .route(
+            "/oauth/token",
+            post(token::token).layer(limit(EndpointClass::Token)),
+        )
+        .route(
+            "/token",
+            post(token::token).layer(limit(EndpointClass::Token)),
+        )
+        .route(
+            "/oauth/revoke",
+            post(revoke::revoke).layer(limit(EndpointClass::Revoke)),
+        )
         // OAuth requests are small; refuse big bodies before reading them.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
         .layer(cors());
     // Browser navigations: no CORS (nothing to read cross-origin), pages hardened instead.
     let browser = Router::new()
-        .route("/oauth/authorize", get(authorize::authorize))
-        .route("/authorize", get(authorize::authorize))
-        .route("/oauth/consent", post(authorize::consent))
+        .route(
+            "/oauth/authorize",
+            get(authorize::authorize).layer(limit(EndpointClass::Authorize)),
+        )
+        .route(
+            "/authorize",
+            get(authorize::authorize).layer(limit(EndpointClass::Authorize)),
+        )
+        .route(
+            "/oauth/consent",
+            post(authorize::consent).layer(limit(EndpointClass::Consent)),
+        )
         .route("/oauth/callback", get(callback::callback))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024));
     machine.merge(browser).with_state(state)

@@ -9,7 +9,9 @@
 
 mod demo_child;
 mod fixtures;
+mod mcp;
 mod oauth;
+mod ops;
 mod smoke;
 mod standin;
 mod vault;

@@ -393,6 +393,7 @@ pub struct Vault {
     last_reload: Mutex<Option<ReloadAttempt>>,
     /// The target version the previous job step found no older row for (rotation.rs).
     pub(crate) retire_candidate: Mutex<Option<u32>>,
+    metrics: Option<crate::metrics::Metrics>,
     env: SharedEnv,
 }
 
@@ -481,8 +482,22 @@ impl Vault {
             origin,
             last_reload: Mutex::new(None),
             retire_candidate: Mutex::new(None),
+            metrics: None,
             env,
         })
+    }
+
+    /// Also counts operations in the Prometheus registry (`vault_operations{operation,
+    /// outcome}`): `seal`, `open`, `reencrypt`, `load_data_key`, `retire`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub(crate) fn count(&self, operation: &'static str, ok: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.vault_operation(operation, if ok { "ok" } else { "error" });
+        }
     }
 
     pub fn counters(&self) -> &VaultCounters {
@@ -601,6 +616,7 @@ impl Vault {
                         }
                         Err(error) => {
                             *last = Some(attempt);
+                            self.count("load_data_key", false);
                             tracing::warn!(
                                 target: "vault",
                                 version,
@@ -613,6 +629,7 @@ impl Vault {
                 }
             };
             self.keyring.update(|keyring| keyring.insert(version, key));
+            self.count("load_data_key", true);
             tracing::info!(target: "vault", version, "data key loaded");
         }
         // Retired versions stay in this process's keyring until it restarts: a write that
@@ -629,13 +646,16 @@ pub struct MustAuthorizeAgain;
 
 impl Sealer for Vault {
     fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
-        self.keyring.seal(aad, plaintext)
+        let result = self.keyring.seal(aad, plaintext);
+        self.count("seal", result.is_ok());
+        result
     }
 
     /// Opens, and reports every failure to authenticate (audit `vault_event`
     /// `row_unreadable`, error log, counter). Never deletes anything.
     fn open(&self, aad: &Aad<'_>, envelope: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let result = self.keyring.open(aad, envelope);
+        self.count("open", result.is_ok());
         if let Err(error) = &result {
             self.report_unreadable(aad, error);
         }

@@ -487,6 +487,12 @@ impl Vault {
         self.counters
             .rows_reencrypted
             .fetch_add(outcome.1, std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..outcome.1 {
+            self.count("reencrypt", true);
+        }
+        for _ in 0..outcome.2 {
+            self.count("reencrypt", false);
+        }
         Ok(outcome)
     }
 
@@ -551,6 +557,7 @@ impl Vault {
             let _ = checkpoint_wal(&self.db);
         }
         for version in &retired {
+            self.count("retire", true);
             self.deps
                 .record("data_key_retired", format!("version={version}"));
             tracing::info!(target: "vault", version, "data key retired: no row uses it any more");

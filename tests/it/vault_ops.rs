@@ -373,6 +373,22 @@ async fn an_unreadable_upstream_grant_means_authorize_again_and_is_kept() {
         broker.app().vault.counters().row_authentication_failures(),
         1
     );
+    let metrics = broker.app().metrics.encode();
+    let line = |operation: &str, outcome: &str| {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("forgejo_mcp_broker_vault_operations")
+                    && line.contains(&format!("operation=\"{operation}\""))
+                    && line.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .map(str::to_owned)
+    };
+    assert!(
+        line("open", "error").is_some_and(|l| l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(line("seal", "ok").is_some(), "{metrics}");
     assert!(broker.audit_events().iter().any(|event| matches!(
         event,
         AuditEvent::VaultEvent { action, detail }

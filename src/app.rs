@@ -103,7 +103,8 @@ pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, Sta
         registry,
         vault_deps,
         Arc::new(keystore::source::process_env),
-    )?)
+    )?
+    .with_metrics(deps.metrics.clone()))
 }
 
 pub fn build_upstream(

@@ -194,7 +194,8 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
     let env = &source::process_env;
     match command {
         VaultCommand::Init { .. } => {
-            let report = keystore::init(&db, &config.vault, data_dir, &deps, env)?;
+            let registry = forgejo_mcp_broker::app::sealed_columns()?;
+            let report = keystore::init(&db, &config.vault, data_dir, &registry, &deps, env)?;
             println!("vault initialised; master key from {}", report.origin);
             if let Some(path) = report.generated_key_file {
                 println!(

@@ -63,9 +63,13 @@ pub struct Config {
     #[serde(default)]
     pub rate_limits: crate::ratelimit::RateLimitConfig,
     #[serde(default)]
+    pub limits: crate::ratelimit::HttpLimitsConfig,
+    #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub vault: crate::keystore::VaultConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -334,9 +338,20 @@ impl Validate for Config {
         self.forgejo.validate(errors);
         self.oauth.validate(errors);
         self.mcp.validate(errors);
+        if self.mcp.max_body_bytes > self.limits.max_body_bytes {
+            errors.push(
+                "mcp.max_body_bytes",
+                format!(
+                    "must not exceed limits.max_body_bytes ({}), the server-wide cap",
+                    self.limits.max_body_bytes
+                ),
+            );
+        }
         self.audit.validate(errors);
         self.rate_limits.validate(errors);
+        self.limits.validate(errors);
         self.metrics.validate(errors);
+        self.vault.validate(errors);
     }
 }
 

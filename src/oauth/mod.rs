@@ -16,6 +16,7 @@ pub mod store;
 pub mod token;
 pub mod verifier;
 
+use crate::ratelimit::{EndpointClass, SharedRateLimiter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -291,8 +292,10 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(3600))
 }
 
-/// The authorization server's routes (ARCHITECTURE.md §5).
-pub fn router(state: Arc<OAuthState>) -> Router {
+/// The authorization server's routes (ARCHITECTURE.md §5), each abuse-prone one limited per
+/// client IP (issue #7; aliases share their endpoint's class).
+pub fn router(state: Arc<OAuthState>, limiter: &SharedRateLimiter) -> Router {
+    let limit = |class| crate::ratelimit::layer(limiter, class);
     let machine = Router::new()
         .route(
             "/.well-known/oauth-protected-resource",
@@ -310,19 +313,43 @@ pub fn router(state: Arc<OAuthState>) -> Router {
             "/.well-known/openid-configuration",
             get(metadata::authorization_server),
         )
-        .route("/oauth/register", post(register::register))
-        .route("/register", post(register::register))
-        .route("/oauth/token", post(token::token))
-        .route("/token", post(token::token))
-        .route("/oauth/revoke", post(revoke::revoke))
+        .route(
+            "/oauth/register",
+            post(register::register).layer(limit(EndpointClass::Register)),
+        )
+        .route(
+            "/register",
+            post(register::register).layer(limit(EndpointClass::Register)),
+        )
+        .route(
+            "/oauth/token",
+            post(token::token).layer(limit(EndpointClass::Token)),
+        )
+        .route(
+            "/token",
+            post(token::token).layer(limit(EndpointClass::Token)),
+        )
+        .route(
+            "/oauth/revoke",
+            post(revoke::revoke).layer(limit(EndpointClass::Revoke)),
+        )
         // OAuth requests are small; refuse big bodies before reading them.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
         .layer(cors());
     // Browser navigations: no CORS (nothing to read cross-origin), pages hardened instead.
     let browser = Router::new()
-        .route("/oauth/authorize", get(authorize::authorize))
-        .route("/authorize", get(authorize::authorize))
-        .route("/oauth/consent", post(authorize::consent))
+        .route(
+            "/oauth/authorize",
+            get(authorize::authorize).layer(limit(EndpointClass::Authorize)),
+        )
+        .route(
+            "/authorize",
+            get(authorize::authorize).layer(limit(EndpointClass::Authorize)),
+        )
+        .route(
+            "/oauth/consent",
+            post(authorize::consent).layer(limit(EndpointClass::Consent)),
+        )
         .route("/oauth/callback", get(callback::callback))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024));
     machine.merge(browser).with_state(state)

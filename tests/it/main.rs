@@ -9,6 +9,10 @@
 
 mod demo_child;
 mod fixtures;
+mod mcp;
 mod oauth;
+mod ops;
 mod smoke;
 mod standin;
+mod vault;
+mod vault_ops;

@@ -175,7 +175,9 @@ pub enum StartError {
 /// Every column that holds vault ciphertext, declared by the component that owns it
 /// (keystore/registry.rs). The re-encryption job and `vault status` walk these.
 pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
-    SealedRegistry::new().with(crate::upstream::store::SEALED_COLUMNS)
+    SealedRegistry::new()
+        .with(crate::upstream::store::SEALED_COLUMNS)?
+        .with(crate::oauth::store::SEALED_COLUMNS)
 }
 
 /// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.

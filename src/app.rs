@@ -17,7 +17,7 @@ use crate::auth::AccessTokenVerifier;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::http::HttpOptions;
-use crate::metrics::Metrics;
+use crate::metrics::{AuditMetrics, Metrics};
 use crate::oauth::TokenVerifier;
 use crate::oauth::store::OAuthStore;
 use crate::ratelimit::{RateLimiter, SharedRateLimiter};
@@ -221,6 +221,12 @@ pub async fn start_on(
     })?;
     let db = Db::open(&config.server.database_path())?;
     let metrics = deps.metrics.clone();
+    // Every component's audit events also move the metrics derived from them (sessions,
+    // children, upstream refreshes, vault operations).
+    let deps = AppDeps {
+        audit: Arc::new(AuditMetrics::new(deps.audit.clone(), metrics.clone())),
+        ..deps
+    };
     // Routers attach per-IP limits route by route, e.g.
     // `post(token).layer(ratelimit::layer(&rate_limiter, EndpointClass::Token))`.
     let rate_limiter = RateLimiter::new(

@@ -57,7 +57,24 @@ async fn full_flow_leaves_a_verifiable_audit_trail_and_no_token_anywhere() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 200);
+    // A revoked refresh token is refused, and the refusal is counted by its RFC code.
+    let (status, body) = broker.refresh(&client, &new_refresh).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
     let metrics = broker.metrics.encode();
+    for (endpoint, outcome, count) in [
+        ("register", "ok", 1),
+        ("authorize", "ok", 1),
+        ("token", "ok", 2),
+        ("token", "invalid_grant", 1),
+        ("revoke", "ok", 1),
+    ] {
+        let series =
+            format!(r#"oauth_outcomes_total{{endpoint="{endpoint}",outcome="{outcome}"}} {count}"#);
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
     let issued = broker.standin.issued_tokens();
     broker.shutdown().await;
     tokio::task::spawn_blocking(move || file_audit.close())
@@ -200,6 +217,10 @@ async fn floods_against_the_oauth_endpoints_get_429_and_spare_other_ips() {
     assert!(
         metrics.contains(r#"rate_limit_rejections_total{class="register",key_kind="ip"} 2"#),
         "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"oauth_outcomes_total{endpoint="register",outcome="too_many_requests"} 2"#)
     );
     let trips = broker
         .audit_events()

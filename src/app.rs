@@ -254,14 +254,16 @@ pub async fn start_on(
         );
     }
     let sweep_store = oauth_store.clone();
-    let oauth_state = Arc::new(crate::oauth::build_state(
+    let mut oauth_state = crate::oauth::build_state(
         &config.oauth,
         &config.server,
         oauth_store,
         upstream,
         deps.clock.clone(),
         deps.audit.clone(),
-    )?);
+    )?;
+    oauth_state.cimd_limiter = Some(rate_limiter.clone());
+    let oauth_state = Arc::new(oauth_state);
 
     let options = HttpOptions {
         limits: config.limits.clone(),

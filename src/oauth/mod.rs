@@ -16,7 +16,7 @@ pub mod store;
 pub mod token;
 pub mod verifier;
 
-use crate::ratelimit::{EndpointClass, SharedRateLimiter};
+use crate::ratelimit::{EndpointClass, RateKey, SharedRateLimiter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +157,9 @@ pub struct OAuthState {
     pub cimd: cimd::CimdFetcher,
     pub clock: SharedClock,
     pub audit: SharedAudit,
+    /// Limits CIMD fetches per client id URL (issue #7), so no one can make the broker hammer
+    /// a URL; `None` in unit tests.
+    pub cimd_limiter: Option<SharedRateLimiter>,
 }
 
 impl OAuthState {
@@ -192,6 +195,15 @@ impl OAuthState {
             && (allow_stale || record.expires_at.is_some_and(|expires| expires > now))
         {
             return Ok(record);
+        }
+        if let Some(limiter) = &self.cimd_limiter {
+            limiter
+                .check(EndpointClass::CimdFetch, &RateKey::client(client_id))
+                .map_err(|_| {
+                    OAuthError::TemporarilyUnavailable(
+                        "too many fetches of this client's metadata document; retry later",
+                    )
+                })?;
         }
         let document = self.cimd.fetch(&url).await?;
         let ttl = i64::try_from(self.config.cimd_cache_ttl_secs).unwrap_or(i64::MAX);
@@ -260,6 +272,7 @@ pub fn build_state(
         cimd,
         clock,
         audit,
+        cimd_limiter: None,
     })
 }
 

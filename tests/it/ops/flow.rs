@@ -235,3 +235,65 @@ async fn floods_against_the_oauth_endpoints_get_429_and_spare_other_ips() {
     assert_eq!(trips, 5, "one audited trip per endpoint class");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn cimd_fetches_are_limited_per_client_id_url() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::HeaderMap;
+    use axum::routing::get;
+
+    use crate::fixtures::TestClient;
+    use crate::fixtures::tls::TlsServer;
+
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let router = axum::Router::new().route(
+        "/client.json",
+        get(move |headers: HeaderMap| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let host = headers["host"].to_str().unwrap().to_owned();
+                axum::Json(serde_json::json!({
+                    "client_id": format!("https://{host}/client.json"),
+                    "client_name": "CIMD Flood Target",
+                    "redirect_uris": ["https://app.example/callback"],
+                    "token_endpoint_auth_method": "none",
+                }))
+            }
+        }),
+    );
+    let server = TlsServer::start(router).await;
+    let broker = TestBroker::builder()
+        .oauth(&format!(
+            "cimd_extra_ca_file = \"{}\"",
+            server.ca_file.display()
+        ))
+        .oauth("cimd_allow_loopback_for_tests = true")
+        // No caching: every authorization would fetch the document again.
+        .oauth("cimd_cache_ttl_secs = 0")
+        .toml("[rate_limits.cimd_fetch]\nper_client = \"2/h\"\n")
+        .start()
+        .await;
+    let client = TestClient {
+        client_id: server.url("/client.json"),
+        client_secret: None,
+        redirect_uri: "https://app.example/callback".to_owned(),
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = broker
+            .browser()
+            .get(&broker.authorize_url(&client, &[]))
+            .await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| *s >= 400), "{statuses:?}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the broker fetched only twice"
+    );
+    broker.shutdown().await;
+}

@@ -262,7 +262,7 @@ pub async fn start_on(
         deps.clock.clone(),
         deps.audit.clone(),
     )?;
-    oauth_state.cimd_limiter = Some(rate_limiter.clone());
+    oauth_state.limiter = Some(rate_limiter.clone());
     let oauth_state = Arc::new(oauth_state);
 
     let options = HttpOptions {

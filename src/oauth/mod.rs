@@ -157,9 +157,10 @@ pub struct OAuthState {
     pub cimd: cimd::CimdFetcher,
     pub clock: SharedClock,
     pub audit: SharedAudit,
-    /// Limits CIMD fetches per client id URL (issue #7), so no one can make the broker hammer
-    /// a URL; `None` in unit tests.
-    pub cimd_limiter: Option<SharedRateLimiter>,
+    /// Per-client limits (issue #7): CIMD fetches per client id URL, so no one can make the
+    /// broker hammer a URL; token and revocation requests per authenticated client. `None` in
+    /// unit tests.
+    pub limiter: Option<SharedRateLimiter>,
 }
 
 impl OAuthState {
@@ -196,7 +197,7 @@ impl OAuthState {
         {
             return Ok(record);
         }
-        if let Some(limiter) = &self.cimd_limiter {
+        if let Some(limiter) = &self.limiter {
             limiter
                 .check(EndpointClass::CimdFetch, &RateKey::client(client_id))
                 .map_err(|_| {
@@ -272,7 +273,7 @@ pub fn build_state(
         cimd,
         clock,
         audit,
-        cimd_limiter: None,
+        limiter: None,
     })
 }
 

@@ -297,3 +297,50 @@ async fn cimd_fetches_are_limited_per_client_id_url() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn token_requests_are_limited_per_authenticated_client_only() {
+    let broker = TestBroker::builder()
+        .toml("[rate_limits.token]\nper_client = \"2/h\"\n")
+        .start()
+        .await;
+    let client = broker
+        .register_client(&["http://127.0.0.1/callback"], "client_secret_post")
+        .await;
+    let other = broker
+        .register_client(&["http://127.0.0.1/callback"], "client_secret_post")
+        .await;
+    let tokens = broker.login(&client).await; // 1 of 2
+    // Requests naming the client without its secret do not spend its budget.
+    for _ in 0..5 {
+        let response = TestBroker::http()
+            .post(broker.url("/oauth/token"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", tokens.refresh_token.as_str()),
+                ("client_id", client.client_id.as_str()),
+                ("client_secret", "wrong"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let (status, body) = broker.refresh(&client, &tokens.refresh_token).await; // 2 of 2
+    assert_eq!(status, 200, "{body}");
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body) = broker.refresh(&client, &refresh).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "too_many_requests");
+    // Another client from the same address is unaffected.
+    let other_tokens = broker.login(&other).await;
+    let (status, _) = broker.refresh(&other, &other_tokens.refresh_token).await;
+    assert_eq!(status, 200);
+    assert!(
+        broker
+            .metrics
+            .encode()
+            .contains(r#"rate_limit_rejections_total{class="token",key_kind="client"} 1"#)
+    );
+    broker.shutdown().await;
+}

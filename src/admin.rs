@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 
-use crate::app::{AppDeps, StartError, build_upstream};
+use crate::app::{AppDeps, StartError, build_upstream, open_vault};
 use crate::audit::{AuditEvent, SharedAudit};
 use crate::auth::{UpstreamCredentialsError, UserId};
 use crate::clock::SharedClock;
@@ -103,7 +103,8 @@ impl Admin {
     pub fn open(config: &Config, deps: &AppDeps) -> Result<Self, AdminError> {
         let db = Db::open(&config.server.database_path())?;
         let oauth = OAuthStore::new(db.clone())?;
-        let upstream = build_upstream(config, &db, deps)?;
+        let vault: Arc<dyn vault::Sealer> = Arc::new(open_vault(config, &db, deps)?);
+        let upstream = build_upstream(config, &db, deps, vault)?;
         Ok(Self {
             db,
             oauth,

@@ -17,6 +17,7 @@ use crate::auth::AccessTokenVerifier;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::http::HttpOptions;
+use crate::keystore::{self, KeystoreError, SealedRegistry, Vault, VaultDeps};
 use crate::metrics::{AuditMetrics, Metrics};
 use crate::oauth::TokenVerifier;
 use crate::oauth::store::OAuthStore;
@@ -83,14 +84,30 @@ pub fn open_file_audit(
 
 /// The upstream token keeper (users' Forgejo token sets) over `db`; `serve` and the admin
 /// verbs build it the same way.
+/// Opens the vault, refusing (and changing nothing) when the master key is missing or wrong.
+/// Blocking: a passphrase source runs Argon2id.
+pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, StartError> {
+    let vault_deps = VaultDeps {
+        audit: Arc::clone(&deps.audit),
+        clock: Arc::clone(&deps.clock),
+    };
+    let registry = sealed_columns().map_err(KeystoreError::from)?;
+    Ok(Vault::open(
+        db.clone(),
+        config.vault.clone(),
+        &config.server.data_dir,
+        registry,
+        vault_deps,
+        Arc::new(keystore::source::process_env),
+    )?)
+}
+
 pub fn build_upstream(
     config: &Config,
     db: &Db,
     deps: &AppDeps,
+    sealer: Arc<dyn vault::Sealer>,
 ) -> Result<Arc<Upstream>, StartError> {
-    let sealer: Arc<dyn vault::Sealer> = Arc::new(crate::upstream::keyfile::load_keyring(
-        &config.server.data_dir,
-    )?);
     let client_secret = config
         .forgejo
         .load_client_secret()
@@ -134,14 +151,22 @@ pub enum StartError {
     AuditKey(#[from] AuditKeyError),
     #[error(transparent)]
     Audit(#[from] AuditWriterError),
-    #[error(transparent)]
-    VaultKey(#[from] crate::upstream::keyfile::KeyFileError),
     #[error("forgejo.client_secret: {0}")]
     ClientSecret(String),
     #[error("cannot build the Forgejo client: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error(transparent)]
     Cimd(#[from] crate::oauth::cimd::CimdError),
+    #[error("refusing to start: {0}")]
+    Vault(#[from] KeystoreError),
+    #[error("refusing to start: the vault could not be opened: {0}")]
+    VaultTask(tokio::task::JoinError),
+}
+
+/// Every column that holds vault ciphertext, declared by the component that owns it
+/// (keystore/registry.rs). The re-encryption job and `vault status` walk these.
+pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
+    SealedRegistry::new().with(crate::upstream::store::SEALED_COLUMNS)
 }
 
 /// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.
@@ -165,6 +190,7 @@ pub struct RunningApp {
     pub metrics: Metrics,
     pub rate_limiter: SharedRateLimiter,
     pub auth: AuthHandles,
+    pub vault: Arc<Vault>,
 }
 
 impl RunningApp {
@@ -220,13 +246,24 @@ pub async fn start_on(
         source,
     })?;
     let db = Db::open(&config.server.database_path())?;
-    let metrics = deps.metrics.clone();
     // Every component's audit events also move the metrics derived from them (sessions,
     // children, upstream refreshes, vault operations).
     let deps = AppDeps {
-        audit: Arc::new(AuditMetrics::new(deps.audit.clone(), metrics.clone())),
+        audit: Arc::new(AuditMetrics::new(deps.audit.clone(), deps.metrics.clone())),
         ..deps
     };
+    // A missing or wrong master key stops the start here, before anything is served or
+    // written (the vault checks the key against its stored key check first).
+    let vault = {
+        let (config, db, deps) = (config.clone(), db.clone(), deps.clone());
+        // Argon2id (for a passphrase) takes a noticeable moment: off the async workers.
+        tokio::task::spawn_blocking(move || open_vault(&config, &db, &deps))
+            .await
+            .map_err(StartError::VaultTask)??
+    };
+    let vault = Arc::new(vault);
+
+    let metrics = deps.metrics.clone();
     // Routers attach per-IP limits route by route, e.g.
     // `post(token).layer(ratelimit::layer(&rate_limiter, EndpointClass::Token))`.
     let rate_limiter = RateLimiter::new(
@@ -237,7 +274,7 @@ pub async fn start_on(
     );
 
     // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
-    let upstream = build_upstream(&config, &db, &deps)?;
+    let upstream = build_upstream(&config, &db, &deps, vault.clone())?;
     let oauth_store = OAuthStore::new(db.clone())?;
     let auth = AuthHandles {
         verifier: Arc::new(TokenVerifier::new(
@@ -274,6 +311,7 @@ pub async fn start_on(
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    keystore::rotation::spawn_background(Arc::clone(&vault), &tasks, cancel.clone());
 
     // `/metrics` on its own listener, never on the public one (issue #7).
     let metrics_addr = match config.metrics.listen {
@@ -320,5 +358,6 @@ pub async fn start_on(
         metrics,
         rate_limiter,
         auth,
+        vault,
     })
 }

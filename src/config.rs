@@ -68,6 +68,8 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub vault: crate::keystore::VaultConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -340,6 +342,7 @@ impl Validate for Config {
         self.rate_limits.validate(errors);
         self.limits.validate(errors);
         self.metrics.validate(errors);
+        self.vault.validate(errors);
     }
 }
 

@@ -56,7 +56,8 @@ impl AuditMetrics {
                 self.metrics.child_exited(exit_reason(reason));
             }
             AuditEvent::VaultEvent { action, .. } => {
-                self.metrics.vault_operation(vault_action(action), "ok");
+                let (operation, outcome) = vault_action(action);
+                self.metrics.vault_operation(operation, outcome);
             }
             _ => {}
         }
@@ -85,14 +86,17 @@ fn exit_reason(reason: &str) -> &'static str {
     }
 }
 
-fn vault_action(action: &str) -> &'static str {
+/// The vault's audit actions (src/keystore) as a fixed label set, with their outcome.
+fn vault_action(action: &str) -> (&'static str, &'static str) {
     match action {
-        "seal" => "seal",
-        "open" => "open",
-        "rotate" | "rotate_key" | "rotate-key" => "rotate",
-        "rewrap" | "reencrypt" | "re-encrypt" => "reencrypt",
-        "unlock" => "unlock",
-        _ => "other",
+        "vault_initialised" => ("initialise", "ok"),
+        "vault_opened" => ("open", "ok"),
+        "key_source_discouraged" => ("open", "warning"),
+        "row_unreadable" => ("open_row", "error"),
+        "master_key_rotated" => ("rotate_master_key", "ok"),
+        "data_key_rotated" => ("rotate_data_key", "ok"),
+        "data_key_retired" => ("retire_data_key", "ok"),
+        _ => ("other", "ok"),
     }
 }
 
@@ -135,6 +139,10 @@ mod tests {
             reason: "weird reason with user text 12345".into(),
         });
         sink.record(AuditEvent::UpstreamGrantDead { user_id: 1 });
+        sink.record(AuditEvent::VaultEvent {
+            action: "row_unreadable".into(),
+            detail: "table=upstream_grants".into(),
+        });
         let text = metrics.encode();
         assert!(text.contains(r#"mcp_sessions{state="active"} 1"#), "{text}");
         assert!(
@@ -146,6 +154,7 @@ mod tests {
         assert!(!text.contains("12345"));
         assert!(text.contains(r#"upstream_refreshes_total{outcome="grant_dead"} 1"#));
         // Everything was forwarded.
-        assert_eq!(memory.events().len(), 7);
+        assert!(text.contains(r#"vault_operations_total{operation="open_row",outcome="error"} 1"#));
+        assert_eq!(memory.events().len(), 8);
     }
 }

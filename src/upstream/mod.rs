@@ -8,7 +8,6 @@
 //! token (woodpecker-ci/woodpecker#5839).
 
 pub mod client;
-pub mod keyfile;
 pub mod store;
 
 use std::collections::HashMap;

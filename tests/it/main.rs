@@ -13,3 +13,5 @@ mod oauth;
 mod ops;
 mod smoke;
 mod standin;
+mod vault;
+mod vault_ops;

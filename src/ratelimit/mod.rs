@@ -115,11 +115,9 @@ impl EndpointClass {
                 vec![Rate::new(600, minute)],
                 vec![],
             ],
-            Self::CimdFetch => [
-                vec![Rate::new(10, minute)],
-                vec![Rate::new(10, minute)],
-                vec![],
-            ],
+            // Per document URL. A fetch happens while authorizing, so the `authorize` per-IP
+            // limit is the per-IP one.
+            Self::CimdFetch => [vec![], vec![Rate::new(10, minute)], vec![]],
             Self::McpSession => [vec![Rate::new(30, hour)], vec![], vec![Rate::new(30, hour)]],
             Self::Mcp => [
                 vec![Rate::new(600, minute)],

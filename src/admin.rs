@@ -102,9 +102,12 @@ impl Admin {
     /// sink and clock.
     pub fn open(config: &Config, deps: &AppDeps) -> Result<Self, AdminError> {
         let db = Db::open(&config.server.database_path())?;
-        let oauth = OAuthStore::new(db.clone())?;
+        // The serving broker notices revocations on its next token check (every request
+        // reads the grant from the database); this process's channel has no listeners.
+        let access_ended = crate::auth::access_ended_channel();
+        let oauth = OAuthStore::new(db.clone(), access_ended.clone())?;
         let vault: Arc<dyn vault::Sealer> = Arc::new(open_vault(config, &db, deps)?);
-        let upstream = build_upstream(config, &db, deps, vault)?;
+        let upstream = build_upstream(config, &db, deps, vault, access_ended)?;
         Ok(Self {
             db,
             oauth,

@@ -107,6 +107,7 @@ pub fn build_upstream(
     db: &Db,
     deps: &AppDeps,
     sealer: Arc<dyn vault::Sealer>,
+    access_ended: crate::auth::AccessEndedSender,
 ) -> Result<Arc<Upstream>, StartError> {
     let client_secret = config
         .forgejo
@@ -125,6 +126,7 @@ pub fn build_upstream(
         deps.clock.clone(),
         deps.audit.clone(),
         i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
+        access_ended,
     )))
 }
 
@@ -178,6 +180,11 @@ pub struct AuthHandles {
     pub upstream: Arc<Upstream>,
     /// The public origin (for [`crate::oauth::mcp_unauthorized`]).
     pub issuer: String,
+    /// Revoked grants and dead users are announced here: the MCP edge subscribes and ends
+    /// the matching sessions.
+    pub access_ended: crate::auth::AccessEndedSender,
+    /// For operator actions: `revoke_user`, `revoke_client`.
+    pub oauth_store: OAuthStore,
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
@@ -274,8 +281,9 @@ pub async fn start_on(
     );
 
     // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
-    let upstream = build_upstream(&config, &db, &deps, vault.clone())?;
-    let oauth_store = OAuthStore::new(db.clone())?;
+    let access_ended = crate::auth::access_ended_channel();
+    let upstream = build_upstream(&config, &db, &deps, vault.clone(), access_ended.clone())?;
+    let oauth_store = OAuthStore::new(db.clone(), access_ended.clone())?;
     let auth = AuthHandles {
         verifier: Arc::new(TokenVerifier::new(
             oauth_store.clone(),
@@ -284,6 +292,8 @@ pub async fn start_on(
         )),
         upstream: upstream.clone(),
         issuer: config.server.issuer(),
+        access_ended,
+        oauth_store: oauth_store.clone(),
     };
     if config.oauth.cimd_allow_loopback_for_tests {
         tracing::warn!(
@@ -343,9 +353,13 @@ pub async fn start_on(
         tracing::debug!(task = "http", "stopped");
     });
     tasks.spawn(crate::oauth::maintenance::run_sweeper(
-        sweep_store,
-        deps.clock.clone(),
-        Duration::from_secs(600),
+        crate::oauth::maintenance::Sweeper {
+            store: sweep_store,
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            interval: Duration::from_secs(600),
+            unused_client_ttl_secs: config.oauth.unused_client_ttl_secs,
+        },
         cancel.clone(),
     ));
     tracing::info!(%local_addr, "serving");

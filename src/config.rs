@@ -338,6 +338,15 @@ impl Validate for Config {
         self.forgejo.validate(errors);
         self.oauth.validate(errors);
         self.mcp.validate(errors);
+        if self.mcp.max_body_bytes > self.limits.max_body_bytes {
+            errors.push(
+                "mcp.max_body_bytes",
+                format!(
+                    "must not exceed limits.max_body_bytes ({}), the server-wide cap",
+                    self.limits.max_body_bytes
+                ),
+            );
+        }
         self.audit.validate(errors);
         self.rate_limits.validate(errors);
         self.limits.validate(errors);

@@ -277,11 +277,21 @@ pub async fn authorize(
 }
 
 /// The consent form (RFC-less: the broker's own page).
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct RawConsentForm {
     pub request: Option<String>,
     pub csrf: Option<String>,
     pub decision: Option<String>,
+}
+
+impl std::fmt::Debug for RawConsentForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawConsentForm")
+            .field("request", &self.request)
+            .field("csrf", &super::redacted(&self.csrf))
+            .field("decision", &self.decision)
+            .finish()
+    }
 }
 
 pub async fn consent(

@@ -22,12 +22,22 @@ use crate::audit::AuditEvent;
 use crate::secret::{ExposeSecret, constant_time_eq, hash_token, random_token};
 use crate::upstream::{LoginError, UpstreamError};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct RawCallback {
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+}
+
+impl std::fmt::Debug for RawCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCallback")
+            .field("code", &super::redacted(&self.code))
+            .field("state", &super::redacted(&self.state))
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
 pub async fn callback(

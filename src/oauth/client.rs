@@ -497,6 +497,42 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The pure parsers behind every endpoint answer any input with a value or an OAuth
+        /// error, never a panic.
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = crate::oauth::register::parse_registration(&bytes);
+            let _ = crate::oauth::authorize::parse_authorize_query(&text);
+            let _ = crate::oauth::token::parse_form::<crate::oauth::token::RawTokenRequest>(&bytes)
+                .map(|raw| crate::oauth::token::TokenGrant::try_from(&raw));
+            let _ = validate_redirect_uri(&text);
+            let _ = crate::oauth::cimd::validate_client_id_url(&text);
+        }
+
+        /// A registered URI always matches itself; a different https port or path never does.
+        #[test]
+        fn https_redirects_match_exactly(host in "[a-z]{1,12}", path in "/[a-z]{0,12}", port in 1u16..65535) {
+            let registered = vec![format!("https://{host}.example{path}")];
+            proptest::prop_assert!(redirect_uri_matches(&registered, &registered[0]));
+            let other_port = format!("https://{host}.example:{port}{path}");
+            proptest::prop_assert!(port == 443 || !redirect_uri_matches(&registered, &other_port));
+            let other_path = format!("https://{host}.example{path}x");
+            proptest::prop_assert!(!redirect_uri_matches(&registered, &other_path));
+        }
+
+        /// Loopback registrations match every port, but only on the same host and path.
+        #[test]
+        fn loopback_redirects_match_any_port(port in 1u16..65535, path in "/[a-z]{0,12}") {
+            let registered = vec![format!("http://127.0.0.1{path}")];
+            let with_port = format!("http://127.0.0.1:{port}{path}");
+            proptest::prop_assert!(redirect_uri_matches(&registered, &with_port));
+            let other_host = format!("http://localhost:{port}{path}");
+            proptest::prop_assert!(!redirect_uri_matches(&registered, &other_host));
+        }
+    }
+
     #[test]
     fn unknown_grant_types_are_dropped_not_fatal() {
         let metadata = ClientMetadata::try_from(&raw(serde_json::json!({

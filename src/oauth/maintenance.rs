@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::OAuthError;
 use super::store::OAuthStore;
+use crate::audit::{AuditEvent, SharedAudit};
 use crate::auth::UserId;
 use crate::clock::{SharedClock, UnixSeconds};
 
@@ -52,6 +53,32 @@ impl OAuthStore {
             };
             tx.commit()?;
             Ok(counts)
+        })
+    }
+
+    /// Deletes clients nobody uses: DCR clients registered before `now - ttl` that have no
+    /// grant and no authorization in progress, and CIMD cache entries expired before that with
+    /// no live grant (a CIMD client comes back by being fetched again). Returns their ids.
+    pub fn sweep_clients(&self, now: UnixSeconds, ttl: i64) -> Result<Vec<String>, OAuthError> {
+        let cutoff = now.saturating_sub(ttl);
+        self.call(|c| {
+            let tx = c.transaction()?;
+            let ids = {
+                let mut statement = tx.prepare(
+                    "DELETE FROM oauth_clients
+                     WHERE ((kind = 'dcr' AND created_at < ?1) OR (kind = 'cimd' AND expires_at < ?1))
+                       AND NOT EXISTS (SELECT 1 FROM oauth_grants g
+                                       WHERE g.client_id = oauth_clients.client_id
+                                         AND (oauth_clients.kind = 'dcr' OR g.revoked_at IS NULL))
+                       AND NOT EXISTS (SELECT 1 FROM oauth_pending p WHERE p.client_id = oauth_clients.client_id)
+                     RETURNING client_id",
+                )?;
+                statement
+                    .query_map(params![cutoff], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?
+            };
+            tx.commit()?;
+            Ok(ids)
         })
     }
 
@@ -103,24 +130,49 @@ impl OAuthStore {
     }
 }
 
+/// What the sweeper needs.
+pub struct Sweeper {
+    pub store: OAuthStore,
+    pub clock: SharedClock,
+    pub audit: SharedAudit,
+    pub interval: Duration,
+    /// `oauth.unused_client_ttl_secs`; 0 keeps clients forever.
+    pub unused_client_ttl_secs: u64,
+}
+
+impl Sweeper {
+    /// One pass: dead rows, then unused clients (each audited as `client_expired`).
+    pub fn sweep_once(&self) {
+        let now = self.clock.now();
+        match self.store.sweep(now) {
+            Ok(counts) => tracing::debug!(task = "oauth-sweep", ?counts, "swept"),
+            Err(error) => tracing::warn!(task = "oauth-sweep", %error, "sweep failed"),
+        }
+        if self.unused_client_ttl_secs == 0 {
+            return;
+        }
+        let ttl = i64::try_from(self.unused_client_ttl_secs).unwrap_or(i64::MAX);
+        match self.store.sweep_clients(now, ttl) {
+            Ok(ids) => {
+                for client_id in ids {
+                    self.audit.record(AuditEvent::ClientExpired { client_id });
+                }
+            }
+            Err(error) => tracing::warn!(task = "oauth-sweep", %error, "client sweep failed"),
+        }
+    }
+}
+
 /// The `oauth-sweep` task: sweeps every `interval` until `cancel`.
-pub async fn run_sweeper(
-    store: OAuthStore,
-    clock: SharedClock,
-    interval: Duration,
-    cancel: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
+pub async fn run_sweeper(sweeper: Sweeper, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(sweeper.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match store.sweep(clock.now()) {
-            Ok(counts) => tracing::debug!(task = "oauth-sweep", ?counts, "swept"),
-            Err(error) => tracing::warn!(task = "oauth-sweep", %error, "sweep failed"),
-        }
+        sweeper.sweep_once();
     }
 }
 
@@ -131,7 +183,11 @@ mod tests {
     use crate::store::Db;
 
     fn store_with_grant(user_id: UserId, client_id: &str, grant_id: &str, now: i64) -> OAuthStore {
-        let store = OAuthStore::new(Db::open_in_memory().unwrap()).unwrap();
+        let store = OAuthStore::new(
+            Db::open_in_memory().unwrap(),
+            crate::auth::access_ended_channel(),
+        )
+        .unwrap();
         add_grant(&store, user_id, client_id, grant_id, now);
         store
     }
@@ -169,6 +225,53 @@ mod tests {
         assert_eq!(counts.refresh_tokens, 1);
         assert_eq!(counts.grants, 1);
         assert!(store.find_access("a-g1").unwrap().is_none());
+    }
+
+    #[test]
+    fn unused_clients_are_swept_used_ones_kept() {
+        use crate::oauth::client::{ClientMetadata, TokenEndpointAuthMethod};
+        use crate::oauth::store::{ClientKind, ClientRecord};
+        let store = store_with_grant(1, "used", "g1", 1_000);
+        let metadata = ClientMetadata {
+            redirect_uris: vec!["https://a.example/cb".into()],
+            token_endpoint_auth_method: TokenEndpointAuthMethod::None,
+            grant_types: vec!["authorization_code".into()],
+            client_name: None,
+            client_uri: None,
+            logo_uri: None,
+            tos_uri: None,
+            policy_uri: None,
+            scope: None,
+            contacts: vec![],
+            software_id: None,
+            software_version: None,
+            application_type: None,
+        };
+        for (id, kind, expires_at) in [
+            ("used", ClientKind::Dcr, None),
+            ("unused", ClientKind::Dcr, None),
+            ("https://c.example/meta", ClientKind::Cimd, Some(1_500)),
+        ] {
+            let record = ClientRecord {
+                client_id: id.into(),
+                kind,
+                secret_hash: None,
+                metadata: metadata.clone(),
+                expires_at,
+            };
+            store.put_client(&record, 1_000).unwrap();
+        }
+        assert!(
+            store.sweep_clients(1_100, 1_000).unwrap().is_empty(),
+            "too young"
+        );
+        let mut swept = store.sweep_clients(5_000, 1_000).unwrap();
+        swept.sort();
+        assert_eq!(
+            swept,
+            vec!["https://c.example/meta".to_owned(), "unused".to_owned()]
+        );
+        assert!(store.get_client("used").unwrap().is_some());
     }
 
     #[test]

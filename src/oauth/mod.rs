@@ -35,6 +35,15 @@ pub use error::{OAuthError, OAuthFailure};
 use store::{ClientKind, ClientRecord, OAuthStore};
 pub use verifier::{TokenVerifier, mcp_unauthorized};
 
+/// For hand-written `Debug` of wire types that carry secrets (codes, tokens, verifiers).
+pub(crate) fn redacted(value: &Option<String>) -> &'static str {
+    if value.is_some() {
+        "[redacted]"
+    } else {
+        "None"
+    }
+}
+
 /// `[oauth]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -54,6 +63,10 @@ pub struct OAuthConfig {
     pub upstream_login_ttl_secs: u64,
     /// Refresh the Forgejo token this long before it expires (default 5 min).
     pub upstream_refresh_ahead_secs: u64,
+    /// Registered (DCR) clients with no grant this long after registration, and cached CIMD
+    /// documents of clients with no live grant, are deleted (checklist item 65: Claude and
+    /// VS Code register again and again). 0 keeps them forever.
+    pub unused_client_ttl_secs: u64,
     /// Cap on authorizations in progress, in total and per client.
     pub max_pending_authorizations: u64,
     pub max_pending_per_client: u64,
@@ -82,6 +95,7 @@ impl Default for OAuthConfig {
             consent_ttl_secs: 600,
             upstream_login_ttl_secs: 600,
             upstream_refresh_ahead_secs: 300,
+            unused_client_ttl_secs: 30 * 24 * 3600,
             max_pending_authorizations: 10_000,
             max_pending_per_client: 100,
             cimd_enabled: true,

@@ -17,12 +17,23 @@ use super::token::{ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX, authenticate_clien
 use crate::audit::AuditEvent;
 use crate::secret::hash_token;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct RawRevokeRequest {
     pub token: Option<String>,
     pub token_type_hint: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+}
+
+impl std::fmt::Debug for RawRevokeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRevokeRequest")
+            .field("token", &super::redacted(&self.token))
+            .field("token_type_hint", &self.token_type_hint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &super::redacted(&self.client_secret))
+            .finish()
+    }
 }
 
 pub async fn revoke(

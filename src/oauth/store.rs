@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::client::ClientMetadata;
 use super::error::OAuthError;
-use crate::auth::UserId;
+use crate::auth::{AccessEnded, AccessEndedSender, UserId};
 use crate::clock::UnixSeconds;
 use crate::store::Db;
 
@@ -171,6 +171,7 @@ pub struct IssuedHashes<'a> {
 #[derive(Clone, Debug)]
 pub struct OAuthStore {
     db: Db,
+    access_ended: AccessEndedSender,
 }
 
 type ClientRow = (String, String, Option<String>, String, Option<i64>);
@@ -201,9 +202,10 @@ const GRANT_COLUMNS: &str =
     "g.grant_id, g.client_id, g.user_id, g.username, g.resource, g.scope, g.revoked_at";
 
 impl OAuthStore {
-    pub fn new(db: Db) -> Result<Self, crate::store::StoreError> {
+    /// `access_ended` hears of every revoked grant ([`Self::revoke_grant`]).
+    pub fn new(db: Db, access_ended: AccessEndedSender) -> Result<Self, crate::store::StoreError> {
         db.migrate("oauth", MIGRATIONS)?;
-        Ok(Self { db })
+        Ok(Self { db, access_ended })
     }
 
     pub(super) fn call<T>(
@@ -604,14 +606,19 @@ impl OAuthStore {
         })
     }
 
-    /// Revokes a whole family: the grant, its access tokens, its refresh tokens.
+    /// Revokes a whole family: the grant, its access tokens, its refresh tokens; announces it
+    /// on the access-ended channel. True if it was live.
     pub fn revoke_grant(&self, grant_id: &str, now: UnixSeconds) -> Result<bool, OAuthError> {
-        self.call(|c| {
+        let revoked_user: Option<UserId> = self.call(|c| {
             let tx = c.transaction()?;
-            let changed = tx.execute(
-                "UPDATE oauth_grants SET revoked_at = ?2 WHERE grant_id = ?1 AND revoked_at IS NULL",
-                params![grant_id, now],
-            )?;
+            let user_id: Option<UserId> = tx
+                .query_row(
+                    "UPDATE oauth_grants SET revoked_at = ?2 WHERE grant_id = ?1 AND revoked_at IS NULL
+                     RETURNING user_id",
+                    params![grant_id, now],
+                    |row| row.get(0),
+                )
+                .optional()?;
             tx.execute(
                 "UPDATE oauth_access_tokens SET revoked_at = ?2 WHERE grant_id = ?1 AND revoked_at IS NULL",
                 params![grant_id, now],
@@ -622,8 +629,15 @@ impl OAuthStore {
                 params![grant_id],
             )?;
             tx.commit()?;
-            Ok(changed == 1)
-        })
+            Ok(user_id)
+        })?;
+        if let Some(user_id) = revoked_user {
+            let _ = self.access_ended.send(AccessEnded::Grant {
+                grant_id: grant_id.to_owned(),
+                user_id,
+            });
+        }
+        Ok(revoked_user.is_some())
     }
 
     pub fn revoke_access(&self, token_hash: &str, now: UnixSeconds) -> Result<(), OAuthError> {

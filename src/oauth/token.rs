@@ -28,7 +28,7 @@ pub const ACCESS_TOKEN_PREFIX: &str = "fmba_";
 pub const REFRESH_TOKEN_PREFIX: &str = "fmbr_";
 
 /// A token request as it arrives (RFC 6749 §4.1.3, §6; RFC 7636 §4.5; RFC 8707 §2.2).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct RawTokenRequest {
     pub grant_type: Option<String>,
     pub code: Option<String>,
@@ -41,8 +41,25 @@ pub struct RawTokenRequest {
     pub client_secret: Option<String>,
 }
 
-/// The validated grant.
-#[derive(Debug, PartialEq, Eq)]
+impl std::fmt::Debug for RawTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use super::redacted;
+        f.debug_struct("RawTokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("code", &redacted(&self.code))
+            .field("redirect_uri", &self.redirect_uri)
+            .field("code_verifier", &redacted(&self.code_verifier))
+            .field("refresh_token", &redacted(&self.refresh_token))
+            .field("resource", &self.resource)
+            .field("scope", &self.scope)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &redacted(&self.client_secret))
+            .finish()
+    }
+}
+
+/// The validated grant. Its `Debug` names the grant only: the rest are secrets.
+#[derive(PartialEq, Eq)]
 pub enum TokenGrant {
     AuthorizationCode {
         code: String,
@@ -54,6 +71,15 @@ pub enum TokenGrant {
         refresh_token: String,
         resource: Option<String>,
     },
+}
+
+impl std::fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AuthorizationCode { .. } => f.write_str("AuthorizationCode([redacted])"),
+            Self::RefreshToken { .. } => f.write_str("RefreshToken([redacted])"),
+        }
+    }
 }
 
 /// RFC 7636 §4.1: 43–128 unreserved characters.
@@ -459,6 +485,18 @@ mod tests {
             );
         }
         assert!(parse_form::<RawTokenRequest>(b"grant_type=a&grant_type=b").is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_codes_verifiers_or_tokens() {
+        let raw = raw(
+            "grant_type=authorization_code&code=secret-code-1&code_verifier=secret-verifier-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\
+             &refresh_token=secret-refresh&client_secret=secret-client",
+        );
+        let grant = TokenGrant::try_from(&raw).unwrap();
+        let text = format!("{raw:?} {grant:?}");
+        assert!(!text.contains("secret-"), "{text}");
+        assert!(text.contains("authorization_code"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! A launched child is owned by one [`ChildHandle`] (STYLE.md habit 10): dropping it kills the
 //! child's whole process group (or sandbox); [`ChildHandle::stop`] does it gracefully.
 
+pub mod plain;
+
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;

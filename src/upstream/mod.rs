@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use vault::{Aad, Sealer};
 
 use crate::audit::{AuditEvent, SharedAudit};
-use crate::auth::{UpstreamCredentials, UpstreamCredentialsError, UserId};
+use crate::auth::{
+    AccessEnded, AccessEndedSender, UpstreamCredentials, UpstreamCredentialsError, UserId,
+};
 use crate::clock::SharedClock;
 use crate::secret::{ExposeSecret, RandomError, SecretString, pkce_s256, random_token};
 pub use client::{ForgejoClient, ForgejoUser, TokenSet, UpstreamError};
@@ -55,6 +57,7 @@ pub struct Upstream {
     audit: SharedAudit,
     refresh_ahead_secs: i64,
     locks: Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
+    access_ended: AccessEndedSender,
 }
 
 impl Upstream {
@@ -65,6 +68,7 @@ impl Upstream {
         clock: SharedClock,
         audit: SharedAudit,
         refresh_ahead_secs: i64,
+        access_ended: AccessEndedSender,
     ) -> Self {
         Self {
             client,
@@ -74,6 +78,7 @@ impl Upstream {
             audit,
             refresh_ahead_secs,
             locks: Mutex::new(HashMap::new()),
+            access_ended,
         }
     }
 
@@ -243,6 +248,7 @@ impl Upstream {
             tracing::error!(user_id, %error, "cannot mark the upstream grant dead");
         }
         self.audit.record(AuditEvent::UpstreamGrantDead { user_id });
+        let _ = self.access_ended.send(AccessEnded::User { user_id });
     }
 
     /// Forces a refresh now (single-flight), whatever the expiry. For tests and operators.
@@ -281,6 +287,7 @@ impl Upstream {
             return Err(UpstreamCredentialsError::Unavailable);
         }
         self.audit.record(AuditEvent::UpstreamGrantDead { user_id });
+        let _ = self.access_ended.send(AccessEnded::User { user_id });
         Ok(())
     }
 }

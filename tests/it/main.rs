@@ -9,6 +9,7 @@
 
 mod demo_child;
 mod fixtures;
+mod mcp;
 mod oauth;
 mod ops;
 mod smoke;

@@ -546,3 +546,35 @@ async fn pending_authorizations_are_capped_per_client() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_authorization_in_progress_survives_a_broker_restart() {
+    let mut broker = TestBroker::start().await;
+    let client = broker
+        .register_public_client(&["https://app.example/cb"])
+        .await;
+    let browser = broker.browser();
+    let page = browser
+        .open_consent(&broker.authorize_url(&client, &[]))
+        .await;
+    broker.restart().await;
+    // Consent given after the restart; Forgejo's callback after another one.
+    let to_forgejo = browser
+        .submit_consent(&consent_url(&broker), &page, "approve")
+        .await;
+    assert!(to_forgejo.status().is_redirection());
+    let at_forgejo = browser
+        .get(to_forgejo.headers()["location"].to_str().unwrap())
+        .await;
+    let callback = at_forgejo.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    broker.restart().await;
+    let landing = browser.follow(browser.get(&callback).await).await;
+    let code = landing.param("code").expect("a code after two restarts");
+    broker.restart().await;
+    let (status, body) = broker.exchange_code(&client, &code).await;
+    assert_eq!(status, 200, "{body}");
+    broker.shutdown().await;
+}

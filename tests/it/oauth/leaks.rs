@@ -166,6 +166,14 @@ async fn no_forgejo_token_reaches_clients_logs_audit_or_disk() {
             assert!(!text.contains(token.as_str()), "a Forgejo token in {what}");
         }
     }
+    // Broker tokens are stored only as hashes, too.
+    for token in [&tokens.access_token, &tokens.refresh_token, &code] {
+        let bytes = token.as_bytes();
+        assert!(
+            !disk.windows(bytes.len()).any(|w| w == bytes),
+            "a broker token or code in clear on disk"
+        );
+    }
     let marker_bytes = marker.as_bytes();
     assert!(
         !disk.windows(marker_bytes.len()).any(|w| w == marker_bytes),

@@ -3,6 +3,7 @@
 
 mod authorize;
 mod cimd;
+mod conformance;
 mod discovery;
 mod examples;
 mod leaks;

@@ -422,3 +422,46 @@ async fn revocation_follows_rfc_7009() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn revoked_families_are_announced_for_the_mcp_edge() {
+    use forgejo_mcp_broker::auth::AccessEnded;
+    let broker = TestBroker::builder().manual_clock().start().await;
+    let mut events = broker.app().auth.access_ended.subscribe();
+    let (client, tokens) = broker.login_new_client().await;
+    let grant_id = broker
+        .app()
+        .auth
+        .verifier
+        .verify(&tokens.access_token, &broker.resource())
+        .await
+        .unwrap()
+        .grant_id;
+    broker.refresh(&client, &tokens.refresh_token).await;
+    broker.advance(31);
+    broker.refresh(&client, &tokens.refresh_token).await;
+    assert_eq!(
+        events.try_recv().unwrap(),
+        AccessEnded::Grant {
+            grant_id,
+            user_id: crate::fixtures::ALICE
+        }
+    );
+    assert!(events.try_recv().is_err(), "announced once");
+
+    // Operator revocation of a user announces each grant.
+    let (_, second) = broker.login_new_client().await;
+    let revoked = broker
+        .app()
+        .auth
+        .oauth_store
+        .revoke_user(crate::fixtures::ALICE, broker.now())
+        .unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert!(matches!(events.try_recv(), Ok(AccessEnded::Grant { .. })));
+    assert_eq!(
+        verify(&broker, &second.access_token).await,
+        Err(TokenRejection::Revoked)
+    );
+    broker.shutdown().await;
+}

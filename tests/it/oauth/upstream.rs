@@ -98,6 +98,7 @@ async fn concurrent_refreshes_make_exactly_one_upstream_call() {
 #[tokio::test]
 async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log_in_again() {
     let broker = broker().await;
+    let mut ended = broker.app().auth.access_ended.subscribe();
     let (client, tokens) = broker.login_new_client().await;
     let verifier = broker.app().auth.verifier.clone();
     let upstream = broker.app().auth.upstream.clone();
@@ -131,6 +132,10 @@ async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log
         broker
             .audit_events()
             .contains(&AuditEvent::UpstreamGrantDead { user_id: ALICE })
+    );
+    assert_eq!(
+        ended.try_recv().unwrap(),
+        forgejo_mcp_broker::auth::AccessEnded::User { user_id: ALICE }
     );
     // No retry storm: a dead grant is not refreshed again.
     let refreshes = broker.standin.counters().refresh_grants;

@@ -1,0 +1,337 @@
+//! Streamable HTTP on `/mcp`: POST, GET, DELETE (checklist §10).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::jsonrpc::{self, Message, codes};
+use super::super::session::{Command, InitializeOutcome, SessionError, SessionShared};
+use super::super::streams::{Frame, StreamKind};
+use super::*;
+use crate::auth::Principal;
+use axum::extract::State;
+
+// ---- POST /mcp ----------------------------------------------------------------------------
+
+pub(super) async fn post_mcp(State(edge): State<Edge>, headers: HeaderMap, body: Body) -> Response {
+    let principal = match admit(&edge, &headers).await {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    match post_inner(&edge, &principal, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+pub(super) async fn post_inner(
+    edge: &Edge,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, EdgeError> {
+    let answer = answer_kind(headers)?;
+    let (messages, batch) = match read_body(body, edge.config.max_body_bytes).await {
+        Ok(messages) => {
+            let batch = messages.len() > 1;
+            (messages, batch)
+        }
+        Err((error, _)) => return Err(error),
+    };
+    let is_initialize = messages.iter().any(|m| m.method() == Some("initialize"));
+    let Some(session_id) = session_header(headers) else {
+        return match messages.as_slice() {
+            [Message::Request { method, .. }] if method == "initialize" => {
+                initialize_new(edge, principal, messages, answer).await
+            }
+            // Item 166: Claude has sent `initialized` without a session id; accept and drop.
+            [Message::Notification { method, .. }] if method == "notifications/initialized" => {
+                Ok(StatusCode::ACCEPTED.into_response())
+            }
+            // Item 133: a modern probe (`server/discover`, …) must see a non-modern 400 so
+            // dual-era clients fall back to `initialize`.
+            _ => Err(EdgeError::NoSession),
+        };
+    };
+    let session = edge.registry.lookup(session_id, principal)?;
+    if session.legacy {
+        return Err(EdgeError::SessionNotFound);
+    }
+    let version = session.protocol_version().unwrap_or_default();
+    // Item 99: batches only for sessions negotiated at 2025-03-26; `initialize` never in one.
+    if batch && (version != "2025-03-26" || is_initialize) {
+        return Err(EdgeError::InvalidMessage(if is_initialize {
+            "initialize must not be in a batch"
+        } else {
+            "batches are only accepted at protocol version 2025-03-26"
+        }));
+    }
+    if is_initialize {
+        // Item 169: a repeated `initialize` on a live session (a client reconnecting through
+        // another node) is answered from the session, not refused.
+        return repeat_initialize(&session, messages, session_id);
+    }
+    let requests = messages
+        .iter()
+        .filter(|m| matches!(m, Message::Request { .. }))
+        .count();
+    if requests == 0 {
+        forward(edge, &session, messages, None).await?;
+        return Ok(with_session(
+            StatusCode::ACCEPTED.into_response(),
+            session_id,
+        ));
+    }
+    let kind = match answer {
+        Answer::Json => StreamKind::Json,
+        Answer::Sse => StreamKind::PostSse,
+    };
+    let (stream, receiver, priming) = {
+        let mut streams = session.streams.lock().map_err(|_| EdgeError::Internal)?;
+        let (stream, receiver) = streams.open(kind, requests);
+        let priming = (kind == StreamKind::PostSse && primes(&version))
+            .then(|| streams.priming_event_id(stream))
+            .flatten();
+        (stream, receiver, priming)
+    };
+    forward(edge, &session, messages, Some(stream)).await?;
+    let response = match answer {
+        Answer::Json => json_response(receiver, batch).await,
+        Answer::Sse => sse_response(
+            Vec::new(),
+            Some(receiver),
+            priming,
+            false,
+            &edge.config,
+            None,
+        ),
+    };
+    Ok(with_session(response, session_id))
+}
+
+/// Item 103: the priming event is a 2025-11-25 SHOULD; older clients get none.
+pub(super) fn primes(version: &str) -> bool {
+    version >= "2025-11-25"
+}
+
+pub(super) async fn forward(
+    edge: &Edge,
+    session: &Arc<SessionShared>,
+    messages: Vec<Message>,
+    stream: Option<u64>,
+) -> Result<(), EdgeError> {
+    let (reply, result) = oneshot::channel();
+    session
+        .commands
+        .send(Command::Forward {
+            messages,
+            stream,
+            reply,
+        })
+        .await
+        .map_err(|_| EdgeError::SessionNotFound)?;
+    match result.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(SessionError::Gone)) | Err(_) => {
+            // The user's Forgejo grant died (or the session ended meanwhile): 404 from now on.
+            edge.registry.end(session, "upstream grant dead").await;
+            Err(EdgeError::SessionNotFound)
+        }
+    }
+}
+
+pub(super) async fn initialize_new(
+    edge: &Edge,
+    principal: &Principal,
+    messages: Vec<Message>,
+    answer: Answer,
+) -> Result<Response, EdgeError> {
+    let Some(Message::Request { id, params, .. }) = messages.into_iter().next() else {
+        return Err(EdgeError::InvalidMessage("initialize must be a request"));
+    };
+    let (session_id, session) = edge.registry.create(principal, false)?;
+    let (reply, outcome) = oneshot::channel();
+    session
+        .commands
+        .send(Command::Initialize {
+            id: id.clone(),
+            params,
+            reply,
+        })
+        .await
+        .map_err(|_| EdgeError::Internal)?;
+    let outcome = outcome.await.map_err(|_| EdgeError::Internal)?;
+    let line = match outcome {
+        InitializeOutcome::Answered {
+            line,
+            succeeded: true,
+        } => {
+            tracing::info!(session = %session.label, user_id = principal.user_id, client_id = %principal.client_id, "mcp session created");
+            let response = single_message_response(line, answer);
+            return Ok(with_session(response, &session_id.0));
+        }
+        InitializeOutcome::Answered {
+            line,
+            succeeded: false,
+        } => line,
+        InitializeOutcome::Failed(error) => {
+            tracing::warn!(session = %session.label, %error, "mcp session could not start its child");
+            jsonrpc::error_line(Some(&id), codes::CHILD_UNAVAILABLE, &error.client_message())
+        }
+    };
+    // No session survives a failed initialize; the client retries from scratch.
+    edge.registry.end(&session, "initialize failed").await;
+    Ok(single_message_response(line, answer))
+}
+
+pub(super) fn repeat_initialize(
+    session: &SessionShared,
+    messages: Vec<Message>,
+    session_id: &str,
+) -> Result<Response, EdgeError> {
+    let Some(Message::Request { id, .. }) = messages.into_iter().next() else {
+        return Err(EdgeError::InvalidMessage("initialize must be a request"));
+    };
+    let negotiated = session
+        .negotiated
+        .lock()
+        .map_err(|_| EdgeError::Internal)?
+        .clone();
+    let Some((_, result)) = negotiated else {
+        return Err(EdgeError::InvalidMessage(
+            "the session is still initializing",
+        ));
+    };
+    let result = RawValue::from_string(result).map_err(|_| EdgeError::Internal)?;
+    let line = Message::Response {
+        id,
+        outcome: jsonrpc::Outcome::Result(result),
+    }
+    .to_line();
+    Ok(with_session(
+        single_message_response(line, Answer::Json),
+        session_id,
+    ))
+}
+
+pub(super) fn single_message_response(line: String, answer: Answer) -> Response {
+    match answer {
+        Answer::Json => ([(header::CONTENT_TYPE, "application/json")], line).into_response(),
+        Answer::Sse => {
+            let event = Event::default().data(line);
+            let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(event)]);
+            sse_headers(Sse::new(stream).into_response())
+        }
+    }
+}
+
+pub(super) async fn json_response(mut receiver: mpsc::Receiver<Frame>, batch: bool) -> Response {
+    let mut lines = Vec::new();
+    while let Some(Frame::Message { json, .. }) = receiver.recv().await {
+        lines.push(json);
+    }
+    let body = if batch {
+        format!(
+            "[{}]",
+            lines
+                .iter()
+                .map(|l| l.as_ref())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    } else {
+        lines.first().map(|l| l.to_string()).unwrap_or_default()
+    };
+    if body.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+pub(super) fn with_session(mut response: Response, session_id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(session_id) {
+        response.headers_mut().insert(MCP_SESSION_ID, value);
+    }
+    response
+}
+
+// ---- GET /mcp, DELETE /mcp ----------------------------------------------------------------
+
+pub(super) async fn get_mcp(State(edge): State<Edge>, headers: HeaderMap) -> Response {
+    let principal = match admit(&edge, &headers).await {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    get_inner(&edge, &principal, &headers).unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(super) fn get_inner(
+    edge: &Edge,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Result<Response, EdgeError> {
+    let accepts_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|accept| accept.contains("text/event-stream") || accept.contains("*/*"));
+    if !accepts_sse {
+        return Err(EdgeError::NotAcceptable(
+            "the GET stream is text/event-stream",
+        ));
+    }
+    let session_id = session_header(headers).ok_or(EdgeError::NoSession)?;
+    let session = edge.registry.lookup(session_id, principal)?;
+    if session.legacy {
+        return Err(EdgeError::SessionNotFound);
+    }
+    let version = session.protocol_version().unwrap_or_default();
+    let mut streams = session.streams.lock().map_err(|_| EdgeError::Internal)?;
+    // Items 110–111: resumption is authenticated like any request and confined to this
+    // session's streams (the id is looked up in this session's table only).
+    let last_event_id = headers.get(LAST_EVENT_ID).and_then(|v| v.to_str().ok());
+    if let Some((frames, receiver)) = last_event_id.and_then(|id| streams.resume(id)) {
+        drop(streams);
+        let response = sse_response(frames, receiver, None, false, &edge.config, None);
+        return Ok(with_session(response, session_id));
+    }
+    let (stream, receiver) = streams.open(StreamKind::Get, 0);
+    let priming = primes(&version)
+        .then(|| streams.priming_event_id(stream))
+        .flatten();
+    drop(streams);
+    Ok(with_session(
+        sse_response(
+            Vec::new(),
+            Some(receiver),
+            priming,
+            false,
+            &edge.config,
+            None,
+        ),
+        session_id,
+    ))
+}
+
+pub(super) async fn delete_mcp(State(edge): State<Edge>, headers: HeaderMap) -> Response {
+    let principal = match admit(&edge, &headers).await {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    let Some(session_id) = session_header(&headers) else {
+        return EdgeError::NoSession.into_response();
+    };
+    match edge.registry.lookup(session_id, &principal) {
+        Ok(session) if !session.legacy => {
+            // Item 115: DELETE ends the session and its child.
+            edge.registry.end(&session, "deleted by the client").await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(_) => EdgeError::SessionNotFound.into_response(),
+        Err(error) => EdgeError::from(error).into_response(),
+    }
+}

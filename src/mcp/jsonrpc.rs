@@ -1,0 +1,426 @@
+//! JSON-RPC 2.0 envelopes, parsed just enough to route (sandbox-notes.md §4.3, recommendation 9):
+//! `params`, `result` and `error` stay [`RawValue`]s and are never re-serialised, so methods and
+//! fields the broker does not know pass through unchanged.
+//!
+//! [`RawMessage`] mirrors the wire; [`Message`] is the validated form (STYLE.md habit 3).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Our own JSON-RPC error codes stay in `-32000…-32019` (checklist item 118: 2026-07-28
+/// reserves `-32020…-32099`).
+pub mod codes {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// Generic "bad request" without a more specific code (the TS SDK's choice, item 118).
+    pub const BAD_REQUEST: i64 = -32000;
+    /// The request did not complete in time (item 143).
+    pub const REQUEST_TIMEOUT: i64 = -32001;
+    /// The MCP server child died or could not be started (item 142).
+    pub const CHILD_UNAVAILABLE: i64 = -32002;
+    /// A configured limit was reached.
+    pub const LIMIT_REACHED: i64 = -32003;
+    /// The client cancelled the request (the response is only for clients that wait anyway).
+    pub const CANCELLED: i64 = -32004;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("not valid JSON")]
+    NotJson,
+    #[error("not a JSON-RPC 2.0 message")]
+    NotJsonRpc,
+    #[error("request id must be a string or an integer")]
+    InvalidId,
+    #[error("a message has either a method or a result/error")]
+    Ambiguous,
+}
+
+/// The wire form: every field optional, bodies raw.
+#[derive(Debug, Deserialize)]
+pub struct RawMessage<'a> {
+    #[serde(borrow)]
+    pub jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present_raw")]
+    pub id: Option<&'a RawValue>,
+    pub method: Option<String>,
+    #[serde(borrow)]
+    pub params: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub error: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `"id": null` distinguishable from an absent id.
+fn present_raw<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// A request id as the peer wrote it (string or integer), kept verbatim so the answer carries
+/// exactly the id the peer chose (B2511 §Requests).
+#[derive(Debug, Clone)]
+pub struct Id(Box<RawValue>);
+
+impl PartialEq for Id {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Id {}
+
+impl Id {
+    fn parse(raw: &RawValue) -> Result<Self, EnvelopeError> {
+        let text = raw.get();
+        let valid = if text.starts_with('"') {
+            serde_json::from_str::<String>(text).is_ok()
+        } else {
+            serde_json::from_str::<i64>(text).is_ok()
+        };
+        if !valid {
+            return Err(EnvelopeError::InvalidId);
+        }
+        RawValue::from_string(text.to_owned())
+            .map(Self)
+            .map_err(|_| EnvelopeError::InvalidId)
+    }
+
+    pub fn number(value: i64) -> Self {
+        // A formatted integer is always valid JSON.
+        Self(RawValue::from_string(value.to_string()).unwrap_or_else(|_| null_raw()))
+    }
+
+    pub fn string(value: &str) -> Self {
+        let text = serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned());
+        Self(RawValue::from_string(text).unwrap_or_else(|_| null_raw()))
+    }
+
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// The id as an integer, if it is one (the broker's ids towards the child are).
+    pub fn as_i64(&self) -> Option<i64> {
+        serde_json::from_str(self.0.get()).ok()
+    }
+
+    /// The id as a string, if it is one (the broker's ids towards the client are).
+    pub fn as_str(&self) -> Option<String> {
+        serde_json::from_str(self.0.get()).ok()
+    }
+
+    /// A canonical key: `1` and `1.0` never occur (integers only), strings keep their quotes,
+    /// so `1` and `"1"` stay distinct.
+    pub fn key(&self) -> &str {
+        self.0.get()
+    }
+}
+
+fn null_raw() -> Box<RawValue> {
+    // `null` is valid JSON; the fallback of the fallback is unreachable in practice.
+    RawValue::from_string("null".to_owned()).unwrap_or_default()
+}
+
+/// A validated message.
+#[derive(Debug)]
+pub enum Message {
+    Request {
+        id: Id,
+        method: String,
+        params: Option<Box<RawValue>>,
+    },
+    Notification {
+        method: String,
+        params: Option<Box<RawValue>>,
+    },
+    Response {
+        id: Id,
+        /// `{"result": …}` or `{"error": …}`; exactly one.
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Result(Box<RawValue>),
+    Error(Box<RawValue>),
+}
+
+impl Message {
+    pub fn parse(text: &str) -> Result<Self, EnvelopeError> {
+        let raw: RawMessage<'_> = serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)?;
+        Self::try_from(raw)
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Self::Request { method, .. } | Self::Notification { method, .. } => Some(method),
+            Self::Response { .. } => None,
+        }
+    }
+
+    pub fn params(&self) -> Option<&RawValue> {
+        match self {
+            Self::Request { params, .. } | Self::Notification { params, .. } => params.as_deref(),
+            Self::Response { .. } => None,
+        }
+    }
+
+    /// Serialises with `id` replaced (requests and responses) — the only rewrite the bridge does.
+    pub fn to_line_with_id(&self, new_id: Option<&Id>) -> String {
+        let wire = match self {
+            Self::Request { id, method, params } => WireOut {
+                jsonrpc: "2.0",
+                id: Some(new_id.unwrap_or(id).as_raw()),
+                method: Some(method),
+                params: params.as_deref(),
+                result: None,
+                error: None,
+            },
+            Self::Notification { method, params } => WireOut {
+                jsonrpc: "2.0",
+                id: None,
+                method: Some(method),
+                params: params.as_deref(),
+                result: None,
+                error: None,
+            },
+            Self::Response { id, outcome } => {
+                let (result, error) = match outcome {
+                    Outcome::Result(raw) => (Some(raw.as_ref()), None),
+                    Outcome::Error(raw) => (None, Some(raw.as_ref())),
+                };
+                WireOut {
+                    jsonrpc: "2.0",
+                    id: Some(new_id.unwrap_or(id).as_raw()),
+                    method: None,
+                    params: None,
+                    result,
+                    error,
+                }
+            }
+        };
+        // Serialising borrowed raw values and strings cannot fail.
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+
+    pub fn to_line(&self) -> String {
+        self.to_line_with_id(None)
+    }
+}
+
+impl<'a> TryFrom<RawMessage<'a>> for Message {
+    type Error = EnvelopeError;
+
+    fn try_from(raw: RawMessage<'a>) -> Result<Self, Self::Error> {
+        if raw.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+            return Err(EnvelopeError::NotJsonRpc);
+        }
+        let params = raw.params.map(ToOwned::to_owned);
+        match (raw.method, raw.id, raw.result, raw.error) {
+            (Some(method), Some(id), None, None) => Ok(Self::Request {
+                id: Id::parse(id)?,
+                method,
+                params,
+            }),
+            (Some(method), None, None, None) => Ok(Self::Notification { method, params }),
+            (None, Some(id), Some(result), None) => Ok(Self::Response {
+                id: Id::parse(id)?,
+                outcome: Outcome::Result(result.to_owned()),
+            }),
+            (None, Some(id), None, Some(error)) => {
+                // An error response may carry `id: null` when the id was unreadable; such a
+                // response cannot be routed, so it is rejected like any invalid id.
+                Ok(Self::Response {
+                    id: Id::parse(id)?,
+                    outcome: Outcome::Error(error.to_owned()),
+                })
+            }
+            _ => Err(EnvelopeError::Ambiguous),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    jsonrpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a RawValue>,
+}
+
+/// A JSON-RPC error response, as a line. `id: None` writes `"id": null` (a transport-level
+/// error that answers no particular request, item 96/100).
+pub fn error_line(id: Option<&Id>, code: i64, message: &str) -> String {
+    #[derive(Serialize)]
+    struct ErrorBody<'a> {
+        code: i64,
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct ErrorOut<'a> {
+        jsonrpc: &'static str,
+        id: Option<&'a RawValue>,
+        error: ErrorBody<'a>,
+    }
+    serde_json::to_string(&ErrorOut {
+        jsonrpc: "2.0",
+        id: id.map(Id::as_raw),
+        error: ErrorBody { code, message },
+    })
+    .unwrap_or_default()
+}
+
+/// A notification line built by the broker (`notifications/initialized`, `notifications/cancelled`).
+pub fn notification_line(method: &str, params: Option<&serde_json::Value>) -> String {
+    let mut value = serde_json::json!({"jsonrpc": "2.0", "method": method});
+    if let (Some(params), Some(object)) = (params, value.as_object_mut()) {
+        object.insert("params".to_owned(), params.clone());
+    }
+    value.to_string()
+}
+
+/// A request line built by the broker (replays after a respawn, item 141).
+pub fn request_line(id: i64, method: &str, params: Option<&RawValue>) -> String {
+    serde_json::to_string(&WireOut {
+        jsonrpc: "2.0",
+        id: Some(Id::number(id).as_raw()),
+        method: Some(method),
+        params,
+        result: None,
+        error: None,
+    })
+    .unwrap_or_default()
+}
+
+/// The parts of `params` the bridge looks at; everything else is ignored (and kept raw).
+#[derive(Debug, Default, Deserialize)]
+pub struct PeekParams {
+    #[serde(rename = "_meta")]
+    pub meta: Option<PeekMeta>,
+    #[serde(rename = "progressToken")]
+    pub progress_token: Option<Box<RawValue>>,
+    #[serde(rename = "requestId")]
+    pub request_id: Option<Box<RawValue>>,
+    pub name: Option<String>,
+    pub uri: Option<String>,
+    pub level: Option<String>,
+    #[serde(rename = "protocolVersion")]
+    pub protocol_version: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PeekMeta {
+    #[serde(rename = "progressToken")]
+    pub progress_token: Option<Box<RawValue>>,
+}
+
+pub fn peek(params: Option<&RawValue>) -> PeekParams {
+    params
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_four_shapes() {
+        let request = Message::parse(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#).unwrap();
+        assert!(matches!(request, Message::Request { .. }));
+        let notification =
+            Message::parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert!(matches!(notification, Message::Notification { .. }));
+        let ok = Message::parse(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap();
+        assert!(matches!(
+            ok,
+            Message::Response {
+                outcome: Outcome::Result(_),
+                ..
+            }
+        ));
+        let err =
+            Message::parse(r#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"#).unwrap();
+        assert!(matches!(
+            err,
+            Message::Response {
+                outcome: Outcome::Error(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_envelopes() {
+        assert_eq!(Message::parse("nope").unwrap_err(), EnvelopeError::NotJson);
+        assert_eq!(
+            Message::parse(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#).unwrap_err(),
+            EnvelopeError::NotJsonRpc
+        );
+        for id in ["null", "1.5", "{}", "[]", "true"] {
+            let text = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"x"}}"#);
+            assert_eq!(
+                Message::parse(&text).unwrap_err(),
+                EnvelopeError::InvalidId,
+                "{id}"
+            );
+        }
+        assert_eq!(
+            Message::parse(r#"{"jsonrpc":"2.0","id":1,"method":"x","result":{}}"#).unwrap_err(),
+            EnvelopeError::Ambiguous
+        );
+    }
+
+    #[test]
+    fn id_rewrite_keeps_params_byte_for_byte() {
+        let text = r#"{"jsonrpc":"2.0","id":"client-1","method":"tools/call","params":{"name":"x","arguments":{"a":[1, 2,3],"z":"\u00e9"}}}"#;
+        let message = Message::parse(text).unwrap();
+        let line = message.to_line_with_id(Some(&Id::number(42)));
+        assert_eq!(
+            line,
+            r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"x","arguments":{"a":[1, 2,3],"z":"\u00e9"}}}"#
+        );
+        let back = Message::parse(&line).unwrap();
+        let Message::Request { id, .. } = back else {
+            panic!()
+        };
+        assert_eq!(id.as_i64(), Some(42));
+    }
+
+    #[test]
+    fn string_and_number_ids_stay_distinct() {
+        assert_ne!(Id::number(1).key(), Id::string("1").key());
+    }
+
+    #[test]
+    fn peeks_progress_tokens_and_names() {
+        let raw = RawValue::from_string(
+            r#"{"name":"echo","_meta":{"progressToken":"p1"},"arguments":{}}"#.to_owned(),
+        )
+        .unwrap();
+        let peek = peek(Some(&raw));
+        assert_eq!(peek.name.as_deref(), Some("echo"));
+        assert_eq!(peek.meta.unwrap().progress_token.unwrap().get(), "\"p1\"");
+    }
+
+    #[test]
+    fn error_lines_are_valid_json_rpc() {
+        let line = error_line(None, codes::BAD_REQUEST, "Bad Request: no session");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["id"], serde_json::Value::Null);
+        assert_eq!(value["error"]["code"], -32000);
+    }
+}

@@ -1,0 +1,672 @@
+//! One session: the shared part the HTTP handlers see ([`SessionShared`]) and the actor task
+//! that alone owns the child's stdio (STYLE.md habit 10).
+//!
+//! The actor remaps ids both ways (item 138): client request ids become the actor's own integer
+//! ids towards the child (so clients that reuse ids, and the broker's own replay requests, never
+//! collide), and child → client request ids become `srv-N` strings that survive a respawn (a
+//! new child restarts its counter). Every child message is handed to [`StreamTable`], which
+//! puts it on exactly one stream (items 108, 137).
+
+mod lifecycle;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+use tokio::io::{AsyncWriteExt as _, BufReader};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::context::{Context, SpawnError};
+use super::jsonrpc::{self, Id, Message, Outcome, codes};
+use super::lines::{LineEvent, LineReader};
+use super::store::SessionRecord;
+use super::streams::{StreamId, StreamTable};
+use crate::audit::AuditEvent;
+use crate::auth::UserId;
+use crate::supervisor::{BoxedRead, BoxedWrite, ChildControl};
+
+/// What the HTTP side and the registry know about a session; the actor owns the rest.
+pub struct SessionShared {
+    /// SHA-256 of the session id (hex): the registry key and the database key.
+    pub key: String,
+    /// A short prefix of `key` for logs and the audit log (never the id itself).
+    pub label: String,
+    pub user_id: UserId,
+    pub client_id: String,
+    pub grant_id: String,
+    pub legacy: bool,
+    pub streams: Mutex<StreamTable>,
+    pub last_activity: AtomicI64,
+    pub in_flight: AtomicUsize,
+    pub(super) pid: AtomicU32,
+    /// Negotiated version and the child's `InitializeResult`, once known.
+    pub negotiated: Mutex<Option<(String, String)>>,
+    pub expires_at: AtomicI64,
+    pub commands: mpsc::Sender<Command>,
+}
+
+impl SessionShared {
+    /// The current child's pid, if one is running.
+    pub fn pid(&self) -> Option<u32> {
+        match self.pid.load(Ordering::SeqCst) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    pub fn protocol_version(&self) -> Option<String> {
+        self.negotiated
+            .lock()
+            .ok()
+            .and_then(|slot| slot.as_ref().map(|(version, _)| version.clone()))
+    }
+}
+
+impl std::fmt::Debug for SessionShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionShared")
+            .field("label", &self.label)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a forwarded message could not be taken.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    /// The user's Forgejo grant is dead or the session was ended: the client must start over.
+    #[error("session ended")]
+    Gone,
+}
+
+pub enum Command {
+    /// A new session's `initialize`: spawn, forward, answer with the child's reply.
+    Initialize {
+        id: Id,
+        params: Option<Box<RawValue>>,
+        reply: oneshot::Sender<InitializeOutcome>,
+    },
+    Forward {
+        messages: Vec<Message>,
+        stream: Option<StreamId>,
+        reply: oneshot::Sender<Result<(), SessionError>>,
+    },
+    Hibernate {
+        reason: &'static str,
+        reply: oneshot::Sender<bool>,
+    },
+    End {
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+#[derive(Debug)]
+pub enum InitializeOutcome {
+    /// The child answered (result or error); the line carries the client's id.
+    Answered {
+        line: String,
+        succeeded: bool,
+    },
+    Failed(SpawnError),
+}
+
+enum Pending {
+    Client {
+        client_id: Id,
+        stream: StreamId,
+        progress_token: Option<String>,
+        deadline: Instant,
+        tool: Option<String>,
+    },
+    /// A request the broker made itself; its response is swallowed (item 138).
+    Internal { initialize: bool },
+}
+
+struct LiveChild {
+    stdin: BoxedWrite,
+    stdout: LineReader<BufReader<BoxedRead>>,
+    control: Box<dyn ChildControl>,
+    stderr_task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Actor {
+    shared: Arc<SessionShared>,
+    ctx: Arc<Context>,
+    commands: mpsc::Receiver<Command>,
+    record: SessionRecord,
+    child: Option<LiveChild>,
+    next_id: i64,
+    next_outbound: u64,
+    pending: HashMap<i64, Pending>,
+    progress: HashMap<String, StreamId>,
+    /// `srv-N` → the child's own id, for the current child only.
+    outbound: HashMap<String, Id>,
+    init_result: Option<Outcome>,
+}
+
+enum Step {
+    Command(Option<Command>),
+    Line(LineEvent),
+    Tick,
+    Shutdown,
+}
+
+impl Actor {
+    pub fn new(
+        shared: Arc<SessionShared>,
+        ctx: Arc<Context>,
+        commands: mpsc::Receiver<Command>,
+        record: SessionRecord,
+    ) -> Self {
+        Self {
+            shared,
+            ctx,
+            commands,
+            record,
+            child: None,
+            next_id: 1,
+            next_outbound: 1,
+            pending: HashMap::new(),
+            progress: HashMap::new(),
+            outbound: HashMap::new(),
+            init_result: None,
+        }
+    }
+
+    /// The actor's loop: commands from HTTP, lines from the child, housekeeping ticks.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.ctx.config.housekeeping_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let cancel = self.ctx.cancel.clone();
+        loop {
+            let step = {
+                let child = &mut self.child;
+                let commands = &mut self.commands;
+                let child_lines = async {
+                    match child.as_mut() {
+                        Some(child) => child.stdout.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    command = commands.recv() => Step::Command(command),
+                    line = child_lines => Step::Line(line),
+                    _ = tick.tick() => Step::Tick,
+                    () = cancel.cancelled() => Step::Shutdown,
+                }
+            };
+            match step {
+                Step::Command(None) | Step::Shutdown => {
+                    // Broker shutdown: stop the child, keep the record (resume after restart).
+                    self.stop_child("broker shutdown").await;
+                    return;
+                }
+                Step::Command(Some(Command::End { reason, reply })) => {
+                    self.stop_child(&reason).await;
+                    if let Ok(mut streams) = self.shared.streams.lock() {
+                        streams.close_all();
+                    }
+                    let _ = reply.send(());
+                    return;
+                }
+                Step::Command(Some(command)) => self.handle_command(command).await,
+                Step::Line(event) => self.handle_line_event(event).await,
+                Step::Tick => self.housekeeping().await,
+            }
+        }
+    }
+
+    async fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Initialize { id, params, reply } => {
+                let outcome = self.initialize_new(id, params).await;
+                let _ = reply.send(outcome);
+            }
+            Command::Forward {
+                messages,
+                stream,
+                reply,
+            } => {
+                let result = self.forward(messages, stream).await;
+                let _ = reply.send(result);
+            }
+            Command::Hibernate { reason, reply } => {
+                let stopped = self.child.is_some() && self.pending.is_empty();
+                if stopped {
+                    self.hibernate(reason).await;
+                }
+                let _ = reply.send(stopped);
+            }
+            Command::End { .. } => {}
+        }
+    }
+
+    // ---- client → child -------------------------------------------------------------------
+
+    async fn initialize_new(&mut self, id: Id, params: Option<Box<RawValue>>) -> InitializeOutcome {
+        if self.record.initialize_params.is_some() {
+            // Item 146: one `initialize` per session (the Streamable HTTP edge answers repeats
+            // from the record before they get here; this guards the legacy transport).
+            return InitializeOutcome::Failed(SpawnError::Initialize(
+                "the session is already initialized".to_owned(),
+            ));
+        }
+        let params_text = params.as_deref().map_or("{}", RawValue::get).to_owned();
+        self.record.initialize_params = Some(params_text);
+        match self.spawn_child(false).await {
+            Ok(()) => {}
+            Err(error) => {
+                self.record.initialize_params = None;
+                return InitializeOutcome::Failed(error);
+            }
+        }
+        let Some(outcome) = self.init_result.take() else {
+            return InitializeOutcome::Failed(SpawnError::Initialize("no answer".to_owned()));
+        };
+        let succeeded = matches!(outcome, Outcome::Result(_));
+        let response = Message::Response { id, outcome };
+        if let Message::Response {
+            outcome: Outcome::Result(result),
+            ..
+        } = &response
+        {
+            let version = jsonrpc::peek(Some(result))
+                .protocol_version
+                .unwrap_or_else(|| "2025-03-26".to_owned());
+            let params = self.record.initialize_params.clone().unwrap_or_default();
+            self.record.protocol_version = Some(version.clone());
+            self.record.initialize_result = Some(result.get().to_owned());
+            if let Ok(mut slot) = self.shared.negotiated.lock() {
+                *slot = Some((version.clone(), result.get().to_owned()));
+            }
+            if let Err(error) =
+                self.ctx
+                    .store
+                    .save_initialized(&self.shared.key, &version, &params, result.get())
+            {
+                tracing::error!(session = %self.shared.label, %error, "cannot save the session record");
+            }
+            self.ctx.audit.record(AuditEvent::SessionCreated {
+                session: self.shared.label.clone(),
+                user_id: self.shared.user_id,
+                client_id: self.shared.client_id.clone(),
+                protocol_version: version,
+            });
+        }
+        InitializeOutcome::Answered {
+            line: response.to_line(),
+            succeeded,
+        }
+    }
+
+    async fn forward(
+        &mut self,
+        messages: Vec<Message>,
+        stream: Option<StreamId>,
+    ) -> Result<(), SessionError> {
+        let has_request = messages
+            .iter()
+            .any(|m| matches!(m, Message::Request { .. }));
+        if has_request && self.child.is_none() {
+            match self.spawn_child(true).await {
+                Ok(()) => {}
+                Err(SpawnError::GrantDead) => return Err(SessionError::Gone),
+                Err(error) => {
+                    // Requests get a JSON-RPC error, never silence (item 142).
+                    for message in messages {
+                        if let (Message::Request { id, .. }, Some(stream)) = (message, stream) {
+                            self.answer_error(
+                                stream,
+                                &id,
+                                codes::CHILD_UNAVAILABLE,
+                                &error.client_message(),
+                            );
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        for message in messages {
+            match message {
+                Message::Request { .. } => {
+                    if let Some(stream) = stream {
+                        self.forward_request(message, stream).await;
+                    }
+                }
+                Message::Notification { .. } => self.forward_notification(message).await,
+                Message::Response { .. } => self.forward_response(message).await,
+            }
+        }
+        Ok(())
+    }
+
+    async fn forward_request(&mut self, message: Message, stream: StreamId) {
+        let Message::Request {
+            id: client_id,
+            method,
+            params,
+        } = &message
+        else {
+            return;
+        };
+        if self.child.is_none() {
+            // The child died while an earlier message of this batch was written.
+            self.answer_error(
+                stream,
+                client_id,
+                codes::CHILD_UNAVAILABLE,
+                "the MCP server stopped; retry the request",
+            );
+            return;
+        }
+        let peek = jsonrpc::peek(params.as_deref());
+        let broker_id = self.allocate_id();
+        let progress_token = peek
+            .meta
+            .as_ref()
+            .and_then(|meta| meta.progress_token.as_ref())
+            .map(|token| token.get().to_owned());
+        if let Some(token) = &progress_token {
+            self.progress.insert(token.clone(), stream);
+        }
+        self.remember_replay_state(method, &peek);
+        self.pending.insert(
+            broker_id,
+            Pending::Client {
+                client_id: client_id.clone(),
+                stream,
+                progress_token,
+                deadline: Instant::now() + self.ctx.config.request_timeout(),
+                tool: (method == "tools/call").then(|| peek.name.clone().unwrap_or_default()),
+            },
+        );
+        self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let line = message.to_line_with_id(Some(&Id::number(broker_id)));
+        self.write_line(&line).await;
+    }
+
+    /// Subscriptions and the log level are child state the client set up once; a respawned
+    /// child must get them again (item 141).
+    fn remember_replay_state(&mut self, method: &str, peek: &jsonrpc::PeekParams) {
+        let changed = match (method, &peek.uri, &peek.level) {
+            ("resources/subscribe", Some(uri), _) => self.record.subscriptions.insert(uri.clone()),
+            ("resources/unsubscribe", Some(uri), _) => self.record.subscriptions.remove(uri),
+            ("logging/setLevel", _, Some(level)) => {
+                self.record.log_level = Some(level.clone());
+                true
+            }
+            _ => false,
+        };
+        if changed
+            && let Err(error) = self.ctx.store.save_replay_state(
+                &self.shared.key,
+                &self.record.subscriptions,
+                self.record.log_level.as_deref(),
+            )
+        {
+            tracing::error!(session = %self.shared.label, %error, "cannot save subscriptions");
+        }
+    }
+
+    async fn forward_notification(&mut self, message: Message) {
+        if self.child.is_none() {
+            // Nothing to tell a hibernated child: cancellations refer to requests of a child
+            // that is gone, and `initialized` is replayed on respawn.
+            return;
+        }
+        if message.method() == Some("notifications/cancelled") {
+            // Map the client's id to ours (item 148); unknown ids are dropped (MAY ignore).
+            let peek = jsonrpc::peek(message.params());
+            let Some(request_id) = peek.request_id else {
+                return;
+            };
+            let found = self
+                .pending
+                .iter()
+                .find_map(|(broker_id, pending)| match pending {
+                    Pending::Client { client_id, .. } if client_id.key() == request_id.get() => {
+                        Some(*broker_id)
+                    }
+                    _ => None,
+                });
+            let Some(broker_id) = found else {
+                return;
+            };
+            if let Some(Pending::Client {
+                client_id,
+                stream,
+                progress_token,
+                ..
+            }) = self.pending.remove(&broker_id)
+            {
+                self.finish_client_request(progress_token.as_deref());
+                self.answer_error(
+                    stream,
+                    &client_id,
+                    codes::CANCELLED,
+                    "request cancelled by the client",
+                );
+            }
+            let line = jsonrpc::notification_line(
+                "notifications/cancelled",
+                Some(
+                    &serde_json::json!({"requestId": broker_id, "reason": "cancelled by the client"}),
+                ),
+            );
+            self.write_line(&line).await;
+            return;
+        }
+        self.write_line(&message.to_line()).await;
+    }
+
+    async fn forward_response(&mut self, message: Message) {
+        let Message::Response { id, .. } = &message else {
+            return;
+        };
+        let Some(child_id) = id.as_str().and_then(|key| self.outbound.remove(&key)) else {
+            // A response for a request of an earlier child (or unknown): nobody waits for it.
+            return;
+        };
+        if self.child.is_some() {
+            self.write_line(&message.to_line_with_id(Some(&child_id)))
+                .await;
+        }
+    }
+
+    fn allocate_id(&mut self) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn answer_error(&self, stream: StreamId, id: &Id, code: i64, message: &str) {
+        let line = jsonrpc::error_line(Some(id), code, message);
+        if let Ok(mut streams) = self.shared.streams.lock() {
+            streams.deliver_response(stream, Arc::from(line));
+        }
+    }
+
+    fn finish_client_request(&mut self, progress_token: Option<&str>) {
+        if let Some(token) = progress_token {
+            self.progress.remove(token);
+        }
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn write_line(&mut self, line: &str) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let timeout = self.ctx.config.write_timeout();
+        // One write per message: the line and its newline together (stdin is unbuffered).
+        let mut framed = Vec::with_capacity(line.len() + 1);
+        framed.extend_from_slice(line.as_bytes());
+        framed.push(b'\n');
+        let write = async {
+            child.stdin.write_all(&framed).await?;
+            child.stdin.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => self.child_failed("its stdin is closed").await,
+            Err(_) => self.child_failed("it stopped reading its stdin").await,
+        }
+    }
+
+    // ---- child → client -------------------------------------------------------------------
+
+    async fn handle_line_event(&mut self, event: LineEvent) {
+        match event {
+            LineEvent::Line(bytes) => self.handle_line(&bytes),
+            LineEvent::TooLong => {
+                let limit = self.ctx.config.max_line_bytes;
+                self.child_failed(&format!(
+                    "it sent a message larger than the {limit}-byte line limit"
+                ))
+                .await;
+            }
+            LineEvent::Eof => self.child_failed("it exited").await,
+        }
+    }
+
+    fn handle_line(&mut self, bytes: &[u8]) {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            tracing::warn!(session = %self.shared.label, "child wrote a line that is not UTF-8; ignored");
+            return;
+        };
+        let message = match Message::parse(text) {
+            Ok(message) => message,
+            Err(error) => {
+                // Item 139: only MCP messages belong on stdout. Tolerate stray output rather
+                // than kill a child that logs to the wrong stream, but say so.
+                tracing::warn!(session = %self.shared.label, %error, "child wrote a line that is not a JSON-RPC message; ignored");
+                return;
+            }
+        };
+        match &message {
+            Message::Response { id, .. } => self.route_response(message_id_i64(id), message),
+            Message::Request { id, .. } => {
+                let outbound = format!("srv-{}", self.next_outbound);
+                self.next_outbound += 1;
+                self.outbound.insert(outbound.clone(), id.clone());
+                let line = message.to_line_with_id(Some(&Id::string(&outbound)));
+                self.deliver_unrelated(line);
+            }
+            Message::Notification { method, .. } => {
+                let peek = jsonrpc::peek(message.params());
+                if method == "notifications/progress" {
+                    let owner = peek
+                        .progress_token
+                        .as_ref()
+                        .and_then(|token| self.progress.get(token.get()).copied());
+                    if let Ok(mut streams) = self.shared.streams.lock() {
+                        streams.deliver_related(owner, Arc::from(message.to_line()));
+                    }
+                } else if method == "notifications/cancelled" {
+                    // The child gave up on one of its requests to the client: use the id the
+                    // client knows.
+                    let known = peek.request_id.as_ref().and_then(|child_id| {
+                        self.outbound
+                            .iter()
+                            .find(|(_, id)| id.key() == child_id.get())
+                            .map(|(outbound, _)| outbound.clone())
+                    });
+                    if let Some(outbound) = known {
+                        self.outbound.remove(&outbound);
+                        let line = jsonrpc::notification_line(
+                            "notifications/cancelled",
+                            Some(&serde_json::json!({"requestId": outbound})),
+                        );
+                        self.deliver_unrelated(line);
+                    }
+                } else {
+                    self.deliver_unrelated(message.to_line());
+                }
+            }
+        }
+    }
+
+    fn deliver_unrelated(&self, line: String) {
+        if let Ok(mut streams) = self.shared.streams.lock() {
+            streams.deliver_unrelated(Arc::from(line));
+        }
+    }
+
+    fn route_response(&mut self, broker_id: Option<i64>, message: Message) {
+        let Some(pending) = broker_id.and_then(|id| self.pending.remove(&id)) else {
+            // Late (after a timeout or cancellation) or never asked: drop.
+            return;
+        };
+        match pending {
+            Pending::Internal { initialize: true } => {
+                if let Message::Response { outcome, .. } = message {
+                    self.init_result = Some(outcome);
+                }
+            }
+            Pending::Internal { initialize: false } => {}
+            Pending::Client {
+                client_id,
+                stream,
+                progress_token,
+                tool,
+                ..
+            } => {
+                self.finish_client_request(progress_token.as_deref());
+                if let Some(tool) = tool {
+                    let outcome = match &message {
+                        Message::Response {
+                            outcome: Outcome::Result(_),
+                            ..
+                        } => "ok",
+                        _ => "error",
+                    };
+                    self.ctx.audit.record(AuditEvent::ToolCalled {
+                        session: self.shared.label.clone(),
+                        user_id: self.shared.user_id,
+                        tool,
+                        outcome: outcome.to_owned(),
+                    });
+                }
+                let line = message.to_line_with_id(Some(&client_id));
+                if let Ok(mut streams) = self.shared.streams.lock() {
+                    streams.deliver_response(stream, Arc::from(line));
+                }
+            }
+        }
+    }
+}
+
+fn message_id_i64(id: &Id) -> Option<i64> {
+    id.as_i64()
+}
+
+/// A record for a session that has not been initialized yet.
+pub fn new_record(
+    key: &str,
+    user_id: UserId,
+    client_id: &str,
+    grant_id: &str,
+    legacy: bool,
+    now: i64,
+    expires_at: i64,
+) -> SessionRecord {
+    SessionRecord {
+        id_hash: key.to_owned(),
+        user_id,
+        client_id: client_id.to_owned(),
+        grant_id: grant_id.to_owned(),
+        legacy,
+        protocol_version: None,
+        initialize_params: None,
+        initialize_result: None,
+        subscriptions: BTreeSet::new(),
+        log_level: None,
+        created_at: now,
+        last_seen: now,
+        expires_at,
+    }
+}

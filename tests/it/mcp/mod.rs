@@ -1,0 +1,7 @@
+//! The MCP edge over real HTTP with real children (issue #3).
+
+mod everything;
+mod faults;
+mod fixtures;
+mod sessions;
+mod transport;

@@ -1,0 +1,471 @@
+//! The HTTP side: auth and Origin, routing (exactly one stream, id remapping), resumption,
+//! the modern-probe fallback, batches, legacy HTTP+SSE, body limits, CORS.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::fixtures::*;
+use forgejo_mcp_broker::mcp::jsonrpc::codes;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn requests_without_a_valid_token_get_401_with_the_metadata_pointer() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let anonymous = reqwest::Client::new()
+        .post(format!("{}/mcp", broker.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let challenge = anonymous.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+            broker.url
+        )
+    );
+    let bad = broker.client("not-a-token");
+    let reply = bad
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .await;
+    assert_eq!(reply.status, 401);
+    let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.ends_with(", error=\"invalid_token\""),
+        "{challenge}"
+    );
+    // Tokens in the query string are never accepted (item 17).
+    broker.verifier.issue("query-token", 1, "c", "g");
+    let in_query = reqwest::Client::new()
+        .post(format!("{}/mcp?access_token=query-token", broker.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(in_query.status(), 401);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_origin_gets_403_and_cors_exposes_the_mcp_headers() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let client = broker.user("t1", 1, "client-a", "grant-1");
+    let evil = client
+        .post_builder(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(evil.status(), 403);
+    let preflight = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{}/mcp", broker.url))
+        .header("origin", "https://inspector.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, mcp-session-id, mcp-protocol-version",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://inspector.example"
+    );
+    let mut allowed = client
+        .post_builder(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .header("origin", "https://inspector.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    let exposed = allowed
+        .headers_mut()
+        .remove("access-control-expose-headers")
+        .unwrap();
+    let exposed = exposed.to_str().unwrap().to_ascii_lowercase();
+    for header in ["mcp-session-id", "mcp-protocol-version", "www-authenticate"] {
+        assert!(exposed.contains(header), "{exposed}");
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_sessionless_modern_probe_gets_a_non_modern_400() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let client = broker.user("t1", 1, "client-a", "grant-1");
+    let reply = client
+        .post_builder(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
+            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}),
+        )
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "server/discover")
+        .send()
+        .await
+        .unwrap();
+    let reply = read_reply(reply).await;
+    assert_eq!(reply.status, 400);
+    let code = reply.messages[0]["error"]["code"].as_i64().unwrap();
+    // Item 133: never -32601 or the -32020…-32022 range that dual-era clients read as modern.
+    assert_eq!(code, -32000, "{}", reply.body);
+    assert!(reply.messages[0]["id"].is_null());
+    // Without the header too.
+    let reply = client
+        .post(&json!({"jsonrpc": "2.0", "id": 2, "method": "server/discover"}))
+        .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.messages[0]["error"]["code"], -32000);
+    // Item 166: `initialized` without a session is accepted and dropped.
+    let reply = client
+        .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    assert_eq!(reply.status, 202);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_version_header_is_validated_but_not_required() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let unsupported = client
+        .post_builder(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list"}))
+        .header("mcp-protocol-version", "1999-01-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsupported.status(), 400);
+    let supported = client
+        .post_builder(&json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"}))
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(supported.status(), 200);
+    // Absent (item 121): fine.
+    let reply = client.request("tools/list", json!({})).await;
+    assert!(reply["result"]["tools"].is_array());
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn clashing_client_ids_are_remapped_and_each_answer_reaches_its_post() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    // Two requests in flight with the same client id, one slow and one fast.
+    let slow = client.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "slow", "arguments": {"ms": 300}}}));
+    let fast = client.post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "fast"}}}));
+    let (slow, fast) = tokio::join!(slow, fast);
+    assert_eq!(slow.messages.len(), 1);
+    assert_eq!(fast.messages.len(), 1);
+    assert_eq!(slow.messages[0]["id"], 1);
+    assert_eq!(fast.messages[0]["id"], 1);
+    assert_eq!(
+        slow.messages[0]["result"]["content"][0]["text"],
+        "slept 300 ms"
+    );
+    assert_eq!(fast.messages[0]["result"]["content"][0]["text"], "fast");
+    // The child never sees the client's ids: string ids come through as the broker's integers.
+    let reply = client
+        .post(
+            &json!({"jsonrpc": "2.0", "id": "client-string-id", "method": "tools/call",
+            "params": {"name": "seen-id", "arguments": {}}}),
+        )
+        .await;
+    assert_eq!(reply.messages[0]["id"], "client-string-id");
+    let seen = reply.messages[0]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(seen.parse::<i64>().is_ok(), "child saw {seen}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn each_child_message_goes_to_exactly_one_stream() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+
+    // No GET stream: the unrelated notification rides on the open POST stream.
+    let reply = client
+        .post(&json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call", "params": {"name": "notify"}}))
+        .await;
+    let methods: Vec<&str> = reply
+        .messages
+        .iter()
+        .filter_map(|m| m["method"].as_str())
+        .collect();
+    assert_eq!(methods, ["notifications/message"], "{}", reply.body);
+
+    // With a GET stream: the notification goes there, and only there.
+    let (status, mut get) = client.open_get(None).await;
+    assert_eq!(status, 200);
+    let reply = client
+        .post(&json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "notify"}}))
+        .await;
+    assert_eq!(
+        reply.messages.len(),
+        1,
+        "only the response on the POST: {}",
+        reply.body
+    );
+    assert_eq!(reply.messages[0]["id"], 11);
+    let (_, message) = get.next_message(WAIT).await.unwrap();
+    assert_eq!(message["method"], "notifications/message");
+
+    // Progress goes to the stream of the request that owns the token, even with GET open.
+    let reply = client
+        .post(&json!({"jsonrpc": "2.0", "id": 12, "method": "tools/call",
+            "params": {"name": "progress", "arguments": {"steps": 3}, "_meta": {"progressToken": "tok-12"}}}))
+        .await;
+    let progress = reply
+        .messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .count();
+    assert_eq!(progress, 3, "{}", reply.body);
+    assert_eq!(reply.messages.last().unwrap()["id"], 12);
+    assert!(
+        get.next_message(Duration::from_millis(300)).await.is_none(),
+        "nothing leaked to GET"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn server_to_client_requests_round_trip_with_remapped_ids() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let (_, mut get) = client.open_get(None).await;
+    for round in 0..2 {
+        let call = client.post(
+            &json!({"jsonrpc": "2.0", "id": 100 + round, "method": "tools/call",
+            "params": {"name": "sample"}}),
+        );
+        let answer = async {
+            let (_, request) = get.next_message(WAIT).await.unwrap();
+            assert_eq!(request["method"], "sampling/createMessage");
+            let id = request["id"].as_str().unwrap().to_owned();
+            assert!(id.starts_with("srv-"), "{request}");
+            let reply = client
+                .post(
+                    &json!({"jsonrpc": "2.0", "id": id, "result": {"role": "assistant",
+                    "content": {"type": "text", "text": format!("answer {round}")}, "model": "m"}}),
+                )
+                .await;
+            assert_eq!(reply.status, 202);
+        };
+        let (reply, ()) = tokio::join!(call, answer);
+        let text = reply.messages[0]["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(text.contains(&format!("answer {round}")), "{text}");
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_post_stream_resumes_with_last_event_id() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let (status, mut stream) = client
+        .post_stream(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"ms": 400}}}))
+        .await;
+    assert_eq!(status, 200);
+    // Item 103: the priming event carries an id and no data.
+    let priming = stream.next_event(WAIT).await.unwrap();
+    assert!(priming.data.is_empty());
+    let last_id = priming.id.unwrap();
+    drop(stream); // the connection is lost before the answer
+    let (status, mut resumed) = client.open_get(Some(&last_id)).await;
+    assert_eq!(status, 200);
+    let (_, message) = resumed.next_message(WAIT).await.unwrap();
+    assert_eq!(message["id"], 7);
+    assert_eq!(message["result"]["content"][0]["text"], "slept 400 ms");
+    assert!(
+        resumed
+            .next_message(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "stream complete"
+    );
+    // Another user cannot resume it (item 111).
+    let mut other = broker.user("t2", 2, "client-a", "grant-2");
+    other.session = client.session.clone();
+    assert_eq!(other.open_get(Some(&last_id)).await.0, 404);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn sse_responses_disable_proxy_buffering_and_send_keepalives() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let response = client
+        .http
+        .get(format!("{}/mcp", broker.url))
+        .bearer_auth("t1")
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    let mut body = response;
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = body.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen
+                .lines()
+                .any(|line| line.starts_with(':') && line.contains("keep-alive"))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{seen}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn batches_only_for_sessions_at_2025_03_26() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut modern = broker.user("t1", 1, "client-a", "grant-1");
+    modern.initialize().await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "a"}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "b"}}}
+    ]);
+    let refused = modern.post(&batch).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.messages[0]["error"]["code"], codes::INVALID_REQUEST);
+
+    let mut old = broker.user("t2", 2, "client-a", "grant-2");
+    old.accept = "application/json";
+    old.initialize_with(json!({}), "2025-03-26").await;
+    let reply = old.post(&batch).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut texts: Vec<String> = reply
+        .messages
+        .iter()
+        .map(|m| {
+            m["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    texts.sort();
+    assert_eq!(texts, ["a", "b"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_413_with_a_clear_error() {
+    let mut config = test_config(test_child_profile(&[]));
+    config.max_body_bytes = 16 * 1024;
+    let broker = Broker::start(config).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let reply = client
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": "x".repeat(20 * 1024)}}}))
+        .await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.messages[0]["error"]["code"], codes::LIMIT_REACHED);
+    assert!(reply.body.contains("16384-byte limit"), "{}", reply.body);
+    // Malformed JSON is a parse error, not a 500.
+    let garbage = client
+        .http
+        .post(format!("{}/mcp", broker.url))
+        .bearer_auth("t1")
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn legacy_http_sse_transport_works_end_to_end() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    broker.verifier.issue("t1", 1, "client-a", "grant-1");
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{}/sse", broker.url))
+        .bearer_auth("t1")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut stream = SseStream::new(response);
+    let endpoint = stream.next_event(WAIT).await.unwrap();
+    assert_eq!(endpoint.event.as_deref(), Some("endpoint"));
+    assert!(endpoint.data.starts_with("/messages?sessionId="));
+    let post = |body: Value| {
+        http.post(format!("{}{}", broker.url, endpoint.data))
+            .bearer_auth("t1")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let accepted = post(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "old", "version": "1"}}}))
+    .await
+    .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let init = stream.next_event(WAIT).await.unwrap();
+    assert_eq!(init.event.as_deref(), Some("message"));
+    assert_eq!(init.json()["result"]["protocolVersion"], "2024-11-05");
+    assert_eq!(
+        post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "legacy"}}}))
+    .await
+    .unwrap();
+    let answer = stream.next_event(WAIT).await.unwrap().json();
+    assert_eq!(answer["id"], 2);
+    assert_eq!(answer["result"]["content"][0]["text"], "legacy");
+    // Another user cannot post to it.
+    broker.verifier.issue("t2", 2, "client-a", "grant-2");
+    let foreign = http
+        .post(format!("{}{}", broker.url, endpoint.data))
+        .bearer_auth("t2")
+        .body(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 404);
+    // Closing the SSE connection ends the session and its child.
+    drop(stream);
+    assert!(eventually(WAIT, || async { broker.handle.running_children() == 0 }).await);
+    broker.stop().await;
+}

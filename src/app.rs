@@ -18,7 +18,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::http::HttpOptions;
 use crate::keystore::{self, KeystoreError, SealedRegistry, Vault, VaultDeps};
-use crate::metrics::Metrics;
+use crate::metrics::{AuditMetrics, Metrics};
 use crate::oauth::TokenVerifier;
 use crate::oauth::store::OAuthStore;
 use crate::ratelimit::{RateLimiter, SharedRateLimiter};
@@ -296,6 +296,12 @@ pub async fn start_on(
         source,
     })?;
     let db = Db::open(&config.server.database_path())?;
+    // Every component's audit events also move the metrics derived from them (sessions,
+    // children, upstream refreshes, vault operations).
+    let deps = AppDeps {
+        audit: Arc::new(AuditMetrics::new(deps.audit.clone(), deps.metrics.clone())),
+        ..deps
+    };
     // A missing or wrong master key stops the start here, before anything is served or
     // written (the vault checks the key against its stored key check first).
     let vault = {
@@ -338,14 +344,16 @@ pub async fn start_on(
         );
     }
     let sweep_store = oauth_store.clone();
-    let oauth_state = Arc::new(crate::oauth::build_state(
+    let mut oauth_state = crate::oauth::build_state(
         &config.oauth,
         &config.server,
         oauth_store,
         upstream,
         deps.clock.clone(),
         deps.audit.clone(),
-    )?);
+    )?;
+    oauth_state.limiter = Some(rate_limiter.clone());
+    let oauth_state = Arc::new(oauth_state);
 
     let options = HttpOptions {
         limits: config.limits.clone(),

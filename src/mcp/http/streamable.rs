@@ -135,6 +135,12 @@ pub(super) async fn forward(
         })
         .await
         .map_err(|_| EdgeError::SessionNotFound)?;
+    // Only a request that may respawn the child can turn into a 404 (a dead Forgejo grant);
+    // with a child running, the answer comes on the stream and waiting for the actor's
+    // acknowledgement would only add a wake-up to every call.
+    if stream.is_none() || session.pid().is_some() {
+        return Ok(());
+    }
     match result.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(SessionError::Gone)) | Err(_) => {

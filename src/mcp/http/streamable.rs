@@ -160,7 +160,7 @@ pub(super) async fn initialize_new(
     let Some(Message::Request { id, params, .. }) = messages.into_iter().next() else {
         return Err(EdgeError::InvalidMessage("initialize must be a request"));
     };
-    let (session_id, session) = edge.registry.create(principal, false)?;
+    let (session_id, session) = edge.registry.create(principal, false).await?;
     let (reply, outcome) = oneshot::channel();
     session
         .commands

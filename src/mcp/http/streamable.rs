@@ -80,6 +80,13 @@ pub(super) async fn post_inner(
         .iter()
         .filter(|m| matches!(m, Message::Request { .. }))
         .count();
+    let in_flight = session.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    if requests > 0 && in_flight + requests > edge.config.max_in_flight_per_session {
+        // Each request in flight holds a stream and its replay buffer: bound them.
+        return Err(EdgeError::TooManyInFlight(
+            edge.config.max_in_flight_per_session,
+        ));
+    }
     if requests == 0 {
         forward(edge, &session, messages, None).await?;
         return Ok(with_session(

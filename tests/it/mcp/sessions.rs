@@ -286,3 +286,31 @@ async fn at_the_session_limit_the_least_recently_used_idle_session_makes_room() 
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn requests_in_flight_per_session_are_limited_with_a_clear_error() {
+    let mut config = test_config(test_child_profile(&[]));
+    config.max_in_flight_per_session = 1;
+    let broker = Broker::start(config).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    // The SSE head arrives once the first request is in flight.
+    let (status, mut slow) = client
+        .post_stream(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"ms": 500}}}))
+        .await;
+    assert_eq!(status, 200);
+    let refused = client
+        .post(
+            &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "pid"}}),
+        )
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.messages[0]["error"]["code"], codes::LIMIT_REACHED);
+    assert!(refused.body.contains("in flight"), "{}", refused.body);
+    let (_, answer) = slow.next_message(WAIT).await.unwrap();
+    assert_eq!(answer["result"]["content"][0]["text"], "slept 500 ms");
+    // Once answered, the next request goes through.
+    assert!(client.pid().await > 0);
+    broker.stop().await;
+}

@@ -9,17 +9,29 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{SharedAudit, TracingAudit};
+use crate::audit::{
+    AuditEvent, AuditKey, AuditKeyError, AuditSink as _, AuditWriterError, FileAudit, SharedAudit,
+    TracingAudit,
+};
+use crate::auth::AccessTokenVerifier;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::http::HttpOptions;
+use crate::keystore::{self, KeystoreError, SealedRegistry, Vault, VaultDeps};
+use crate::metrics::Metrics;
+use crate::oauth::TokenVerifier;
+use crate::oauth::store::OAuthStore;
+use crate::ratelimit::{RateLimiter, SharedRateLimiter};
 use crate::store::{Db, StoreError};
+use crate::upstream::{ForgejoClient, GrantStore, Upstream};
 
-/// What the process provides from outside the config: time and the audit sink. Tests pass a
-/// manual clock and an in-memory audit.
+/// What the process provides from outside the config: time, the audit sink and the metrics
+/// registry. Tests pass a manual clock and an in-memory audit.
 #[derive(Clone)]
 pub struct AppDeps {
     pub clock: SharedClock,
     pub audit: SharedAudit,
+    pub metrics: Metrics,
 }
 
 impl AppDeps {
@@ -27,9 +39,99 @@ impl AppDeps {
         Self {
             clock: Arc::new(SystemClock),
             audit: Arc::new(TracingAudit),
+            metrics: Metrics::new(),
         }
     }
+
+    /// What `serve` uses: the system clock, a fresh metrics registry and the hash-chained
+    /// audit file of `config` (its checkpoint key is created on first start). The caller keeps
+    /// the [`FileAudit`] to [`FileAudit::close`] it after shutdown.
+    ///
+    /// The audit key comes from `audit.key_file` for now; once the vault lands it is derived
+    /// from the vault's root key instead.
+    pub fn for_config(config: &Config) -> Result<(Self, Arc<FileAudit>), StartError> {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let metrics = Metrics::new();
+        let audit = open_file_audit(config, clock.clone(), metrics.clone())?;
+        audit.record(AuditEvent::ConfigLoaded {
+            source: "serve".to_owned(),
+        });
+        let deps = Self {
+            clock,
+            audit: audit.clone(),
+            metrics,
+        };
+        Ok((deps, audit))
+    }
 }
+
+/// The hash-chained audit file of `config`, its checkpoint key created on first use. Commands
+/// run beside the serving broker (`admin`) open it too: writers share it safely.
+pub fn open_file_audit(
+    config: &Config,
+    clock: SharedClock,
+    metrics: Metrics,
+) -> Result<Arc<FileAudit>, StartError> {
+    let data_dir = &config.server.data_dir;
+    let key = AuditKey::load_or_create(&config.audit.key_file(data_dir))?;
+    Ok(FileAudit::open(
+        config.audit.file_config(data_dir),
+        key,
+        clock,
+        metrics,
+    )?)
+}
+
+/// The upstream token keeper (users' Forgejo token sets) over `db`; `serve` and the admin
+/// verbs build it the same way.
+/// Opens the vault, refusing (and changing nothing) when the master key is missing or wrong.
+/// Blocking: a passphrase source runs Argon2id.
+pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, StartError> {
+    let vault_deps = VaultDeps {
+        audit: Arc::clone(&deps.audit),
+        clock: Arc::clone(&deps.clock),
+    };
+    let registry = sealed_columns().map_err(KeystoreError::from)?;
+    Ok(Vault::open(
+        db.clone(),
+        config.vault.clone(),
+        &config.server.data_dir,
+        registry,
+        vault_deps,
+        Arc::new(keystore::source::process_env),
+    )?)
+}
+
+pub fn build_upstream(
+    config: &Config,
+    db: &Db,
+    deps: &AppDeps,
+    sealer: Arc<dyn vault::Sealer>,
+    access_ended: crate::auth::AccessEndedSender,
+) -> Result<Arc<Upstream>, StartError> {
+    let client_secret = config
+        .forgejo
+        .load_client_secret()
+        .map_err(StartError::ClientSecret)?;
+    let forgejo = ForgejoClient::new(
+        &config.forgejo,
+        client_secret,
+        crate::upstream::forgejo_redirect_uri(&config.server),
+    )?;
+    let grants = GrantStore::new(db.clone(), sealer.clone())?;
+    Ok(Arc::new(Upstream::new(
+        forgejo,
+        grants,
+        sealer,
+        deps.clock.clone(),
+        deps.audit.clone(),
+        i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
+        access_ended,
+    )))
+}
+
+/// How long open requests may run on after shutdown was requested.
+const DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -47,19 +149,65 @@ pub enum StartError {
     },
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
+    #[error(transparent)]
+    AuditKey(#[from] AuditKeyError),
+    #[error(transparent)]
+    Audit(#[from] AuditWriterError),
+    #[error("forgejo.client_secret: {0}")]
+    ClientSecret(String),
+    #[error("cannot build the Forgejo client: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Cimd(#[from] crate::oauth::cimd::CimdError),
+    #[error("refusing to start: {0}")]
+    Vault(#[from] KeystoreError),
+    #[error("refusing to start: the vault could not be opened: {0}")]
+    VaultTask(tokio::task::JoinError),
+}
+
+/// Every column that holds vault ciphertext, declared by the component that owns it
+/// (keystore/registry.rs). The re-encryption job and `vault status` walk these.
+pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
+    SealedRegistry::new().with(crate::upstream::store::SEALED_COLUMNS)
+}
+
+/// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.
+#[derive(Clone)]
+pub struct AuthHandles {
+    /// Checks broker access tokens on `/mcp`.
+    pub verifier: Arc<dyn AccessTokenVerifier>,
+    /// Users' Forgejo token sets: [`crate::auth::UpstreamCredentials`], refresh, burn.
+    pub upstream: Arc<Upstream>,
+    /// The public origin (for [`crate::oauth::mcp_unauthorized`]).
+    pub issuer: String,
+    /// Revoked grants and dead users are announced here: the MCP edge subscribes and ends
+    /// the matching sessions.
+    pub access_ended: crate::auth::AccessEndedSender,
+    /// For operator actions: `revoke_user`, `revoke_client`.
+    pub oauth_store: OAuthStore,
 }
 
 /// A broker that is serving. Dropping it does not stop it: call [`RunningApp::shutdown`].
 pub struct RunningApp {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     pub db: Db,
+    pub metrics: Metrics,
+    pub rate_limiter: SharedRateLimiter,
+    pub auth: AuthHandles,
+    pub vault: Arc<Vault>,
 }
 
 impl RunningApp {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// A token that, when cancelled, starts a graceful shutdown.
@@ -105,28 +253,117 @@ pub async fn start_on(
         source,
     })?;
     let db = Db::open(&config.server.database_path())?;
-    let _ = &deps;
+    // A missing or wrong master key stops the start here, before anything is served or
+    // written (the vault checks the key against its stored key check first).
+    let vault = {
+        let (config, db, deps) = (config.clone(), db.clone(), deps.clone());
+        // Argon2id (for a passphrase) takes a noticeable moment: off the async workers.
+        tokio::task::spawn_blocking(move || open_vault(&config, &db, &deps))
+            .await
+            .map_err(StartError::VaultTask)??
+    };
+    let vault = Arc::new(vault);
 
-    let router = crate::http::router(Vec::new());
+    let metrics = deps.metrics.clone();
+    // Routers attach per-IP limits route by route, e.g.
+    // `post(token).layer(ratelimit::layer(&rate_limiter, EndpointClass::Token))`.
+    let rate_limiter = RateLimiter::new(
+        &config.rate_limits,
+        &config.server.trusted_proxies,
+        metrics.clone(),
+        deps.audit.clone(),
+    );
+
+    // The OAuth half (issue #2): upstream token keeper first, then the authorization server.
+    let access_ended = crate::auth::access_ended_channel();
+    let upstream = build_upstream(&config, &db, &deps, vault.clone(), access_ended.clone())?;
+    let oauth_store = OAuthStore::new(db.clone(), access_ended.clone())?;
+    let auth = AuthHandles {
+        verifier: Arc::new(TokenVerifier::new(
+            oauth_store.clone(),
+            upstream.clone(),
+            deps.clock.clone(),
+        )),
+        upstream: upstream.clone(),
+        issuer: config.server.issuer(),
+        access_ended,
+        oauth_store: oauth_store.clone(),
+    };
+    if config.oauth.cimd_allow_loopback_for_tests {
+        tracing::warn!(
+            "oauth.cimd_allow_loopback_for_tests is on: CIMD fetches may reach services on this host; never use it in production"
+        );
+    }
+    let sweep_store = oauth_store.clone();
+    let oauth_state = Arc::new(crate::oauth::build_state(
+        &config.oauth,
+        &config.server,
+        oauth_store,
+        upstream,
+        deps.clock.clone(),
+        deps.audit.clone(),
+    )?);
+
+    let options = HttpOptions {
+        limits: config.limits.clone(),
+        metrics: metrics.clone(),
+    };
+    let router = crate::http::router([crate::oauth::router(oauth_state, &rate_limiter)], &options);
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let shutdown = cancel.clone();
-    tasks.spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(task = "http", %error, "http server failed");
+    keystore::rotation::spawn_background(Arc::clone(&vault), &tasks, cancel.clone());
+
+    // `/metrics` on its own listener, never on the public one (issue #7).
+    let metrics_addr = match config.metrics.listen {
+        None => None,
+        Some(address) => {
+            let metrics_listener = TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind { address, source })?;
+            let bound = metrics_listener
+                .local_addr()
+                .map_err(StartError::LocalAddr)?;
+            let shutdown = cancel.clone();
+            let limits = config.limits.clone();
+            let metrics_router = crate::metrics::router(metrics.clone());
+            tasks.spawn(async move {
+                crate::http::serve(metrics_listener, metrics_router, &limits, shutdown, DRAIN)
+                    .await;
+                tracing::debug!(task = "metrics-http", "stopped");
+            });
+            tracing::info!(metrics_addr = %bound, "serving metrics");
+            Some(bound)
         }
+    };
+
+    let shutdown = cancel.clone();
+    let limits = config.limits.clone();
+    tasks.spawn(async move {
+        crate::http::serve(listener, router, &limits, shutdown, DRAIN).await;
+        tracing::debug!(task = "http", "stopped");
     });
+    tasks.spawn(crate::oauth::maintenance::run_sweeper(
+        crate::oauth::maintenance::Sweeper {
+            store: sweep_store,
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            interval: Duration::from_secs(600),
+            unused_client_ttl_secs: config.oauth.unused_client_ttl_secs,
+        },
+        cancel.clone(),
+    ));
     tracing::info!(%local_addr, "serving");
     Ok(RunningApp {
         local_addr,
+        metrics_addr,
         cancel,
         tasks,
         db,
+        metrics,
+        rate_limiter,
+        auth,
+        vault,
     })
 }

@@ -49,6 +49,27 @@ pub enum TokenRejection {
     Unavailable,
 }
 
+/// Broker access that has just ended, published by the OAuth half so the MCP edge can end the
+/// matching sessions at once (the verifier would refuse their next request anyway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessEnded {
+    /// A token family was revoked: RFC 7009 revocation of a refresh token, a replayed refresh
+    /// token or code, or an operator.
+    Grant { grant_id: String, user_id: UserId },
+    /// The user's Forgejo grant is dead (Forgejo refused a refresh, or it was burned): every
+    /// session of the user.
+    User { user_id: UserId },
+}
+
+/// Where [`AccessEnded`] events go; subscribers call `subscribe()`. Sending never blocks and
+/// never fails the sender (no subscriber is fine).
+pub type AccessEndedSender = tokio::sync::broadcast::Sender<AccessEnded>;
+
+/// A sender with room for bursts (an admin revoking a user with many grants).
+pub fn access_ended_channel() -> AccessEndedSender {
+    tokio::sync::broadcast::channel(1024).0
+}
+
 #[async_trait]
 pub trait AccessTokenVerifier: Send + Sync + 'static {
     /// Checks a bearer access token presented to `resource` (the canonical `/mcp` URL).

@@ -63,9 +63,13 @@ pub struct Config {
     #[serde(default)]
     pub rate_limits: crate::ratelimit::RateLimitConfig,
     #[serde(default)]
+    pub limits: crate::ratelimit::HttpLimitsConfig,
+    #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub vault: crate::keystore::VaultConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,8 +187,60 @@ impl fmt::Debug for ForgejoConfig {
     }
 }
 
+/// The environment variable that may hold the Forgejo client secret.
+pub const CLIENT_SECRET_ENV: &str = "FORGEJO_MCP_BROKER_CLIENT_SECRET";
+
+impl ForgejoConfig {
+    /// The client secret from, in order: `client_secret`, `client_secret_file` (which must not
+    /// be readable by group or others), the `FORGEJO_MCP_BROKER_CLIENT_SECRET` environment
+    /// variable. The error names the source, never the value.
+    pub fn load_client_secret(&self) -> Result<SecretString, String> {
+        use secrecy::ExposeSecret as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Some(secret) = &self.client_secret {
+            if secret.expose_secret().trim().is_empty() {
+                return Err("client_secret is empty".to_owned());
+            }
+            return Ok(secret.clone());
+        }
+        if let Some(path) = &self.client_secret_file {
+            let metadata = std::fs::metadata(path)
+                .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{} is readable by group or others (mode {mode:o}); chmod 600 it",
+                    path.display()
+                ));
+            }
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?,
+            );
+            let secret = text.trim();
+            if secret.is_empty() {
+                return Err(format!("{} is empty", path.display()));
+            }
+            return Ok(SecretString::from(secret.to_owned()));
+        }
+        match std::env::var(CLIENT_SECRET_ENV) {
+            Ok(value) if !value.trim().is_empty() => {
+                Ok(SecretString::from(value.trim().to_owned()))
+            }
+            _ => Err(format!(
+                "no client secret: set client_secret_file (preferred), client_secret or {CLIENT_SECRET_ENV}"
+            )),
+        }
+    }
+}
+
 impl Validate for ForgejoConfig {
     fn validate(&self, errors: &mut ConfigErrors) {
+        if (self.client_secret.is_none() || self.client_secret_file.is_none())
+            && let Err(message) = self.load_client_secret()
+        {
+            errors.push("forgejo.client_secret", message);
+        }
         if !matches!(self.url.scheme(), "http" | "https") {
             errors.push("forgejo.url", "must be an http(s) URL");
         }
@@ -282,9 +338,20 @@ impl Validate for Config {
         self.forgejo.validate(errors);
         self.oauth.validate(errors);
         self.mcp.validate(errors);
+        if self.mcp.max_body_bytes > self.limits.max_body_bytes {
+            errors.push(
+                "mcp.max_body_bytes",
+                format!(
+                    "must not exceed limits.max_body_bytes ({}), the server-wide cap",
+                    self.limits.max_body_bytes
+                ),
+            );
+        }
         self.audit.validate(errors);
         self.rate_limits.validate(errors);
+        self.limits.validate(errors);
         self.metrics.validate(errors);
+        self.vault.validate(errors);
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`mcp`]: Streamable HTTP and legacy HTTP+SSE edge, sessions, routing to children.
 //! - [`egress`]: the per-session credential-injecting proxy towards Forgejo.
 //! - [`audit`], [`ratelimit`], [`metrics`]: accountability and abuse resistance.
+//! - [`keystore`]: the vault's keys at rest (wrapped data keys, master key sources, rotation).
 //! - [`auth`], [`store`], [`clock`], [`secret`], [`config`]: seams shared by the above.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -20,6 +21,7 @@
     )
 )]
 
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -28,11 +30,13 @@ pub mod config;
 pub mod demo;
 pub mod egress;
 pub mod http;
+pub mod keystore;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;
 pub mod ratelimit;
 pub mod secret;
+pub mod standin;
 pub mod store;
 pub mod supervisor;
 pub mod upstream;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cli;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use forgejo_mcp_broker::app::{self, AppDeps};
@@ -25,6 +27,58 @@ enum Command {
     },
     /// Validate the configuration without serving; prints the redirect URI to register at Forgejo.
     CheckConfig {
+        #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Operator actions on clients and users (each audited).
+    Admin(cli::admin::AdminArgs),
+    /// Review the audit log: verify its hash chain and checkpoints, or show filtered records.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
+    /// The demo's stdio MCP child (whoami, list_repositories, create_issue against Forgejo's
+    /// API). Reads FORGEJO_URL and FORGEJO_ACCESS_TOKEN, or the token from --token-file.
+    DemoChild {
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// The vault holding Forgejo tokens at rest: init, status, key rotation (docs/vault.md).
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Create the vault for a new deployment (generates the key file if that is the source).
+    Init {
+        #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Key source, key versions, rows per version, re-encryption progress. Never a secret.
+    Status {
+        #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Re-wrap the data keys under a new master key. No row is rewritten; a serving broker
+    /// keeps serving.
+    RotateMasterKey {
+        #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
+        config: PathBuf,
+        /// The new key file (generated, 0600, if it does not exist).
+        #[arg(long, group = "new")]
+        new_key_file: Option<PathBuf>,
+        /// A file holding the new passphrase.
+        #[arg(long, group = "new")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Keep the passphrase; re-derive with the configured Argon2id parameters and a new salt.
+        #[arg(long, group = "new")]
+        same_passphrase: bool,
+    },
+    /// Add a new data key; the serving broker re-encrypts existing rows in the background.
+    RotateDataKey {
         #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
         config: PathBuf,
     },
@@ -51,7 +105,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .thread_name("broker")
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(serve(config))?;
+            let (deps, audit) = AppDeps::for_config(&config)?;
+            let served = runtime.block_on(serve(config, deps));
+            // After the runtime stopped serving: the final checkpoint covers every event.
+            audit.close();
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
@@ -62,16 +120,127 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.server.mcp_resource()
             );
             println!(
-                "Register at Forgejo (Settings → Applications → OAuth2, confidential client) with redirect URI: {}/oauth/callback",
-                config.server.issuer()
+                "Register at Forgejo (Settings → Applications → OAuth2, confidential client) with redirect URI: {}",
+                forgejo_mcp_broker::upstream::forgejo_redirect_uri(&config.server)
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { command } => cli::audit::run(command),
+        Command::Admin(args) => cli::admin::run(args),
+        Command::DemoChild { token_file } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vault { command } => vault_command(command),
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let running = app::start(config, AppDeps::production()).await?;
+fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
+    use forgejo_mcp_broker::keystore::{self, VaultDeps, rotation, source};
+    let config_path = match &command {
+        VaultCommand::Init { config }
+        | VaultCommand::Status { config }
+        | VaultCommand::RotateMasterKey { config, .. }
+        | VaultCommand::RotateDataKey { config } => config.clone(),
+    };
+    let config = Config::load(&config_path)?;
+    init_logging(config.log.format, &config.log.filter);
+    let data_dir = &config.server.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let db = forgejo_mcp_broker::store::Db::open(&config.server.database_path())?;
+    let deps = VaultDeps {
+        audit: std::sync::Arc::new(forgejo_mcp_broker::audit::TracingAudit),
+        clock: std::sync::Arc::new(forgejo_mcp_broker::clock::SystemClock),
+    };
+    let env = &source::process_env;
+    match command {
+        VaultCommand::Init { .. } => {
+            let report = keystore::init(&db, &config.vault, data_dir, &deps, env)?;
+            println!("vault initialised; master key from {}", report.origin);
+            if let Some(path) = report.generated_key_file {
+                println!(
+                    "generated key file {} — back it up now, apart from the database: without it the stored Forgejo tokens are lost",
+                    path.display()
+                );
+            }
+            if let Some(kdf) = report.kdf {
+                println!(
+                    "argon2id m={} KiB t={} p={}",
+                    kdf.memory_kib, kdf.iterations, kdf.parallelism
+                );
+            }
+        }
+        VaultCommand::Status { .. } => {
+            let registry = forgejo_mcp_broker::app::sealed_columns()?;
+            let report = keystore::status::status(&db, &config.vault, data_dir, &registry, env)?;
+            print!("{report}");
+            if report.initialised && report.key != "ok" {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        VaultCommand::RotateMasterKey {
+            new_key_file,
+            new_passphrase_file,
+            same_passphrase,
+            ..
+        } => {
+            let new = match (new_key_file, new_passphrase_file, same_passphrase) {
+                (Some(path), None, false) => rotation::NewMasterKey::KeyFile(path),
+                (None, Some(path), false) => rotation::NewMasterKey::PassphraseFile(path),
+                (None, None, true) => rotation::NewMasterKey::SamePassphrase,
+                _ => anyhow::bail!(
+                    "give exactly one of --new-key-file, --new-passphrase-file, --same-passphrase"
+                ),
+            };
+            let report =
+                rotation::rotate_master_key(&db, &config.vault, data_dir, &new, &deps, env)?;
+            println!(
+                "master key rotated: data key versions {:?} re-wrapped, no row rewritten",
+                report.rewrapped_versions
+            );
+            if let Some(path) = report.generated_key_file {
+                println!("generated new key file {}", path.display());
+            }
+            if !report.wal_checkpointed {
+                println!(
+                    "note: a reader kept the WAL from being checkpointed; the old wrappings leave {}-wal at the next checkpoint",
+                    config.server.database_path().display()
+                );
+            }
+            match new {
+                rotation::NewMasterKey::KeyFile(path) => println!(
+                    "now point [vault] at the new key (key_file = {:?}, or re-encrypt the systemd credential from it), back it up, then restart the broker at a convenient time; the old key no longer opens this vault",
+                    path.display().to_string()
+                ),
+                rotation::NewMasterKey::PassphraseFile(path) => println!(
+                    "now set [vault] key_source = \"passphrase-file\", passphrase_file = {:?}, and restart at a convenient time",
+                    path.display().to_string()
+                ),
+                rotation::NewMasterKey::SamePassphrase => {
+                    println!(
+                        "the passphrase is unchanged; new Argon2id parameters apply from the next start"
+                    )
+                }
+            }
+        }
+        VaultCommand::RotateDataKey { .. } => {
+            let version = rotation::rotate_data_key(&db, &config.vault, data_dir, &deps, env)?;
+            println!(
+                "data key v{version} added; the serving broker loads it within {} s, seals new writes with it and re-encrypts existing rows in the background (watch `vault status`)",
+                config.vault.rotation_interval_secs
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: Config, deps: AppDeps) -> anyhow::Result<()> {
+    let running = app::start(config, deps).await?;
     let cancel = running.cancel_token();
     tokio::spawn(async move {
         wait_for_signal().await;

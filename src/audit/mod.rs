@@ -1,17 +1,28 @@
 //! The audit log (ARCHITECTURE.md §6, issue #7): every security-relevant event, never a secret.
 //!
-//! Components record [`AuditEvent`]s through an [`AuditSink`]. The hash-chained JSON Lines
-//! writer, `audit verify` and `audit show` live in this module (issue #7); until then
-//! [`MemoryAudit`] keeps events for tests and [`TracingAudit`] writes them to the log.
+//! Components record [`AuditEvent`]s through an [`AuditSink`]. In production the sink is
+//! [`FileAudit`]: an append-only, hash-chained JSON Lines file with HMAC checkpoints
+//! ([`chain`]), written by one dedicated thread ([`writer`]), checked and filtered by
+//! `audit verify` / `audit show` ([`review`]). [`MemoryAudit`] keeps events for tests and
+//! [`TracingAudit`] writes them to the log.
 //!
 //! Fields are identifiers (user id, client id, session id prefix, tool name), never tokens,
 //! codes, verifiers, arguments or Forgejo tokens.
 
+pub mod chain;
+pub mod review;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
+pub use self::chain::{AuditKey, AuditKeyError};
+pub use self::writer::{AuditFileConfig, AuditWriterError, FileAudit};
 use crate::auth::UserId;
+use crate::config::{ConfigErrors, Validate};
 
 /// One audited event. The serialised form is `{"event": "<snake_case name>", ...fields}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,6 +154,8 @@ pub enum AuditEvent {
     RateLimited {
         endpoint: String,
         key_kind: String,
+        /// The client address when the limit was per IP (an address is not a secret).
+        ip: Option<String>,
     },
     VaultEvent {
         action: String,
@@ -200,6 +213,17 @@ impl AuditSink for MemoryAudit {
     }
 }
 
+/// Sends every event to each of several sinks (e.g. the audit file and a test's memory).
+pub struct TeeAudit(pub Vec<SharedAudit>);
+
+impl AuditSink for TeeAudit {
+    fn record(&self, event: AuditEvent) {
+        for sink in &self.0 {
+            sink.record(event.clone());
+        }
+    }
+}
+
 /// Writes events to the `tracing` log at INFO under the `audit` target.
 #[derive(Debug, Default)]
 pub struct TracingAudit;
@@ -209,6 +233,81 @@ impl AuditSink for TracingAudit {
         match serde_json::to_string(&event) {
             Ok(line) => tracing::info!(target: "audit", "{line}"),
             Err(error) => tracing::error!(target: "audit", %error, "audit event not serialisable"),
+        }
+    }
+}
+
+/// `[audit]` section.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The active JSON Lines file; default `{data_dir}/audit.jsonl`. Rotated files sit beside
+    /// it as `audit.<first seq>.jsonl`.
+    pub path: Option<PathBuf>,
+    /// The checkpoint HMAC key (64 hex digits, mode 0600); default `{data_dir}/audit.key`,
+    /// created on first start. Keep a copy off the host: whoever holds it can forge
+    /// checkpoints, whoever lacks it cannot verify them.
+    pub key_file: Option<PathBuf>,
+    /// Rotate the active file once it reaches this size.
+    pub rotate_bytes: u64,
+    /// Write a checkpoint after this many records...
+    pub checkpoint_every_lines: u64,
+    /// ...or after this many seconds with records pending, whichever comes first.
+    pub checkpoint_every_secs: u64,
+    /// Events waiting for the writer; beyond it events are dropped and counted.
+    pub queue_capacity: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            key_file: None,
+            rotate_bytes: 64 * 1024 * 1024,
+            checkpoint_every_lines: 100,
+            checkpoint_every_secs: 10,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+impl AuditConfig {
+    pub fn path(&self, data_dir: &Path) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| data_dir.join("audit.jsonl"))
+    }
+
+    pub fn key_file(&self, data_dir: &Path) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("audit.key"))
+    }
+
+    pub fn file_config(&self, data_dir: &Path) -> AuditFileConfig {
+        AuditFileConfig {
+            path: self.path(data_dir),
+            rotate_bytes: self.rotate_bytes,
+            checkpoint_every_lines: self.checkpoint_every_lines,
+            checkpoint_every: Duration::from_secs(self.checkpoint_every_secs),
+            queue_capacity: self.queue_capacity,
+        }
+    }
+}
+
+impl Validate for AuditConfig {
+    fn validate(&self, errors: &mut ConfigErrors) {
+        if self.rotate_bytes < 4096 {
+            errors.push("audit.rotate_bytes", "must be at least 4096");
+        }
+        if self.checkpoint_every_lines == 0 {
+            errors.push("audit.checkpoint_every_lines", "must be positive");
+        }
+        if self.checkpoint_every_secs == 0 {
+            errors.push("audit.checkpoint_every_secs", "must be positive");
+        }
+        if self.queue_capacity == 0 {
+            errors.push("audit.queue_capacity", "must be positive");
         }
     }
 }
@@ -226,16 +325,4 @@ mod tests {
         let json = serde_json::to_string(&event).unwrap();
         assert_eq!(json, r#"{"event":"consent_denied","client_id":"c1"}"#);
     }
-}
-
-/// `[audit]` section (issue #7 fills this in).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Where the JSON Lines audit log goes; default `{data_dir}/audit.jsonl`.
-    pub path: Option<std::path::PathBuf>,
-}
-
-impl crate::config::Validate for AuditConfig {
-    fn validate(&self, _errors: &mut crate::config::ConfigErrors) {}
 }

@@ -161,15 +161,6 @@ impl Validate for McpConfig {
                 errors.push(key, "must be positive");
             }
         }
-        if self.max_body_bytes > crate::http::MAX_BODY_BYTES {
-            errors.push(
-                "mcp.max_body_bytes",
-                format!(
-                    "must not exceed {} (the server-wide cap)",
-                    crate::http::MAX_BODY_BYTES
-                ),
-            );
-        }
         self.child.validate(errors);
     }
 }

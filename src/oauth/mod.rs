@@ -1,31 +1,356 @@
 //! The authorization server MCP clients talk to (issue #2; ARCHITECTURE.md §2, §5;
 //! mcp-spec-checklist.md §2–9): discovery, DCR, CIMD, authorize → consent → Forgejo →
-//! callback, the token endpoint and RFC 7009 revocation.
+//! callback, the token endpoint and RFC 7009 revocation. See docs/oauth.md.
 
+pub mod authorize;
+pub mod callback;
+pub mod cimd;
+pub mod client;
+pub mod error;
+pub mod maintenance;
+pub mod metadata;
+pub mod pages;
+pub mod register;
+pub mod revoke;
+pub mod store;
+pub mod token;
+pub mod verifier;
+
+use crate::ratelimit::{EndpointClass, SharedRateLimiter};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, Method, header};
+use axum::routing::{get, post};
 use serde::Deserialize;
+use tower_http::cors::{Any, CorsLayer};
 
-use crate::config::{ConfigErrors, Validate};
+use crate::audit::SharedAudit;
+use crate::clock::{SharedClock, UnixSeconds};
+use crate::config::{ConfigErrors, ServerConfig, Validate};
+use crate::upstream::Upstream;
+pub use error::{OAuthError, OAuthFailure};
+use store::{ClientKind, ClientRecord, OAuthStore};
+pub use verifier::{TokenVerifier, mcp_unauthorized};
+
+/// For hand-written `Debug` of wire types that carry secrets (codes, tokens, verifiers).
+pub(crate) fn redacted(value: &Option<String>) -> &'static str {
+    if value.is_some() {
+        "[redacted]"
+    } else {
+        "None"
+    }
+}
 
 /// `[oauth]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OAuthConfig {
-    /// Broker access-token lifetime in seconds.
+    /// Broker access-token lifetime in seconds (default 1 h; checklist item 171).
     pub access_token_ttl_secs: u64,
+    /// Broker refresh-token lifetime in seconds, renewed on every rotation (default 30 days).
+    pub refresh_token_ttl_secs: u64,
+    /// How long an already-rotated refresh token is still accepted once (lost responses;
+    /// checklist item 55). 0 disables the grace.
+    pub refresh_grace_secs: u64,
+    /// Authorization code lifetime (default 60 s).
+    pub code_ttl_secs: u64,
+    /// How long the consent page stays valid (default 10 min).
+    pub consent_ttl_secs: u64,
+    /// How long the broker waits for Forgejo's callback after consent (default 10 min).
+    pub upstream_login_ttl_secs: u64,
+    /// Refresh the Forgejo token this long before it expires (default 5 min).
+    pub upstream_refresh_ahead_secs: u64,
+    /// Registered (DCR) clients with no grant this long after registration, and cached CIMD
+    /// documents of clients with no live grant, are deleted (checklist item 65: Claude and
+    /// VS Code register again and again). 0 keeps them forever.
+    pub unused_client_ttl_secs: u64,
+    /// Cap on authorizations in progress, in total and per client.
+    pub max_pending_authorizations: u64,
+    pub max_pending_per_client: u64,
+    /// Accept `https` URL client ids (CIMD).
+    pub cimd_enabled: bool,
+    /// Largest CIMD document read (default 16 KiB; at least 5 KiB, checklist item 77).
+    pub cimd_max_bytes: usize,
+    /// Time cap on a CIMD fetch, connect included.
+    pub cimd_timeout_ms: u64,
+    /// Longest a fetched CIMD document is cached (shorter if its `Cache-Control` says so).
+    pub cimd_cache_ttl_secs: u64,
+    /// Extra PEM CA bundle trusted for CIMD fetches (besides the built-in web roots).
+    pub cimd_extra_ca_file: Option<PathBuf>,
+    /// Lets CIMD documents be fetched from loopback addresses. Tests only: it opens an SSRF
+    /// hole towards services on the broker host.
+    pub cimd_allow_loopback_for_tests: bool,
 }
 
 impl Default for OAuthConfig {
     fn default() -> Self {
         Self {
             access_token_ttl_secs: 3600,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            refresh_grace_secs: 30,
+            code_ttl_secs: 60,
+            consent_ttl_secs: 600,
+            upstream_login_ttl_secs: 600,
+            upstream_refresh_ahead_secs: 300,
+            unused_client_ttl_secs: 30 * 24 * 3600,
+            max_pending_authorizations: 10_000,
+            max_pending_per_client: 100,
+            cimd_enabled: true,
+            cimd_max_bytes: 16 * 1024,
+            cimd_timeout_ms: 5000,
+            cimd_cache_ttl_secs: 3600,
+            cimd_extra_ca_file: None,
+            cimd_allow_loopback_for_tests: false,
         }
     }
 }
 
 impl Validate for OAuthConfig {
     fn validate(&self, errors: &mut ConfigErrors) {
-        if self.access_token_ttl_secs == 0 {
-            errors.push("oauth.access_token_ttl_secs", "must be positive");
+        let positive = [
+            ("oauth.access_token_ttl_secs", self.access_token_ttl_secs),
+            ("oauth.refresh_token_ttl_secs", self.refresh_token_ttl_secs),
+            ("oauth.code_ttl_secs", self.code_ttl_secs),
+            ("oauth.consent_ttl_secs", self.consent_ttl_secs),
+            (
+                "oauth.upstream_login_ttl_secs",
+                self.upstream_login_ttl_secs,
+            ),
+            (
+                "oauth.max_pending_authorizations",
+                self.max_pending_authorizations,
+            ),
+            ("oauth.max_pending_per_client", self.max_pending_per_client),
+            ("oauth.cimd_timeout_ms", self.cimd_timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                errors.push(key, "must be positive");
+            }
+        }
+        if self.code_ttl_secs > 600 {
+            errors.push(
+                "oauth.code_ttl_secs",
+                "must be at most 600 (OAuth 2.1 §4.1.2)",
+            );
+        }
+        if self.consent_ttl_secs > 3600 {
+            errors.push("oauth.consent_ttl_secs", "must be at most 3600");
+        }
+        if self.refresh_grace_secs > 300 {
+            errors.push("oauth.refresh_grace_secs", "must be at most 300");
+        }
+        if self.cimd_max_bytes < 5 * 1024 || self.cimd_max_bytes > 1024 * 1024 {
+            errors.push("oauth.cimd_max_bytes", "must be between 5120 and 1048576");
+        }
+        if let Some(path) = &self.cimd_extra_ca_file
+            && !path.is_file()
+        {
+            errors.push(
+                "oauth.cimd_extra_ca_file",
+                format!("{} is not a file", path.display()),
+            );
         }
     }
+}
+
+/// Everything the OAuth handlers share.
+pub struct OAuthState {
+    pub config: OAuthConfig,
+    /// The public origin, no trailing slash (RFC 8414 issuer).
+    pub issuer: String,
+    /// The canonical `/mcp` URL (RFC 8707 resource).
+    pub resource: String,
+    /// `__Host-` + `Secure` cookies when the issuer is https.
+    pub secure_cookies: bool,
+    pub store: OAuthStore,
+    pub upstream: Arc<Upstream>,
+    pub cimd: cimd::CimdFetcher,
+    pub clock: SharedClock,
+    pub audit: SharedAudit,
+}
+
+impl OAuthState {
+    pub fn now(&self) -> UnixSeconds {
+        self.clock.now()
+    }
+
+    /// The client named by `client_id`: a registered DCR client, or a CIMD document (from the
+    /// cache while fresh, fetched otherwise). At the token endpoint `allow_stale` accepts a
+    /// cached CIMD client past its cache lifetime: the code is already bound to it.
+    pub async fn resolve_client(
+        &self,
+        client_id: &str,
+        allow_stale: bool,
+    ) -> Result<ClientRecord, OAuthError> {
+        const UNKNOWN: OAuthError = OAuthError::InvalidClient("unknown client");
+        if !cimd::is_cimd_client_id(client_id) {
+            if client_id.is_empty() || client_id.len() > 200 {
+                return Err(UNKNOWN);
+            }
+            return match self.store.get_client(client_id)? {
+                Some(record) if record.kind == ClientKind::Dcr => Ok(record),
+                _ => Err(UNKNOWN),
+            };
+        }
+        if !self.config.cimd_enabled {
+            return Err(UNKNOWN);
+        }
+        let url = cimd::validate_client_id_url(client_id)?;
+        let now = self.now();
+        if let Some(record) = self.store.get_client(client_id)?
+            && record.kind == ClientKind::Cimd
+            && (allow_stale || record.expires_at.is_some_and(|expires| expires > now))
+        {
+            return Ok(record);
+        }
+        let document = self.cimd.fetch(&url).await?;
+        let ttl = i64::try_from(self.config.cimd_cache_ttl_secs).unwrap_or(i64::MAX);
+        let lifetime = document
+            .max_age
+            .map_or(ttl, |max_age| max_age.clamp(0, ttl));
+        let record = ClientRecord {
+            client_id: client_id.to_owned(),
+            kind: ClientKind::Cimd,
+            secret_hash: None,
+            metadata: document.metadata,
+            expires_at: Some(now.saturating_add(lifetime)),
+        };
+        self.store.put_client(&record, now)?;
+        Ok(record)
+    }
+
+    /// RFC 8707 `resource` check (item 44): the canonical `/mcp` URL, scheme and host compared
+    /// case-insensitively (the url crate lowercases them), a trailing slash tolerated, and the
+    /// bare origin with a trailing slash that Claude sends for origin-only connector URLs.
+    pub fn check_resource(&self, resource: &str) -> Result<String, OAuthError> {
+        const WRONG: OAuthError =
+            OAuthError::InvalidTarget("resource must be this broker's MCP endpoint URL");
+        let url = url::Url::parse(resource).map_err(|_| WRONG)?;
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(WRONG);
+        }
+        let origin = url.origin().ascii_serialization();
+        let path = url.path();
+        if origin == self.issuer && matches!(path, "/mcp" | "/mcp/" | "/") {
+            Ok(self.resource.clone())
+        } else {
+            Err(WRONG)
+        }
+    }
+
+    pub fn ttl(seconds: u64) -> i64 {
+        i64::try_from(seconds).unwrap_or(i64::MAX)
+    }
+}
+
+/// Builds the shared state from configuration.
+pub fn build_state(
+    config: &OAuthConfig,
+    server: &ServerConfig,
+    store: OAuthStore,
+    upstream: Arc<Upstream>,
+    clock: SharedClock,
+    audit: SharedAudit,
+) -> Result<OAuthState, cimd::CimdError> {
+    let cimd = cimd::CimdFetcher::new(
+        cimd::CimdSettings {
+            max_bytes: config.cimd_max_bytes,
+            timeout: Duration::from_millis(config.cimd_timeout_ms),
+            allow_loopback: config.cimd_allow_loopback_for_tests,
+        },
+        config.cimd_extra_ca_file.as_deref(),
+    )?;
+    Ok(OAuthState {
+        config: config.clone(),
+        issuer: server.issuer(),
+        resource: server.mcp_resource(),
+        secure_cookies: server.public_url.scheme() == "https",
+        store,
+        upstream,
+        cimd,
+        clock,
+        audit,
+    })
+}
+
+/// CORS for browser clients (MCP Inspector) on metadata and the machine-facing OAuth endpoints
+/// (checklist items 13, 122). Bearer tokens, not cookies: no credentials mode needed.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("mcp-protocol-version"),
+        ])
+        .expose_headers([header::WWW_AUTHENTICATE])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// The authorization server's routes (ARCHITECTURE.md §5), each abuse-prone one limited per
+/// client IP (issue #7; aliases share their endpoint's class).
+pub fn router(state: Arc<OAuthState>, limiter: &SharedRateLimiter) -> Router {
+    let limit = |class| crate::ratelimit::layer(limiter, class);
+    let machine = Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(metadata::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/oauth/register",
+            post(register::register).layer(limit(EndpointClass::Register)),
+        )
+        .route(
+            "/register",
+            post(register::register).layer(limit(EndpointClass::Register)),
+        )
+        .route(
+            "/oauth/token",
+            post(token::token).layer(limit(EndpointClass::Token)),
+        )
+        .route(
+            "/token",
+            post(token::token).layer(limit(EndpointClass::Token)),
+        )
+        .route(
+            "/oauth/revoke",
+            post(revoke::revoke).layer(limit(EndpointClass::Revoke)),
+        )
+        // OAuth requests are small; refuse big bodies before reading them.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .layer(cors());
+    // Browser navigations: no CORS (nothing to read cross-origin), pages hardened instead.
+    let browser = Router::new()
+        .route(
+            "/oauth/authorize",
+            get(authorize::authorize).layer(limit(EndpointClass::Authorize)),
+        )
+        .route(
+            "/authorize",
+            get(authorize::authorize).layer(limit(EndpointClass::Authorize)),
+        )
+        .route(
+            "/oauth/consent",
+            post(authorize::consent).layer(limit(EndpointClass::Consent)),
+        )
+        .route("/oauth/callback", get(callback::callback))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024));
+    machine.merge(browser).with_state(state)
 }

@@ -1,3 +1,323 @@
 //! The broker as a confidential OAuth2 client of Forgejo (issue #2; forgejo-facts.md): the
 //! login redirect, the code exchange, `/api/v1/user`, and the one token set per Forgejo user,
 //! refreshed ahead of expiry, single-flight, persisted before use.
+//!
+//! Why one set per user and single-flight: Forgejo's refresh tokens share one counter per
+//! (user, app) grant, so every refresh invalidates every earlier refresh token
+//! (forgejo-facts.md §0.1, §1.5); two concurrent refreshes would leave one caller with a dead
+//! token (woodpecker-ci/woodpecker#5839).
+
+pub mod client;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use vault::{Aad, Sealer};
+
+use crate::audit::{AuditEvent, SharedAudit};
+use crate::auth::{
+    AccessEnded, AccessEndedSender, UpstreamCredentials, UpstreamCredentialsError, UserId,
+};
+use crate::clock::SharedClock;
+use crate::secret::{ExposeSecret, RandomError, SecretString, pkce_s256, random_token};
+pub use client::{ForgejoClient, ForgejoUser, TokenSet, UpstreamError};
+pub use store::{GrantStore, GrantStoreError};
+
+/// The redirect URI to register at Forgejo: `{public origin}/oauth/callback`.
+pub fn forgejo_redirect_uri(server: &crate::config::ServerConfig) -> String {
+    format!("{}/oauth/callback", server.issuer())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Store(#[from] GrantStoreError),
+    #[error(transparent)]
+    Random(#[from] RandomError),
+}
+
+/// A login about to be sent to Forgejo: what the broker must remember until the callback.
+pub struct UpstreamLogin {
+    pub state: SecretString,
+    pub code_verifier: SecretString,
+    pub authorize_url: url::Url,
+}
+
+/// Owns Forgejo token sets: logins, refreshes, and the answer to "what is this user's current
+/// Forgejo token?" ([`UpstreamCredentials`]).
+pub struct Upstream {
+    client: ForgejoClient,
+    store: GrantStore,
+    sealer: Arc<dyn Sealer>,
+    clock: SharedClock,
+    audit: SharedAudit,
+    refresh_ahead_secs: i64,
+    locks: Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
+    access_ended: AccessEndedSender,
+}
+
+impl Upstream {
+    pub fn new(
+        client: ForgejoClient,
+        store: GrantStore,
+        sealer: Arc<dyn Sealer>,
+        clock: SharedClock,
+        audit: SharedAudit,
+        refresh_ahead_secs: i64,
+        access_ended: AccessEndedSender,
+    ) -> Self {
+        Self {
+            client,
+            store,
+            sealer,
+            clock,
+            audit,
+            refresh_ahead_secs,
+            locks: Mutex::new(HashMap::new()),
+            access_ended,
+        }
+    }
+
+    pub fn client(&self) -> &ForgejoClient {
+        &self.client
+    }
+
+    /// Fresh state and PKCE S256 pair for one trip to Forgejo.
+    pub fn begin_login(&self) -> Result<UpstreamLogin, LoginError> {
+        let state = random_token(32)?;
+        let code_verifier = random_token(32)?;
+        let authorize_url = self.client.authorize_url(
+            state.expose_secret(),
+            &pkce_s256(code_verifier.expose_secret()),
+        )?;
+        Ok(UpstreamLogin {
+            state,
+            code_verifier,
+            authorize_url,
+        })
+    }
+
+    /// Seals the PKCE verifier of a pending login (it waits in the database until the callback).
+    pub fn seal_verifier(
+        &self,
+        pending_id: &str,
+        verifier: &SecretString,
+    ) -> Result<Vec<u8>, vault::VaultError> {
+        self.sealer.seal(
+            &verifier_aad(pending_id),
+            verifier.expose_secret().as_bytes(),
+        )
+    }
+
+    pub fn open_verifier(&self, pending_id: &str, envelope: &[u8]) -> Option<SecretString> {
+        let plain = self.sealer.open(&verifier_aad(pending_id), envelope).ok()?;
+        std::str::from_utf8(&plain)
+            .ok()
+            .map(|text| SecretString::from(text.to_owned()))
+    }
+
+    /// The callback: exchange the code, identify the user, replace their token set (under
+    /// their lock, so it cannot race a refresh).
+    pub async fn complete_login(
+        &self,
+        code: &str,
+        code_verifier: &SecretString,
+    ) -> Result<ForgejoUser, LoginError> {
+        let now = self.clock.now();
+        let tokens = self
+            .client
+            .exchange_code(code, code_verifier.expose_secret(), now)
+            .await
+            .inspect_err(|error| {
+                self.audit.record(AuditEvent::UpstreamLoginFailed {
+                    reason: error.to_string(),
+                })
+            })?;
+        let user = self
+            .client
+            .current_user(&tokens.access_token)
+            .await
+            .inspect_err(|error| {
+                self.audit.record(AuditEvent::UpstreamLoginFailed {
+                    reason: error.to_string(),
+                })
+            })?;
+        let lock = self.lock_for(user.id);
+        let _guard = lock.lock().await;
+        self.store
+            .put(user.id, &user.login, &tokens, self.clock.now())?;
+        self.audit.record(AuditEvent::UpstreamLogin {
+            user_id: user.id,
+            username: user.login.clone(),
+        });
+        Ok(user)
+    }
+
+    pub fn is_alive(&self, user_id: UserId) -> Result<bool, crate::store::StoreError> {
+        self.store.is_alive(user_id)
+    }
+
+    fn lock_for(&self, user_id: UserId) -> Arc<tokio::sync::Mutex<()>> {
+        let Ok(mut locks) = self.locks.lock() else {
+            // A poisoned map only means another thread panicked while inserting; a fresh lock
+            // loses single-flight for this call only.
+            return Arc::new(tokio::sync::Mutex::new(()));
+        };
+        if locks.len() > 10_000 {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks
+            .entry(user_id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+
+    fn load(&self, user_id: UserId) -> Result<store::StoredGrant, UpstreamCredentialsError> {
+        match self.store.get(user_id) {
+            Ok(Some(grant)) if grant.dead => Err(UpstreamCredentialsError::GrantDead),
+            Ok(Some(grant)) => Ok(grant),
+            Ok(None) => Err(UpstreamCredentialsError::NoGrant),
+            Err(error) => {
+                tracing::error!(user_id, %error, "cannot read the upstream grant");
+                Err(UpstreamCredentialsError::Unavailable)
+            }
+        }
+    }
+
+    fn fresh_enough(&self, grant: &store::StoredGrant) -> bool {
+        grant.tokens.expires_at - self.clock.now() > self.refresh_ahead_secs
+    }
+
+    /// Refreshes with the lock held; persists the new set before returning its access token.
+    async fn refresh_locked(
+        &self,
+        user_id: UserId,
+        grant: store::StoredGrant,
+    ) -> Result<SecretString, UpstreamCredentialsError> {
+        let now = self.clock.now();
+        let Some(refresh_token) = grant.tokens.refresh_token.as_ref() else {
+            if grant.tokens.expires_at > now {
+                return Ok(grant.tokens.access_token);
+            }
+            self.declare_dead(user_id, "no refresh token");
+            return Err(UpstreamCredentialsError::GrantDead);
+        };
+        match self.client.refresh(refresh_token, now).await {
+            Ok(mut tokens) => {
+                if tokens.refresh_token.is_none() {
+                    tokens.refresh_token = grant.tokens.refresh_token;
+                }
+                // Persisted before use: if we crashed after using it, the only valid refresh
+                // token would be lost (forgejo-facts.md §1.5).
+                if let Err(error) = self.store.put(user_id, &grant.username, &tokens, now) {
+                    tracing::error!(user_id, %error, "cannot persist the refreshed upstream tokens");
+                    return Err(UpstreamCredentialsError::Unavailable);
+                }
+                self.audit.record(AuditEvent::UpstreamRefreshed { user_id });
+                Ok(tokens.access_token)
+            }
+            Err(UpstreamError::Rejected { code }) => {
+                self.declare_dead(user_id, &code);
+                Err(UpstreamCredentialsError::GrantDead)
+            }
+            Err(error) => {
+                self.audit.record(AuditEvent::UpstreamRefreshFailed {
+                    user_id,
+                    reason: error.to_string(),
+                });
+                // Still valid? Use it; the next call retries the refresh.
+                if grant.tokens.expires_at > now {
+                    Ok(grant.tokens.access_token)
+                } else {
+                    Err(UpstreamCredentialsError::Unavailable)
+                }
+            }
+        }
+    }
+
+    fn declare_dead(&self, user_id: UserId, reason: &str) {
+        self.audit.record(AuditEvent::UpstreamRefreshFailed {
+            user_id,
+            reason: reason.to_owned(),
+        });
+        if let Err(error) = self.store.mark_dead(user_id, self.clock.now()) {
+            tracing::error!(user_id, %error, "cannot mark the upstream grant dead");
+        }
+        self.audit.record(AuditEvent::UpstreamGrantDead { user_id });
+        let _ = self.access_ended.send(AccessEnded::User { user_id });
+    }
+
+    /// Forces a refresh now (single-flight), whatever the expiry. For tests and operators.
+    pub async fn refresh_now(
+        &self,
+        user_id: UserId,
+    ) -> Result<SecretString, UpstreamCredentialsError> {
+        let lock = self.lock_for(user_id);
+        let _guard = lock.lock().await;
+        let grant = self.load(user_id)?;
+        self.refresh_locked(user_id, grant).await
+    }
+
+    /// Admin revoke: Forgejo has no revocation endpoint (forgejo-facts.md §0.2), so "burn" the
+    /// chain: refresh once and discard the result, leaving no valid refresh token anywhere,
+    /// then mark the grant dead. Access tokens already issued by Forgejo live until `exp`.
+    pub async fn burn(&self, user_id: UserId) -> Result<(), UpstreamCredentialsError> {
+        let lock = self.lock_for(user_id);
+        let _guard = lock.lock().await;
+        let grant = match self.load(user_id) {
+            Ok(grant) => grant,
+            Err(UpstreamCredentialsError::GrantDead | UpstreamCredentialsError::NoGrant) => {
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        if let Some(refresh_token) = grant.tokens.refresh_token.as_ref() {
+            match self.client.refresh(refresh_token, self.clock.now()).await {
+                Ok(discarded) => drop(discarded),
+                Err(UpstreamError::Rejected { .. }) => {}
+                Err(_) => return Err(UpstreamCredentialsError::Unavailable),
+            }
+        }
+        if let Err(error) = self.store.mark_dead(user_id, self.clock.now()) {
+            tracing::error!(user_id, %error, "cannot mark the upstream grant dead");
+            return Err(UpstreamCredentialsError::Unavailable);
+        }
+        self.audit.record(AuditEvent::UpstreamGrantDead { user_id });
+        let _ = self.access_ended.send(AccessEnded::User { user_id });
+        Ok(())
+    }
+}
+
+fn verifier_aad(pending_id: &str) -> Aad<'_> {
+    Aad {
+        table: "oauth_pending",
+        column: "upstream_verifier",
+        row_id: pending_id,
+        user_id: 0,
+    }
+}
+
+#[async_trait]
+impl UpstreamCredentials for Upstream {
+    async fn access_token(
+        &self,
+        user_id: UserId,
+    ) -> Result<SecretString, UpstreamCredentialsError> {
+        let grant = self.load(user_id)?;
+        if self.fresh_enough(&grant) {
+            return Ok(grant.tokens.access_token);
+        }
+        let lock = self.lock_for(user_id);
+        let _guard = lock.lock().await;
+        // Another caller may have refreshed while we waited: read again under the lock.
+        let grant = self.load(user_id)?;
+        if self.fresh_enough(&grant) {
+            return Ok(grant.tokens.access_token);
+        }
+        self.refresh_locked(user_id, grant).await
+    }
+}

@@ -7,5 +7,12 @@
     clippy::indexing_slicing
 )]
 
+mod demo_child;
+mod fixtures;
 mod mcp;
+mod oauth;
+mod ops;
 mod smoke;
+mod standin;
+mod vault;
+mod vault_ops;

@@ -1,0 +1,554 @@
+//! The audit log writer: one named thread owns the file; components hand it events through a
+//! bounded queue and never wait on the disk.
+//!
+//! The queue is bounded so a flood cannot grow memory; when it is full the event is dropped and
+//! counted (`audit_dropped_total`), which an operator must treat as an incident. Write errors
+//! are counted too (`audit_write_errors_total`) and logged without the event's content.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::chain::{AuditKey, ChainHead, RawLine, line_hash};
+use super::{AuditEvent, AuditSink};
+use crate::clock::{SharedClock, UnixSeconds};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditWriterError {
+    #[error("cannot open audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "audit log {path} does not end (or start) with an audit record; refusing to continue its chain"
+    )]
+    Corrupt { path: PathBuf },
+    #[error("cannot start the audit writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Resolved `[audit]` settings the writer needs.
+#[derive(Debug, Clone)]
+pub struct AuditFileConfig {
+    pub path: PathBuf,
+    pub rotate_bytes: u64,
+    pub checkpoint_every_lines: u64,
+    pub checkpoint_every: Duration,
+    pub queue_capacity: usize,
+}
+
+enum Message {
+    Event(UnixSeconds, Box<AuditEvent>),
+    /// Write a checkpoint if anything is pending, fsync, then answer.
+    Flush(SyncSender<()>),
+    Close,
+}
+
+/// The file-backed [`AuditSink`]. Call [`FileAudit::close`] at shutdown (outside async code) to
+/// write the final checkpoint; dropping the last handle does the same.
+pub struct FileAudit {
+    sender: SyncSender<Message>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    clock: SharedClock,
+    metrics: Metrics,
+    dropped: AtomicU64,
+    write_errors: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for FileAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileAudit").finish_non_exhaustive()
+    }
+}
+
+/// Rotated files are `{stem}.{first seq, 12 digits}.{ext}` beside the active file, so a
+/// directory listing sorts them in chain order.
+pub fn rotated_path(active: &Path, first_seq: u64) -> PathBuf {
+    let stem = active
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "audit".to_owned());
+    let extension = active
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "log".to_owned());
+    active.with_file_name(format!("{stem}.{first_seq:012}.{extension}"))
+}
+
+/// Every file of the log at `active` (rotated ones first, in chain order, then the active one
+/// if it exists).
+pub fn log_files(active: &Path) -> Vec<PathBuf> {
+    let directory = active
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = active
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let extension = active
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "log".to_owned());
+    let mut rotated: Vec<(u64, PathBuf)> = std::fs::read_dir(directory)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let middle = name
+                .strip_prefix(&format!("{stem}."))?
+                .strip_suffix(&format!(".{extension}"))?;
+            if middle.len() != 12 || !middle.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((middle.parse().ok()?, entry.path()))
+        })
+        .collect();
+    rotated.sort();
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, path)| path).collect();
+    if active.exists() {
+        files.push(active.to_path_buf());
+    }
+    files
+}
+
+impl FileAudit {
+    /// Opens (or creates) the log, resumes its chain, and starts the writer thread.
+    pub fn open(
+        config: AuditFileConfig,
+        key: AuditKey,
+        clock: SharedClock,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, AuditWriterError> {
+        let state = WriterState::open(&config, key, clock.clone(), metrics.clone())?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_capacity.max(1));
+        let write_errors = Arc::clone(&state.write_errors);
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || state.run(receiver))
+            .map_err(AuditWriterError::Thread)?;
+        Ok(Arc::new(Self {
+            sender,
+            thread: Mutex::new(Some(thread)),
+            clock,
+            metrics,
+            dropped: AtomicU64::new(0),
+            write_errors,
+        }))
+    }
+
+    /// Waits until every event recorded so far is on disk, checkpointed and fsynced. Blocking:
+    /// not for async code (use `spawn_blocking`).
+    pub fn flush(&self) {
+        let (reply, done) = std::sync::mpsc::sync_channel(1);
+        if self.sender.send(Message::Flush(reply)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+
+    /// Writes the final checkpoint and stops the writer. Blocking; idempotent.
+    pub fn close(&self) {
+        let thread = self
+            .thread
+            .lock()
+            .map(|mut guard| guard.take())
+            .unwrap_or_default();
+        if let Some(thread) = thread {
+            let _ = self.sender.send(Message::Close);
+            if thread.join().is_err() {
+                tracing::error!(task = "audit-writer", "audit writer thread panicked");
+            }
+        }
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FileAudit {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl AuditSink for FileAudit {
+    fn record(&self, event: AuditEvent) {
+        let now = self.clock.now();
+        match self.sender.try_send(Message::Event(now, Box::new(event))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.audit_dropped();
+                tracing::error!(target: "audit", "audit queue full: event dropped");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.audit_dropped();
+                tracing::error!(target: "audit", "audit writer stopped: event dropped");
+            }
+        }
+    }
+}
+
+struct WriterState {
+    config: AuditFileConfig,
+    key: AuditKey,
+    clock: SharedClock,
+    metrics: Metrics,
+    file: File,
+    /// Inode of `file`: when the path names another inode, another process rotated the log.
+    inode: u64,
+    /// Length of `file` after this writer's last write; any other length means another
+    /// process (an admin or vault command) appended meanwhile, so the chain head is re-read.
+    size: u64,
+    /// Seq of the active file's first line (names it when rotated).
+    first_seq: Option<u64>,
+    head: ChainHead,
+    since_checkpoint: u64,
+    write_errors: Arc<AtomicU64>,
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The first line, the last complete line and the length of the complete part of `file` (a
+/// torn last line, left by a crash, is not part of it). Reads only the ends of the file.
+fn read_ends(file: &File) -> std::io::Result<(Option<String>, Option<String>, u64)> {
+    const WINDOW: u64 = 64 * 1024;
+    let length = file.metadata()?.len();
+    let read = |start: u64, end: u64| -> std::io::Result<Vec<u8>> {
+        let mut buffer = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        file.read_exact_at(&mut buffer, start)?;
+        Ok(buffer)
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    // The last complete line: the bytes between the last two newlines of a window that
+    // holds both (or starts at the file's start).
+    let mut window = WINDOW;
+    let (last, complete) = loop {
+        let start = length.saturating_sub(window);
+        let chunk = read(start, length)?;
+        let Some(end) = chunk.iter().rposition(|b| *b == b'\n') else {
+            if start == 0 {
+                break (None, 0);
+            }
+            window = window.saturating_mul(2);
+            continue;
+        };
+        let complete = start + u64::try_from(end).unwrap_or(0) + 1;
+        let before = chunk.get(..end).unwrap_or_default();
+        match before.iter().rposition(|b| *b == b'\n') {
+            Some(previous) => {
+                break (
+                    Some(text(before.get(previous + 1..).unwrap_or_default())),
+                    complete,
+                );
+            }
+            None if start == 0 => break (Some(text(before)), complete),
+            None => window = window.saturating_mul(2),
+        }
+    };
+    if complete == 0 {
+        return Ok((None, None, 0));
+    }
+    let mut window = WINDOW.min(complete);
+    let first = loop {
+        let chunk = read(0, window)?;
+        match chunk.iter().position(|b| *b == b'\n') {
+            Some(end) => break text(chunk.get(..end).unwrap_or_default()),
+            None => window = window.saturating_mul(2).min(complete),
+        }
+    };
+    Ok((Some(first), last, complete))
+}
+
+/// Where the chain stands for the active file `file` at `path`: after its last complete line;
+/// if it has none, after the newest rotated file's last line; else at genesis.
+fn chain_position(
+    path: &Path,
+    file: &File,
+) -> Result<(ChainHead, Option<u64>, u64), AuditWriterError> {
+    let corrupt = |path: &Path| AuditWriterError::Corrupt {
+        path: path.to_path_buf(),
+    };
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AuditWriterError::Open { path, source }
+    };
+    let (first, last, complete) = read_ends(file).map_err(io_error(path))?;
+    let first_seq = match first {
+        Some(first) => Some(RawLine::parse(&first).map_err(|_| corrupt(path))?.seq),
+        None => None,
+    };
+    let head_after = |line: &str, path: &Path| -> Result<ChainHead, AuditWriterError> {
+        let raw = RawLine::parse(line).map_err(|_| corrupt(path))?;
+        Ok(ChainHead {
+            next_seq: raw.seq.saturating_add(1),
+            prev: line_hash(line),
+        })
+    };
+    let head = match last {
+        Some(last) => head_after(&last, path)?,
+        None => match log_files(path).into_iter().rfind(|p| p != path) {
+            Some(rotated) => {
+                let rotated_file = File::open(&rotated).map_err(io_error(&rotated))?;
+                match read_ends(&rotated_file).map_err(io_error(&rotated))? {
+                    (_, Some(last), _) => head_after(&last, &rotated)?,
+                    _ => ChainHead::genesis(),
+                }
+            }
+            None => ChainHead::genesis(),
+        },
+    };
+    Ok((head, first_seq, complete))
+}
+
+impl WriterState {
+    fn open(
+        config: &AuditFileConfig,
+        key: AuditKey,
+        clock: SharedClock,
+        metrics: Metrics,
+    ) -> Result<Self, AuditWriterError> {
+        let path = &config.path;
+        let open_error = |source| AuditWriterError::Open {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(open_error)?;
+        }
+        let file = open_append(path).map_err(open_error)?;
+        let inode = file.metadata().map_err(open_error)?.ino();
+        let mut state = Self {
+            config: config.clone(),
+            key,
+            clock,
+            metrics,
+            file,
+            inode,
+            // Forces the first locked operation to read the chain head.
+            size: u64::MAX,
+            first_seq: None,
+            head: ChainHead::genesis(),
+            since_checkpoint: 0,
+            write_errors: Arc::new(AtomicU64::new(0)),
+        };
+        // Read the head now, so a corrupt log is refused at start rather than on first write.
+        state.lock_active().map_err(open_error)?;
+        let synced = state.resync();
+        let _ = state.file.unlock();
+        synced?;
+        Ok(state)
+    }
+
+    fn run(mut self, receiver: Receiver<Message>) {
+        loop {
+            match receiver.recv_timeout(self.config.checkpoint_every) {
+                Ok(Message::Event(time, event)) => {
+                    self.locked(|state| {
+                        state.write_event(time, &event);
+                        if state.since_checkpoint >= state.config.checkpoint_every_lines {
+                            state.checkpoint();
+                        }
+                        if state.size >= state.config.rotate_bytes {
+                            state.rotate();
+                        }
+                    });
+                }
+                Ok(Message::Flush(reply)) => {
+                    self.locked(Self::checkpoint_if_pending);
+                    self.sync();
+                    let _ = reply.send(());
+                }
+                Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => {
+                    self.locked(Self::checkpoint_if_pending);
+                    self.sync();
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.since_checkpoint > 0 {
+                        self.locked(Self::checkpoint_if_pending);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_error(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.audit_write_error();
+        tracing::error!(target: "audit", %error, "audit {what} failed");
+    }
+
+    /// Runs `operation` holding an exclusive lock (flock) on the active file, with the chain
+    /// head re-read if another process wrote since. Other processes (`admin`, `vault` commands
+    /// run while the broker serves) append through the same protocol, so the chain stays one.
+    fn locked(&mut self, operation: impl FnOnce(&mut Self)) {
+        if let Err(error) = self.lock_active() {
+            self.count_error("lock", &error);
+            return;
+        }
+        match self.resync() {
+            Ok(()) => operation(self),
+            Err(error) => self.count_error("resync", &error),
+        }
+        if let Err(error) = self.file.unlock() {
+            self.count_error("unlock", &error);
+        }
+    }
+
+    /// Locks the file the log's path names now (following a rotation by another process).
+    fn lock_active(&mut self) -> std::io::Result<()> {
+        for _ in 0..16 {
+            self.file.lock()?;
+            match std::fs::metadata(&self.config.path) {
+                Ok(metadata) if metadata.ino() == self.inode => return Ok(()),
+                _ => {
+                    self.file.unlock()?;
+                    let file = open_append(&self.config.path)?;
+                    self.inode = file.metadata()?.ino();
+                    self.file = file;
+                    self.size = u64::MAX;
+                }
+            }
+        }
+        Err(std::io::Error::other("the audit log keeps being replaced"))
+    }
+
+    /// Under the lock: if the file is not as this writer left it, continue after its last line
+    /// (cutting a torn line a crashed writer left).
+    fn resync(&mut self) -> Result<(), AuditWriterError> {
+        let open_error = |source| AuditWriterError::Open {
+            path: self.config.path.clone(),
+            source,
+        };
+        let length = self.file.metadata().map_err(open_error)?.len();
+        if length == self.size {
+            return Ok(());
+        }
+        let (head, first_seq, complete) = chain_position(&self.config.path, &self.file)?;
+        if length > complete {
+            tracing::warn!(target: "audit", path = %self.config.path.display(), "cutting a torn last line left by a crash");
+            self.file.set_len(complete).map_err(open_error)?;
+        }
+        self.head = head;
+        self.first_seq = first_seq;
+        self.size = complete;
+        Ok(())
+    }
+
+    fn write_line(&mut self, line: &str) -> bool {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        // One write per line on an O_APPEND file, under the lock.
+        match self.file.write_all(&bytes) {
+            Ok(()) => {
+                if self.first_seq.is_none() {
+                    self.first_seq = RawLine::parse(line).ok().map(|raw| raw.seq);
+                }
+                self.size = self
+                    .size
+                    .saturating_add(u64::try_from(bytes.len()).unwrap_or(0));
+                true
+            }
+            Err(error) => {
+                self.count_error("write", &error);
+                // What reached the file is unknown: re-read it before the next write.
+                self.size = u64::MAX;
+                false
+            }
+        }
+    }
+
+    fn write_event(&mut self, time: UnixSeconds, event: &AuditEvent) {
+        // Work on a copy: a failed write must not advance the chain past a line not written.
+        let mut head = self.head.clone();
+        match head.event_line(time, event) {
+            Ok(line) => {
+                if self.write_line(&line) {
+                    self.head = head;
+                    self.since_checkpoint += 1;
+                    self.metrics.audit_written();
+                }
+            }
+            Err(error) => self.count_error("serialisation", &error),
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        let mut head = self.head.clone();
+        let now = self.clock.now();
+        if let Ok(line) = head.checkpoint_line(now, &self.key)
+            && self.write_line(&line)
+        {
+            self.head = head;
+            self.since_checkpoint = 0;
+        }
+    }
+
+    fn checkpoint_if_pending(&mut self) {
+        if self.since_checkpoint > 0 {
+            self.checkpoint();
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Err(error) = self.file.sync_data() {
+            self.count_error("fsync", &error);
+        }
+    }
+
+    /// Under the lock: closes the active file with a checkpoint, renames it after its first
+    /// seq and starts a new one; the chain continues into it.
+    fn rotate(&mut self) {
+        self.checkpoint_if_pending();
+        self.sync();
+        let Some(first_seq) = self.first_seq else {
+            return;
+        };
+        let target = rotated_path(&self.config.path, first_seq);
+        if let Err(error) = std::fs::rename(&self.config.path, &target) {
+            self.count_error("rotation", &error);
+            return;
+        }
+        match open_append(&self.config.path).and_then(|file| {
+            let inode = file.metadata()?.ino();
+            Ok((file, inode))
+        }) {
+            Ok((file, inode)) => {
+                // Replacing the old handle closes it, which releases its lock.
+                self.file = file;
+                self.inode = inode;
+                self.size = 0;
+                self.first_seq = None;
+            }
+            Err(error) => {
+                // The next write follows the path to whatever file is there by then.
+                self.count_error("reopen after rotation", &error);
+            }
+        }
+    }
+}

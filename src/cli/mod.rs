@@ -1,0 +1,4 @@
+//! Operator subcommands beyond `serve` (binary-only; `anyhow` is allowed here).
+
+pub mod admin;
+pub mod audit;

@@ -1,0 +1,153 @@
+//! The resource-server side: [`TokenVerifier`] checks a broker access token on every `/mcp`
+//! request (mcp-spec-checklist §3), and [`mcp_unauthorized`] builds the 401 the MCP edge sends.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::store::OAuthStore;
+use crate::auth::{AccessTokenVerifier, Principal, TokenRejection};
+use crate::clock::SharedClock;
+use crate::secret::{constant_time_eq, hash_token};
+use crate::upstream::Upstream;
+
+pub struct TokenVerifier {
+    store: OAuthStore,
+    upstream: Arc<Upstream>,
+    clock: SharedClock,
+}
+
+impl TokenVerifier {
+    pub fn new(store: OAuthStore, upstream: Arc<Upstream>, clock: SharedClock) -> Self {
+        Self {
+            store,
+            upstream,
+            clock,
+        }
+    }
+}
+
+#[async_trait]
+impl AccessTokenVerifier for TokenVerifier {
+    /// Audience (item 18), expiry, the grant not revoked, the user's Forgejo grant alive
+    /// (item 24).
+    async fn verify(&self, token: &str, resource: &str) -> Result<Principal, TokenRejection> {
+        if token.is_empty() || token.len() > 512 {
+            return Err(TokenRejection::Malformed);
+        }
+        let found = self
+            .store
+            .find_access(&hash_token(token))
+            .map_err(|_| TokenRejection::Unavailable)?
+            .ok_or(TokenRejection::Unknown)?;
+        if found.revoked || found.grant.revoked {
+            return Err(TokenRejection::Revoked);
+        }
+        if found.expires_at <= self.clock.now() {
+            return Err(TokenRejection::Expired);
+        }
+        if !constant_time_eq(found.grant.resource.as_bytes(), resource.as_bytes()) {
+            return Err(TokenRejection::WrongAudience);
+        }
+        match self.upstream.is_alive(found.grant.user_id) {
+            Ok(true) => {}
+            Ok(false) => return Err(TokenRejection::UpstreamGrantDead),
+            Err(_) => return Err(TokenRejection::Unavailable),
+        }
+        Ok(Principal {
+            user_id: found.grant.user_id,
+            username: found.grant.username,
+            client_id: found.grant.client_id,
+            grant_id: found.grant.grant_id,
+            expires_at: found.expires_at,
+        })
+    }
+}
+
+/// The protected-resource metadata URL the 401 points at (the path-inserted form, item 10).
+pub fn resource_metadata_url(issuer: &str) -> String {
+    format!("{issuer}/.well-known/oauth-protected-resource/mcp")
+}
+
+/// The 401 for `/mcp` (items 15–16, RFC 6750 §3): `WWW-Authenticate: Bearer
+/// resource_metadata="…"`, plus `error="invalid_token"` when a token was sent.
+pub fn mcp_unauthorized(issuer: &str, rejection: TokenRejection) -> Response {
+    let metadata = resource_metadata_url(issuer);
+    let challenge = match rejection {
+        TokenRejection::Missing => format!("Bearer resource_metadata=\"{metadata}\""),
+        _ => format!(
+            "Bearer resource_metadata=\"{metadata}\", error=\"invalid_token\", error_description=\"the access token is invalid or expired\""
+        ),
+    };
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(serde_json::json!({
+            "error": if rejection == TokenRejection::Missing { "unauthorized" } else { "invalid_token" },
+        })),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The bearer token of a request: `Authorization: Bearer <token>` only (never the query,
+/// item 17). `Ok(None)` when absent.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<Option<&str>, TokenRejection> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| TokenRejection::Malformed)?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(TokenRejection::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_401_points_at_the_metadata_and_names_the_error_only_when_a_token_was_sent() {
+        let missing = mcp_unauthorized("https://b.example", TokenRejection::Missing);
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        let challenge = missing.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert_eq!(
+            challenge,
+            "Bearer resource_metadata=\"https://b.example/.well-known/oauth-protected-resource/mcp\""
+        );
+        let expired = mcp_unauthorized("https://b.example", TokenRejection::Expired);
+        let challenge = expired.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert!(challenge.contains("error=\"invalid_token\""));
+    }
+
+    #[test]
+    fn bearer_tokens_come_only_from_the_header() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(bearer_token(&headers), Ok(None));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer_token(&headers), Ok(Some("abc")));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&headers), Err(TokenRejection::Malformed));
+    }
+}

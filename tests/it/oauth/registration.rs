@@ -1,0 +1,138 @@
+//! Dynamic Client Registration, RFC 7591 (mcp-spec-checklist §7).
+
+use serde_json::json;
+
+use crate::fixtures::TestBroker;
+
+#[tokio::test]
+async fn public_and_confidential_clients_register() {
+    let broker = TestBroker::start().await;
+    let (status, body) = broker
+        .register(json!({
+            "client_name": "MCP Inspector",
+            "redirect_uris": ["http://localhost:6274/oauth/callback", "http://localhost:6274/oauth/callback/debug"],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "scope": "read write",
+            "some_future_member": {"ignored": true},
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let client_id = body["client_id"].as_str().unwrap();
+    assert!(!client_id.starts_with("https://"));
+    assert!(body["client_id_issued_at"].as_i64().unwrap() > 0);
+    assert_eq!(body["token_endpoint_auth_method"], "none");
+    assert!(body.get("client_secret").is_none());
+    assert!(body.get("some_future_member").is_none());
+    assert_eq!(
+        body["redirect_uris"][1],
+        "http://localhost:6274/oauth/callback/debug"
+    );
+
+    // RFC 7591 §2: an omitted method means client_secret_basic, and we say so.
+    let (status, body) = broker
+        .register(json!({"redirect_uris": ["https://claude.ai/api/mcp/auth_callback"]}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["token_endpoint_auth_method"], "client_secret_basic");
+    assert!(body["client_secret"].as_str().unwrap().len() >= 43);
+    assert_eq!(body["client_secret_expires_at"], 0);
+
+    // The root alias answers too.
+    let response = TestBroker::http()
+        .post(broker.url("/register"))
+        .json(&json!({"redirect_uris": ["https://vscode.dev/redirect"], "token_endpoint_auth_method": "client_secret_post"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_metadata_gets_rfc_7591_errors() {
+    let broker = TestBroker::start().await;
+    let cases = [
+        (json!({}), "invalid_redirect_uri"),
+        (json!({"redirect_uris": []}), "invalid_redirect_uri"),
+        (
+            json!({"redirect_uris": ["http://evil.example/cb"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example/cb#x"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": ["cursor://anysphere.cursor-mcp/oauth/callback"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            json!({"redirect_uris": "https://a.example/cb"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example/cb"], "grant_types": ["client_credentials"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example/cb"], "response_types": ["token"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example/cb"], "client_name": ["x"]}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example/cb"], "logo_uri": "javascript:alert(1)"}),
+            "invalid_client_metadata",
+        ),
+        (
+            json!({"redirect_uris": ["https://a.example/cb"], "jwks": {"keys": []}}),
+            "invalid_client_metadata",
+        ),
+        (json!([1, 2, 3]), "invalid_client_metadata"),
+    ];
+    for (metadata, error) in cases {
+        let (status, body) = broker.register(metadata.clone()).await;
+        assert_eq!(status, 400, "{metadata}");
+        assert_eq!(body["error"], error, "{metadata}");
+        assert!(body["error_description"].is_string());
+    }
+    for raw in ["not json", "{\"redirect_uris\": [", ""] {
+        let response = TestBroker::http()
+            .post(broker.url("/oauth/register"))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{raw}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_client_metadata");
+    }
+    let huge =
+        json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x".repeat(70_000)});
+    let (status, _) = broker.register(huge).await;
+    assert_eq!(status, 413, "bodies over 64 KiB are refused before parsing");
+    let long_name =
+        json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x".repeat(201)});
+    let (status, body) = broker.register(long_name).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_client_metadata"))
+    );
+    let events = broker.audit_events();
+    assert!(
+        events
+            .iter()
+            .all(|event| event.name() != "client_registered")
+    );
+    broker.shutdown().await;
+}

@@ -1,0 +1,230 @@
+//! The broker's Forgejo token sets (forgejo-facts.md §0.1, §1.5): refreshed ahead of expiry,
+//! single-flight per user, persisted before use; a dead upstream grant stops the user's broker
+//! tokens until they authorize again.
+
+use std::time::Duration;
+
+use forgejo_mcp_broker::audit::AuditEvent;
+use forgejo_mcp_broker::auth::{TokenRejection, UpstreamCredentials, UpstreamCredentialsError};
+use forgejo_mcp_broker::secret::ExposeSecret;
+use forgejo_mcp_broker::standin::TokenFault;
+
+use crate::fixtures::{ALICE, TestBroker};
+
+/// Forgejo access tokens live 600 s; the broker refreshes 300 s ahead.
+async fn broker() -> TestBroker {
+    TestBroker::builder()
+        .manual_clock()
+        .standin(|config| forgejo_mcp_broker::standin::StandinConfig {
+            access_token_lifetime: 600,
+            ..config
+        })
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn the_forgejo_token_is_refreshed_ahead_of_expiry_and_persisted() {
+    let mut broker = broker().await;
+    broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    let first = upstream.access_token(ALICE).await.unwrap();
+    assert_eq!(
+        broker.standin.counters().refresh_grants,
+        0,
+        "fresh: no refresh"
+    );
+    assert!(
+        broker
+            .standin
+            .issued_tokens()
+            .contains(&first.expose_secret().to_owned())
+    );
+
+    broker.advance(301);
+    let second = upstream.access_token(ALICE).await.unwrap();
+    assert_ne!(second.expose_secret(), first.expose_secret());
+    assert_eq!(broker.standin.counters().refresh_grants, 1);
+    assert!(
+        broker
+            .audit_events()
+            .contains(&AuditEvent::UpstreamRefreshed { user_id: ALICE })
+    );
+
+    // Persisted: after a restart the same token comes back without another refresh.
+    broker.restart().await;
+    let upstream = broker.app().auth.upstream.clone();
+    let third = upstream.access_token(ALICE).await.unwrap();
+    assert_eq!(third.expose_secret(), second.expose_secret());
+    assert_eq!(broker.standin.counters().refresh_grants, 1);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_make_exactly_one_upstream_call() {
+    let broker = broker().await;
+    broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    broker.advance(400);
+    // The first refresh hangs at Forgejo while nine more callers arrive.
+    broker.standin.inject_token_faults(TokenFault::Hang, 1);
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let upstream = upstream.clone();
+        calls.push(tokio::spawn(
+            async move { upstream.access_token(ALICE).await },
+        ));
+    }
+    assert!(
+        broker
+            .standin
+            .wait_for_hung_requests(1, Duration::from_secs(10))
+            .await
+    );
+    broker.standin.release_hung_requests();
+    let mut tokens = Vec::new();
+    for call in calls {
+        tokens.push(call.await.unwrap().unwrap().expose_secret().to_owned());
+    }
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] == pair[1]),
+        "everyone got the new token"
+    );
+    assert_eq!(broker.standin.counters().refresh_grants, 1);
+    assert_eq!(broker.standin.hung_requests(), 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log_in_again() {
+    let broker = broker().await;
+    let mut ended = broker.app().auth.access_ended.subscribe();
+    let (client, tokens) = broker.login_new_client().await;
+    let verifier = broker.app().auth.verifier.clone();
+    let upstream = broker.app().auth.upstream.clone();
+    assert!(
+        verifier
+            .verify(&tokens.access_token, &broker.resource())
+            .await
+            .is_ok()
+    );
+
+    broker.advance(400);
+    broker
+        .standin
+        .inject_token_faults(TokenFault::InvalidGrant, 1);
+    assert!(matches!(
+        upstream.access_token(ALICE).await,
+        Err(UpstreamCredentialsError::GrantDead)
+    ));
+    assert_eq!(
+        verifier
+            .verify(&tokens.access_token, &broker.resource())
+            .await,
+        Err(TokenRejection::UpstreamGrantDead)
+    );
+    let (status, body) = broker.refresh(&client, &tokens.refresh_token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(
+        broker
+            .audit_events()
+            .contains(&AuditEvent::UpstreamGrantDead { user_id: ALICE })
+    );
+    assert_eq!(
+        ended.try_recv().unwrap(),
+        forgejo_mcp_broker::auth::AccessEnded::User { user_id: ALICE }
+    );
+    // No retry storm: a dead grant is not refreshed again.
+    let refreshes = broker.standin.counters().refresh_grants;
+    assert!(upstream.access_token(ALICE).await.is_err());
+    assert_eq!(broker.standin.counters().refresh_grants, refreshes);
+
+    // Authorizing again revives the user.
+    let fresh = broker.login(&client).await;
+    assert!(
+        verifier
+            .verify(&fresh.access_token, &broker.resource())
+            .await
+            .is_ok()
+    );
+    assert!(upstream.access_token(ALICE).await.is_ok());
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn forgejo_reusing_a_refresh_token_is_also_a_dead_grant() {
+    // Forgejo answers reuse with 400 unauthorized_client (forgejo-facts.md §1.2): simulate a
+    // second broker instance having refreshed behind our back.
+    let broker = broker().await;
+    broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    broker
+        .standin
+        .issue_tokens(ALICE, crate::fixtures::FORGEJO_CLIENT_ID, "")
+        .unwrap();
+    broker.advance(400);
+    assert!(matches!(
+        upstream.access_token(ALICE).await,
+        Err(UpstreamCredentialsError::GrantDead)
+    ));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_forgejo_outage_keeps_the_current_token_while_it_is_valid() {
+    let broker = broker().await;
+    broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    let current = upstream.access_token(ALICE).await.unwrap();
+    broker.advance(400);
+    broker
+        .standin
+        .inject_token_faults(TokenFault::ServerError, 1);
+    let during = upstream.access_token(ALICE).await.unwrap();
+    assert_eq!(during.expose_secret(), current.expose_secret());
+    assert!(broker.audit_events().iter().any(|event| matches!(
+        event,
+        AuditEvent::UpstreamRefreshFailed { user_id: ALICE, .. }
+    )));
+    // Past expiry and still down: unavailable, not dead.
+    broker.advance(300);
+    broker
+        .standin
+        .inject_token_faults(TokenFault::ServerError, 1);
+    assert!(matches!(
+        upstream.access_token(ALICE).await,
+        Err(UpstreamCredentialsError::Unavailable)
+    ));
+    // Forgejo is back: the next call refreshes.
+    assert!(upstream.access_token(ALICE).await.is_ok());
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn burn_spends_the_refresh_chain_and_kills_the_grant() {
+    let broker = broker().await;
+    let (_, tokens) = broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    let before = broker.standin.counters().refresh_grants;
+    upstream.burn(ALICE).await.unwrap();
+    assert_eq!(broker.standin.counters().refresh_grants, before + 1);
+    assert!(matches!(
+        upstream.access_token(ALICE).await,
+        Err(UpstreamCredentialsError::GrantDead)
+    ));
+    let verifier = broker.app().auth.verifier.clone();
+    assert_eq!(
+        verifier
+            .verify(&tokens.access_token, &broker.resource())
+            .await,
+        Err(TokenRejection::UpstreamGrantDead)
+    );
+    assert!(matches!(
+        upstream.access_token(2).await,
+        Err(UpstreamCredentialsError::NoGrant)
+    ));
+    broker.shutdown().await;
+}

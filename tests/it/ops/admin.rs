@@ -1,0 +1,185 @@
+//! Admin verbs against a live broker's database: listing, deleting a client, revoking a user
+//! (Forgejo refresh token burned first, broker tokens dead at once), each audited.
+
+use std::process::Command;
+
+use forgejo_mcp_broker::admin::{Admin, AdminError};
+use forgejo_mcp_broker::app::AppDeps;
+use forgejo_mcp_broker::audit::review::{ShowFilter, VerifyPolicy, select, verify_files};
+use forgejo_mcp_broker::audit::writer::log_files;
+use forgejo_mcp_broker::audit::{AuditEvent, AuditKey};
+use forgejo_mcp_broker::auth::TokenRejection;
+use forgejo_mcp_broker::metrics::Metrics;
+
+use crate::fixtures::{ALICE, TestBroker};
+
+fn admin_for(broker: &TestBroker) -> Admin {
+    let deps = AppDeps {
+        clock: broker.clock.clone(),
+        audit: broker.audit.clone(),
+        metrics: Metrics::new(),
+    };
+    Admin::open(&broker.config(), &deps).unwrap()
+}
+
+#[tokio::test]
+async fn revoking_a_user_burns_upstream_first_and_kills_their_tokens_at_once() {
+    let broker = TestBroker::start().await;
+    let (client, tokens) = broker.login_new_client().await;
+    let verifier = broker.app().auth.verifier.clone();
+    let resource = broker.resource();
+    assert!(
+        verifier
+            .verify(&tokens.access_token, &resource)
+            .await
+            .is_ok()
+    );
+    let admin = admin_for(&broker);
+
+    let users = admin.list_users().unwrap();
+    let alice = users.iter().find(|u| u.user_id == ALICE).unwrap();
+    assert_eq!((alice.upstream.as_str(), alice.live_grants), ("alive", 1));
+    let clients = admin.list_clients().unwrap();
+    assert!(
+        clients
+            .iter()
+            .any(|c| c.client_id == client.client_id && c.live_grants == 1)
+    );
+
+    let issued_before = broker.standin.issued_tokens().len();
+    let revocation = admin.revoke_user(ALICE, false).await.unwrap();
+    assert!(revocation.upstream_burned);
+    assert_eq!(revocation.grants_revoked, 1);
+    assert!(revocation.forgejo_tokens_deleted);
+    // The burn spent Forgejo's refresh token (one refresh, its result discarded).
+    assert_eq!(broker.standin.issued_tokens().len(), issued_before + 2);
+
+    // The serving broker refuses the user's tokens on the very next use.
+    assert!(matches!(
+        verifier.verify(&tokens.access_token, &resource).await,
+        Err(TokenRejection::Revoked | TokenRejection::Unknown | TokenRejection::UpstreamGrantDead)
+    ));
+    let (status, body) = broker.refresh(&client, &tokens.refresh_token).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(!broker.app().auth.upstream.is_alive(ALICE).unwrap());
+    let alice = admin
+        .list_users()
+        .unwrap()
+        .into_iter()
+        .find(|u| u.user_id == ALICE)
+        .unwrap();
+    assert_eq!((alice.upstream.as_str(), alice.live_grants), ("none", 0));
+
+    let events = broker.audit_events();
+    let dead = events
+        .iter()
+        .position(|e| matches!(e, AuditEvent::UpstreamGrantDead { user_id } if *user_id == ALICE));
+    let revoked = events.iter().position(
+        |e| matches!(e, AuditEvent::UserRevoked { user_id, by } if *user_id == ALICE && by == "admin"),
+    );
+    assert!(
+        dead.is_some() && revoked.is_some() && dead < revoked,
+        "{events:?}"
+    );
+    assert!(matches!(
+        admin.revoke_user(4242, false).await,
+        Err(AdminError::UnknownUser(4242))
+    ));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_client_revokes_its_grants_and_forgets_it() {
+    let broker = TestBroker::start().await;
+    let (client, tokens) = broker.login_new_client().await;
+    let (other, other_tokens) = broker.login_new_client().await;
+    let admin = admin_for(&broker);
+    let deletion = admin.delete_client(&client.client_id).unwrap();
+    assert_eq!(deletion.grants_revoked, 1);
+    assert!(
+        !admin
+            .list_clients()
+            .unwrap()
+            .iter()
+            .any(|c| c.client_id == client.client_id)
+    );
+    let (status, _) = broker.refresh(&client, &tokens.refresh_token).await;
+    assert!(status == 400 || status == 401, "{status}");
+    // Other clients of the same user are untouched.
+    let (status, body) = broker.refresh(&other, &other_tokens.refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(matches!(
+        admin.delete_client(&client.client_id),
+        Err(AdminError::UnknownClient(_))
+    ));
+    assert!(broker.audit_events().iter().any(|e| matches!(
+        e,
+        AuditEvent::ClientDeleted { client_id, by } if *client_id == client.client_id && by == "admin"
+    )));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_command_works_beside_the_serving_broker_and_audits_to_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let broker = TestBroker::start().await;
+    let (client, _) = broker.login_new_client().await;
+    let config_path = broker.data_dir.path().join("broker.toml");
+    std::fs::write(&config_path, broker.config_text()).unwrap();
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = config_path.to_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let config = config.clone();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let output = Command::new(env!("CARGO_BIN_EXE_forgejo-mcp-broker"))
+                    .arg("admin")
+                    .arg("--config")
+                    .arg(&config)
+                    .args(&args)
+                    .env_remove("FORGEJO_MCP_BROKER_CONFIG")
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&output.stdout).into_owned();
+                assert!(
+                    output.status.success(),
+                    "{text}{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                text
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let users = run(&["users", "list", "--json"]).await;
+    let alice: serde_json::Value = serde_json::from_str(users.lines().next().unwrap()).unwrap();
+    assert_eq!(alice["user_id"], ALICE);
+    assert_eq!(alice["username"], "alice");
+    let clients = run(&["clients", "list"]).await;
+    assert!(clients.contains(&client.client_id), "{clients}");
+    let deleted = run(&["clients", "delete", &client.client_id, "--json"]).await;
+    assert!(deleted.contains("\"grants_revoked\":1"), "{deleted}");
+    let revoked = run(&["users", "revoke", "1"]).await;
+    assert!(revoked.contains("burned"), "{revoked}");
+
+    let data_dir = broker.data_dir.path().to_path_buf();
+    let files = log_files(&data_dir.join("audit.jsonl"));
+    let key = AuditKey::load(&data_dir.join("audit.key")).unwrap();
+    let report = verify_files(&files, Some(&key)).unwrap();
+    assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
+    let by_admin = select(
+        &files,
+        &ShowFilter {
+            events: vec!["client_deleted".into(), "user_revoked".into()],
+            ..ShowFilter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(by_admin.len(), 2, "{by_admin:?}");
+    assert!(by_admin.iter().all(|r| r["by"] == "admin"));
+    broker.shutdown().await;
+}

@@ -1,0 +1,216 @@
+//! The real OAuth endpoints behind the limits, and the accountability trail of a full flow: the
+//! audit file verifies and names what happened; no token reaches it, the logs or the metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use forgejo_mcp_broker::audit::review::{ShowFilter, VerifyPolicy, select, verify_files};
+use forgejo_mcp_broker::audit::writer::log_files;
+use forgejo_mcp_broker::audit::{AuditFileConfig, AuditKey, FileAudit};
+use forgejo_mcp_broker::clock::SystemClock;
+use forgejo_mcp_broker::metrics::Metrics;
+use forgejo_mcp_broker::standin::token_marker;
+
+use super::client_from;
+use crate::fixtures::{TestBroker, logs};
+
+#[tokio::test]
+async fn full_flow_leaves_a_verifiable_audit_trail_and_no_token_anywhere() {
+    let logs = logs::capture();
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_path = audit_dir.path().join("audit.jsonl");
+    let key = [0x5a; 32];
+    let file_audit = FileAudit::open(
+        AuditFileConfig {
+            path: audit_path.clone(),
+            rotate_bytes: 1 << 30,
+            checkpoint_every_lines: 4,
+            checkpoint_every: Duration::from_secs(3600),
+            queue_capacity: 1024,
+        },
+        AuditKey::from_bytes(key),
+        Arc::new(SystemClock),
+        Metrics::new(),
+    )
+    .unwrap();
+    let broker = TestBroker::builder()
+        .audit_sink(file_audit.clone())
+        .start()
+        .await;
+
+    // Register (confidential, so a client secret exists too), log in, refresh, revoke.
+    let client = broker
+        .register_client(&["http://127.0.0.1/callback"], "client_secret_post")
+        .await;
+    let tokens = broker.login(&client).await;
+    let (status, refreshed) = broker.refresh(&client, &tokens.refresh_token).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let new_refresh = refreshed["refresh_token"].as_str().unwrap().to_owned();
+    let revoked = TestBroker::http()
+        .post(broker.url("/oauth/revoke"))
+        .form(&[
+            ("token", new_refresh.as_str()),
+            ("client_id", client.client_id.as_str()),
+            ("client_secret", client.client_secret.as_deref().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let metrics = broker.metrics.encode();
+    let issued = broker.standin.issued_tokens();
+    broker.shutdown().await;
+    tokio::task::spawn_blocking(move || file_audit.close())
+        .await
+        .unwrap();
+
+    // The trail verifies and tells the story.
+    let files = log_files(&audit_path);
+    let report = verify_files(&files, Some(&AuditKey::from_bytes(key))).unwrap();
+    assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
+    let names: Vec<String> = select(&files, &ShowFilter::default())
+        .unwrap()
+        .iter()
+        .map(|record| record["event"].as_str().unwrap().to_owned())
+        .collect();
+    for expected in [
+        "client_registered",
+        "consent_granted",
+        "upstream_login",
+        "code_issued",
+        "token_issued",
+        "token_refreshed",
+        "token_revoked",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    let of_client = select(
+        &files,
+        &ShowFilter {
+            client_id: Some(client.client_id.clone()),
+            ..ShowFilter::default()
+        },
+    )
+    .unwrap();
+    assert!(of_client.len() >= 5, "{of_client:?}");
+
+    // Requests were counted by route and status; the OAuth outcomes too.
+    assert!(
+        metrics
+            .contains(r#"http_requests_total{route="/oauth/token",method="POST",status="200"} 2"#),
+        "{metrics}"
+    );
+
+    // No secret of the flow anywhere.
+    let audit_text: String = files
+        .iter()
+        .map(|file| std::fs::read_to_string(file).unwrap())
+        .collect();
+    let log_text = logs.contents();
+    assert!(log_text.contains("/oauth/token"), "logs were captured");
+    let mut secrets = vec![
+        tokens.access_token.clone(),
+        tokens.refresh_token.clone(),
+        refreshed["access_token"].as_str().unwrap().to_owned(),
+        new_refresh,
+        client.client_secret.clone().unwrap(),
+        token_marker(),
+    ];
+    secrets.extend(issued);
+    for (what, text) in [
+        ("audit", &audit_text),
+        ("logs", &log_text),
+        ("metrics", &metrics),
+    ] {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a secret in the {what}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn floods_against_the_oauth_endpoints_get_429_and_spare_other_ips() {
+    let broker = TestBroker::builder()
+        .toml(
+            r#"
+            [rate_limits.register]
+            per_ip = "2/h"
+            [rate_limits.token]
+            per_ip = "2/h"
+            [rate_limits.revoke]
+            per_ip = "2/h"
+            [rate_limits.authorize]
+            per_ip = "2/h"
+            [rate_limits.consent]
+            per_ip = "2/h"
+            "#,
+        )
+        .start()
+        .await;
+    let flooder = client_from([127, 0, 0, 1]);
+    let bystander = client_from([127, 0, 0, 2]);
+    // (method, first path, alias sharing the budget)
+    let endpoints = [
+        ("POST", "/oauth/register", Some("/register")),
+        ("POST", "/oauth/token", Some("/token")),
+        ("POST", "/oauth/revoke", None),
+        ("GET", "/oauth/authorize", Some("/authorize")),
+        ("POST", "/oauth/consent", None),
+    ];
+    let send = |client: &reqwest::Client, method: &str, path: &str| {
+        let url = broker.url(path);
+        let request = match method {
+            "GET" => client.get(url),
+            _ => client.post(url).form(&[("x", "y")]),
+        };
+        request.header("origin", "https://inspector.example").send()
+    };
+    for (method, path, alias) in endpoints {
+        for _ in 0..2 {
+            let response = send(&flooder, method, path).await.unwrap();
+            assert_ne!(response.status(), 429, "{path}");
+        }
+        for target in [Some(path), alias].into_iter().flatten() {
+            let response = send(&flooder, method, target).await.unwrap();
+            assert_eq!(response.status(), 429, "{target}");
+            assert!(response.headers().contains_key("retry-after"));
+            if method == "POST" && target != "/oauth/consent" {
+                // Browser clients (Inspector) can read the refusal.
+                assert!(
+                    response
+                        .headers()
+                        .contains_key("access-control-allow-origin"),
+                    "{target}"
+                );
+            }
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"], "too_many_requests");
+        }
+        let response = send(&bystander, method, path).await.unwrap();
+        assert_ne!(
+            response.status(),
+            429,
+            "{path}: another address is unaffected"
+        );
+    }
+    let metrics = broker.metrics.encode();
+    assert!(
+        metrics.contains(r#"rate_limit_rejections_total{class="register",key_kind="ip"} 2"#),
+        "{metrics}"
+    );
+    let trips = broker
+        .audit_events()
+        .into_iter()
+        .filter(|event| {
+            matches!(
+                event,
+                forgejo_mcp_broker::audit::AuditEvent::RateLimited { .. }
+            )
+        })
+        .count();
+    assert_eq!(trips, 5, "one audited trip per endpoint class");
+    broker.shutdown().await;
+}

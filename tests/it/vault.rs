@@ -631,6 +631,9 @@ fn rotations_under_concurrent_reads_and_writes() {
                     check_row(&vault, &db, id);
                 }
                 operations += 1;
+                // The connection mutex is not fair: without a yield, three tight loops can
+                // starve the re-encryption job on a loaded 2-core machine.
+                std::thread::yield_now();
             }
             operations
         }));

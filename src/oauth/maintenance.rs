@@ -150,10 +150,11 @@ impl Sweeper {
             Ok(counts) => tracing::debug!(task = "oauth-sweep", ?counts, "swept"),
             Err(error) => tracing::warn!(task = "oauth-sweep", %error, "sweep failed"),
         }
-        if self.unused_client_ttl_secs == 0 {
-            return;
-        }
-        let ttl = i64::try_from(self.unused_client_ttl_secs).unwrap_or(i64::MAX);
+        // 0 keeps DCR clients forever; stale CIMD cache entries are swept regardless.
+        let ttl = match self.unused_client_ttl_secs {
+            0 => i64::MAX,
+            secs => i64::try_from(secs).unwrap_or(i64::MAX),
+        };
         match self.store.sweep_clients(now, ttl) {
             Ok(ids) => {
                 for client_id in ids {

@@ -155,6 +155,8 @@ pub enum StartError {
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(std::io::Error),
     #[error(transparent)]
+    Sandbox(#[from] crate::supervisor::sandbox_config::RequirementError),
+    #[error(transparent)]
     AuditKey(#[from] AuditKeyError),
     #[error(transparent)]
     Audit(#[from] AuditWriterError),
@@ -295,6 +297,7 @@ pub async fn start_on(
         path: config.server.data_dir.clone(),
         source,
     })?;
+    crate::supervisor::sandbox_config::preflight(&config.sandbox)?;
     let db = Db::open(&config.server.database_path())?;
     // Every component's audit events also move the metrics derived from them (sessions,
     // children, upstream refreshes, vault operations).

@@ -70,6 +70,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub vault: crate::keystore::VaultConfig,
+    #[serde(default)]
+    pub sandbox: crate::supervisor::sandbox_config::SandboxConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,6 +354,7 @@ impl Validate for Config {
         self.limits.validate(errors);
         self.metrics.validate(errors);
         self.vault.validate(errors);
+        self.sandbox.validate(errors);
     }
 }
 

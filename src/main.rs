@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use forgejo_mcp_broker::app::{self, AppDeps};
 use forgejo_mcp_broker::config::{Config, LogFormat};
+use forgejo_mcp_broker::supervisor::sandbox_config::SandboxConfig;
 
 #[derive(Parser)]
 #[command(name = "forgejo-mcp-broker", version, about)]
@@ -60,6 +61,25 @@ enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Sandbox operations.
+    Sandbox {
+        #[command(subcommand)]
+        action: SandboxAction,
+    },
+    /// Internal: the sandbox launcher (re-exec of this binary, fd 3 = control socket).
+    #[command(name = "__launcher", hide = true)]
+    Launcher,
+}
+
+#[derive(Subcommand)]
+enum SandboxAction {
+    /// Prints, per layer, whether this host enforces it (enforced / degraded / unavailable),
+    /// confirmed by starting a trial child. Exits non-zero if a layer in `sandbox.require` is
+    /// not enforced or no child can start.
+    Check {
+        #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +118,11 @@ enum VaultCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Launcher = cli.command {
+        // Single-threaded and before any async runtime exists (sandbox-notes §1.2): the
+        // launcher unshares a user namespace, which a multi-threaded process cannot do.
+        std::process::exit(sandbox::launcher::run());
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -170,6 +195,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Vault { command } => vault_command(command),
+        Command::Sandbox {
+            action: SandboxAction::Check { config },
+        } => {
+            let sandbox = match config {
+                Some(path) => Config::load(&path)?.sandbox,
+                None => SandboxConfig::default(),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report =
+                runtime.block_on(forgejo_mcp_broker::supervisor::sandbox_check::run(&sandbox));
+            print!("{}", report.render());
+            Ok(if report.requirements_met {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Launcher => Ok(ExitCode::FAILURE),
     }
 }
 

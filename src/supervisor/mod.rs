@@ -6,6 +6,9 @@
 //! child's whole process group (or sandbox); [`ChildHandle::stop`] does it gracefully.
 
 pub mod plain;
+pub mod sandbox_check;
+pub mod sandbox_config;
+pub mod sandboxed;
 
 use std::path::PathBuf;
 use std::pin::Pin;

@@ -13,6 +13,7 @@ mod fixtures;
 mod mcp;
 mod oauth;
 mod ops;
+mod sandbox;
 mod smoke;
 mod standin;
 mod vault;

@@ -5,7 +5,8 @@
 //! the writes, the audit file is shared through its lock, and the serving broker sees the
 //! effect on its next database read (a revoked grant fails the next token check).
 //!
-//! Sessions (list, end) belong to the MCP edge's tables and are not covered yet.
+//! Sessions are ended by expiring their row: the serving broker's housekeeping (every
+//! `mcp.housekeeping_interval_ms`) reaps expired rows and stops their live children.
 
 use std::sync::Arc;
 
@@ -37,6 +38,10 @@ pub enum AdminError {
     UnknownClient(String),
     #[error("no user {0} is known to the broker")]
     UnknownUser(UserId),
+    #[error("no session {0:?} (give the 12-character label shown by `admin sessions list`)")]
+    UnknownSession(String),
+    #[error("{0:?} names more than one session; give more characters")]
+    AmbiguousSession(String),
     #[error(
         "Forgejo could not be reached to burn user {0}'s refresh token; nothing was revoked (retry, or pass --force to revoke without burning)"
     )]
@@ -72,11 +77,25 @@ pub struct UserSummary {
     pub live_grants: i64,
 }
 
+/// One MCP session, for `admin sessions list`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The first 12 hex digits of the session id's hash: the `session` of its audit records.
+    pub session: String,
+    pub user_id: UserId,
+    pub client_id: String,
+    pub legacy: bool,
+    pub created_at: i64,
+    pub last_seen: i64,
+    pub expires_at: i64,
+}
+
 /// What `admin clients delete` did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ClientDeletion {
     pub client_id: String,
     pub grants_revoked: usize,
+    pub sessions_ended: usize,
 }
 
 /// What `admin users revoke` did.
@@ -86,6 +105,7 @@ pub struct UserRevocation {
     /// Whether Forgejo's refresh token was burned first (false only with `force`).
     pub upstream_burned: bool,
     pub grants_revoked: usize,
+    pub sessions_ended: usize,
     pub forgejo_tokens_deleted: bool,
 }
 
@@ -106,6 +126,8 @@ impl Admin {
         // reads the grant from the database); this process's channel has no listeners.
         let access_ended = crate::auth::access_ended_channel();
         let oauth = OAuthStore::new(db.clone(), access_ended.clone())?;
+        // The MCP edge's table, migrated as `serve` would.
+        crate::mcp::store::SessionStore::open(db.clone())?;
         let vault: Arc<dyn vault::Sealer> = Arc::new(open_vault(config, &db, deps)?);
         let upstream = build_upstream(config, &db, deps, vault, access_ended)?;
         Ok(Self {
@@ -158,6 +180,7 @@ impl Admin {
             return Err(AdminError::UnknownClient(client_id.to_owned()));
         }
         let revoked = self.oauth.revoke_client(client_id, self.clock.now())?;
+        let sessions_ended = self.expire_sessions("client_id = ?1", client_id)?;
         self.db.call(|c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -181,6 +204,7 @@ impl Admin {
         Ok(ClientDeletion {
             client_id: client_id.to_owned(),
             grants_revoked: revoked.len(),
+            sessions_ended,
         })
     }
 
@@ -236,6 +260,7 @@ impl Admin {
             Err(_) => return Err(AdminError::BurnFailed(user_id)),
         };
         let revoked = self.oauth.revoke_user(user_id, self.clock.now())?;
+        let sessions_ended = self.expire_sessions("user_id = ?1", &user_id.to_string())?;
         let deleted = self.db.call(|c| {
             c.execute(
                 "DELETE FROM upstream_grants WHERE user_id = ?1",
@@ -251,7 +276,87 @@ impl Admin {
             user_id,
             upstream_burned,
             grants_revoked: revoked.len(),
+            sessions_ended,
             forgejo_tokens_deleted: deleted > 0,
+        })
+    }
+
+    /// Sessions, newest first; only `user_id`'s if given.
+    pub fn list_sessions(
+        &self,
+        user_id: Option<UserId>,
+    ) -> Result<Vec<SessionSummary>, AdminError> {
+        self.db.call(|c| {
+            let mut statement = c.prepare(
+                "SELECT substr(id_hash, 1, 12), user_id, client_id, legacy, created_at, last_seen,
+                        expires_at
+                   FROM mcp_sessions WHERE ?1 IS NULL OR user_id = ?1
+                  ORDER BY created_at DESC, id_hash",
+            )?;
+            let rows = statement
+                .query_map(params![user_id], |row| {
+                    Ok(SessionSummary {
+                        session: row.get(0)?,
+                        user_id: row.get(1)?,
+                        client_id: row.get(2)?,
+                        legacy: row.get::<_, i64>(3)? != 0,
+                        created_at: row.get(4)?,
+                        last_seen: row.get(5)?,
+                        expires_at: row.get(6)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Ends one session, named by its label (or a longer prefix of its id hash).
+    pub fn end_session(&self, label: &str) -> Result<SessionSummary, AdminError> {
+        let wanted = label.trim().to_ascii_lowercase();
+        if wanted.len() < 8 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AdminError::UnknownSession(label.to_owned()));
+        }
+        let matching: Vec<SessionSummary> = self
+            .list_sessions(None)?
+            .into_iter()
+            .filter(|session| {
+                session.session.starts_with(&wanted) || wanted.starts_with(&session.session)
+            })
+            .collect();
+        // A prefix longer than the label is checked against the full hash below.
+        let session = match matching.as_slice() {
+            [] => return Err(AdminError::UnknownSession(label.to_owned())),
+            [one] => one.clone(),
+            _ => return Err(AdminError::AmbiguousSession(label.to_owned())),
+        };
+        let pattern = format!("{wanted}%");
+        let changed = self.db.call(|c| {
+            c.execute(
+                "UPDATE mcp_sessions SET expires_at = 0 WHERE id_hash LIKE ?1",
+                params![pattern],
+            )
+            .map_err(AdminError::from)
+        })?;
+        if changed == 0 {
+            return Err(AdminError::UnknownSession(label.to_owned()));
+        }
+        self.audit.record(AuditEvent::SessionEnded {
+            session: session.session.clone(),
+            user_id: session.user_id,
+            reason: "ended by admin".to_owned(),
+        });
+        Ok(session)
+    }
+
+    /// Expires matching sessions so the serving broker's housekeeping ends them (and their
+    /// children); returns how many.
+    fn expire_sessions(&self, condition: &'static str, value: &str) -> Result<usize, AdminError> {
+        self.db.call(|c| {
+            c.execute(
+                &format!("UPDATE mcp_sessions SET expires_at = 0 WHERE {condition}"),
+                params![value],
+            )
+            .map_err(AdminError::from)
         })
     }
 }

@@ -18,7 +18,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::http::HttpOptions;
 use crate::keystore::{self, KeystoreError, SealedRegistry, Vault, VaultDeps};
-use crate::metrics::Metrics;
+use crate::metrics::{AuditMetrics, Metrics};
 use crate::oauth::TokenVerifier;
 use crate::oauth::store::OAuthStore;
 use crate::ratelimit::{RateLimiter, SharedRateLimiter};
@@ -32,6 +32,8 @@ pub struct AppDeps {
     pub clock: SharedClock,
     pub audit: SharedAudit,
     pub metrics: Metrics,
+    /// Starts MCP children; `None` means the launcher the configuration asks for.
+    pub launcher: Option<Arc<dyn crate::supervisor::ChildLauncher>>,
 }
 
 impl AppDeps {
@@ -40,6 +42,7 @@ impl AppDeps {
             clock: Arc::new(SystemClock),
             audit: Arc::new(TracingAudit),
             metrics: Metrics::new(),
+            launcher: None,
         }
     }
 
@@ -60,6 +63,7 @@ impl AppDeps {
             clock,
             audit: audit.clone(),
             metrics,
+            launcher: None,
         };
         Ok((deps, audit))
     }
@@ -99,7 +103,8 @@ pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, Sta
         registry,
         vault_deps,
         Arc::new(keystore::source::process_env),
-    )?)
+    )?
+    .with_metrics(deps.metrics.clone()))
 }
 
 pub fn build_upstream(
@@ -163,6 +168,8 @@ pub enum StartError {
     Cimd(#[from] crate::oauth::cimd::CimdError),
     #[error("refusing to start: {0}")]
     Vault(#[from] KeystoreError),
+    #[error("cannot start the MCP edge: {0}")]
+    Mcp(#[from] crate::mcp::McpStartError),
     #[error("refusing to start: the vault could not be opened: {0}")]
     VaultTask(tokio::task::JoinError),
 }
@@ -170,7 +177,9 @@ pub enum StartError {
 /// Every column that holds vault ciphertext, declared by the component that owns it
 /// (keystore/registry.rs). The re-encryption job and `vault status` walk these.
 pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
-    SealedRegistry::new().with(crate::upstream::store::SEALED_COLUMNS)
+    SealedRegistry::new()
+        .with(crate::upstream::store::SEALED_COLUMNS)?
+        .with(crate::oauth::store::SEALED_COLUMNS)
 }
 
 /// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.
@@ -200,6 +209,7 @@ pub struct RunningApp {
     pub rate_limiter: SharedRateLimiter,
     pub auth: AuthHandles,
     pub vault: Arc<Vault>,
+    pub mcp: Arc<crate::mcp::McpHandle>,
 }
 
 impl RunningApp {
@@ -228,9 +238,42 @@ impl RunningApp {
     pub async fn shutdown(self, deadline: Duration) -> bool {
         self.cancel.cancel();
         self.tasks.close();
-        tokio::time::timeout(deadline, self.tasks.wait())
+        // Children stop (sessions stay in the database and resume after a restart).
+        let children_stopped = self.mcp.shutdown(deadline).await;
+        let tasks_stopped = tokio::time::timeout(deadline, self.tasks.wait())
             .await
-            .is_ok()
+            .is_ok();
+        children_stopped && tasks_stopped
+    }
+}
+
+/// Ends the MCP sessions of a revoked grant or a user whose Forgejo grant died, so their
+/// children stop at once rather than at their next request.
+async fn end_sessions_when_access_ends(
+    mut events: tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>,
+    mcp: Arc<crate::mcp::McpHandle>,
+    cancel: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(crate::auth::AccessEnded::Grant { grant_id, .. }) => {
+                mcp.end_grant(&grant_id).await;
+            }
+            Ok(crate::auth::AccessEnded::User { user_id }) => {
+                mcp.end_user(user_id).await;
+            }
+            Err(RecvError::Lagged(missed)) => {
+                // Sessions of missed grants still end at their next request (the verifier
+                // reads the grant from the database); only the early stop is lost.
+                tracing::warn!(task = "access-ended", missed, "revocation notices dropped");
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 
@@ -256,6 +299,12 @@ pub async fn start_on(
     })?;
     crate::supervisor::sandbox_config::preflight(&config.sandbox)?;
     let db = Db::open(&config.server.database_path())?;
+    // Every component's audit events also move the metrics derived from them (sessions,
+    // children, upstream refreshes, vault operations).
+    let deps = AppDeps {
+        audit: Arc::new(AuditMetrics::new(deps.audit.clone(), deps.metrics.clone())),
+        ..deps
+    };
     // A missing or wrong master key stops the start here, before anything is served or
     // written (the vault checks the key against its stored key check first).
     let vault = {
@@ -298,20 +347,44 @@ pub async fn start_on(
         );
     }
     let sweep_store = oauth_store.clone();
-    let oauth_state = Arc::new(crate::oauth::build_state(
+    let mut oauth_state = crate::oauth::build_state(
         &config.oauth,
         &config.server,
         oauth_store,
         upstream,
         deps.clock.clone(),
         deps.audit.clone(),
-    )?);
+    )?;
+    oauth_state.limiter = Some(rate_limiter.clone());
+    let oauth_state = Arc::new(oauth_state);
 
     let options = HttpOptions {
         limits: config.limits.clone(),
         metrics: metrics.clone(),
     };
-    let router = crate::http::router([crate::oauth::router(oauth_state, &rate_limiter)], &options);
+    // The MCP edge (issue #3): every request checked by the OAuth half's verifier; children get
+    // the user's Forgejo credentials from the upstream token keeper.
+    let (mcp_router, mcp) = crate::mcp::router(
+        &config.server,
+        &config.mcp,
+        config.forgejo.url.as_str(),
+        crate::mcp::McpDeps {
+            db: db.clone(),
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            verifier: auth.verifier.clone(),
+            upstream: auth.upstream.clone(),
+            launcher: deps
+                .launcher
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::supervisor::plain::PlainLauncher)),
+        },
+    )?;
+    let mcp = Arc::new(mcp);
+    let router = crate::http::router(
+        [crate::oauth::router(oauth_state, &rate_limiter), mcp_router],
+        &options,
+    );
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
@@ -358,7 +431,13 @@ pub async fn start_on(
         cancel.clone(),
     ));
     tracing::info!(%local_addr, "serving");
+    tasks.spawn(end_sessions_when_access_ends(
+        auth.access_ended.subscribe(),
+        mcp.clone(),
+        cancel.clone(),
+    ));
     Ok(RunningApp {
+        mcp,
         local_addr,
         metrics_addr,
         cancel,

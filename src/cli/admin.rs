@@ -37,6 +37,25 @@ enum AdminCommand {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// MCP sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    List {
+        /// Only this Forgejo user id's sessions.
+        #[arg(long)]
+        user: Option<i64>,
+    },
+    /// End a session (the serving broker stops its child at its next housekeeping pass).
+    End {
+        /// The session label from `sessions list` (also the `session` of audit records).
+        session: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +99,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         clock,
         audit: audit.clone(),
         metrics,
+        launcher: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -126,9 +146,41 @@ async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Re
                 &deletion,
                 json,
                 format!(
-                    "deleted client {} ({} grant(s) revoked)",
-                    deletion.client_id, deletion.grants_revoked
+                    "deleted client {} ({} grant(s) revoked, {} session(s) ended)",
+                    deletion.client_id, deletion.grants_revoked, deletion.sessions_ended
                 ),
+            )?;
+        }
+        AdminCommand::Sessions {
+            command: SessionsCommand::List { user },
+        } => {
+            let sessions = admin.list_sessions(user)?;
+            if !json {
+                println!("SESSION  USER_ID  CLIENT_ID  CREATED  LAST_SEEN");
+            }
+            for session in &sessions {
+                print_one(
+                    session,
+                    json,
+                    format!(
+                        "{}  {}  {}  {}  {}",
+                        session.session,
+                        session.user_id,
+                        session.client_id,
+                        format_time(session.created_at),
+                        format_time(session.last_seen)
+                    ),
+                )?;
+            }
+        }
+        AdminCommand::Sessions {
+            command: SessionsCommand::End { session },
+        } => {
+            let ended = admin.end_session(&session)?;
+            print_one(
+                &ended,
+                json,
+                format!("ended session {} of user {}", ended.session, ended.user_id),
             )?;
         }
         AdminCommand::Users {
@@ -157,7 +209,7 @@ async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Re
                 &revocation,
                 json,
                 format!(
-                    "revoked user {}: Forgejo refresh token {}, {} grant(s) revoked, stored Forgejo tokens {}",
+                    "revoked user {}: Forgejo refresh token {}, {} grant(s) revoked, {} session(s) ended, stored Forgejo tokens {}",
                     revocation.user_id,
                     if revocation.upstream_burned {
                         "burned"
@@ -165,6 +217,7 @@ async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Re
                         "NOT burned (--force)"
                     },
                     revocation.grants_revoked,
+                    revocation.sessions_ended,
                     if revocation.forgejo_tokens_deleted {
                         "deleted"
                     } else {

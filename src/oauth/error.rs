@@ -198,7 +198,8 @@ pub fn client_redirect_url(
 impl IntoResponse for OAuthFailure {
     fn into_response(self) -> Response {
         let error = self.error;
-        match self.delivery {
+        let code = error.code();
+        let mut response = match self.delivery {
             Delivery::Json => {
                 let body = ErrorBody {
                     error: error.code(),
@@ -248,7 +249,12 @@ impl IntoResponse for OAuthFailure {
                     .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 response
             }
-        }
+        };
+        // Counted by the metrics layer as `oauth_outcomes_total{outcome=code}`.
+        response
+            .extensions_mut()
+            .insert(crate::metrics::OAuthOutcome(code));
+        response
     }
 }
 

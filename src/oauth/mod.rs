@@ -16,7 +16,7 @@ pub mod store;
 pub mod token;
 pub mod verifier;
 
-use crate::ratelimit::{EndpointClass, SharedRateLimiter};
+use crate::ratelimit::{EndpointClass, RateKey, SharedRateLimiter};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +171,10 @@ pub struct OAuthState {
     pub cimd: cimd::CimdFetcher,
     pub clock: SharedClock,
     pub audit: SharedAudit,
+    /// Per-client limits (issue #7): CIMD fetches per client id URL, so no one can make the
+    /// broker hammer a URL; token and revocation requests per authenticated client. `None` in
+    /// unit tests.
+    pub limiter: Option<SharedRateLimiter>,
 }
 
 impl OAuthState {
@@ -206,6 +210,15 @@ impl OAuthState {
             && (allow_stale || record.expires_at.is_some_and(|expires| expires > now))
         {
             return Ok(record);
+        }
+        if let Some(limiter) = &self.limiter {
+            limiter
+                .check(EndpointClass::CimdFetch, &RateKey::client(client_id))
+                .map_err(|_| {
+                    OAuthError::TemporarilyUnavailable(
+                        "too many fetches of this client's metadata document; retry later",
+                    )
+                })?;
         }
         let document = self.cimd.fetch(&url).await?;
         let ttl = i64::try_from(self.config.cimd_cache_ttl_secs).unwrap_or(i64::MAX);
@@ -274,6 +287,7 @@ pub fn build_state(
         cimd,
         clock,
         audit,
+        limiter: None,
     })
 }
 

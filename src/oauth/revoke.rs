@@ -2,6 +2,7 @@
 //! 200 too (§2.2: nothing to tell an attacker). Revoking a refresh token revokes its whole
 //! family, access tokens included (§2.1 SHOULD); revoking an access token revokes only it.
 
+use crate::ratelimit::{EndpointClass, RateKey};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -60,6 +61,13 @@ pub async fn revoke(
         raw.client_secret.as_deref(),
     )
     .await?;
+    // Per client only once authenticated, so a forged client id cannot spend a client's budget.
+    if let Some(limiter) = &state.limiter
+        && let Err(limited) =
+            limiter.check(EndpointClass::Revoke, &RateKey::client(&client.client_id))
+    {
+        return Ok(limited.into_response());
+    }
     let now = state.now();
     let token_hash = hash_token(token);
     // The prefix says which table to look in; the hint is only a hint (§2.1).

@@ -5,6 +5,7 @@
 //! Tokens are opaque: a prefix (so secret scanners recognise them) and 256 random bits. Only
 //! their SHA-256 hashes are stored.
 
+use crate::ratelimit::{EndpointClass, RateKey};
 use std::sync::Arc;
 
 use axum::Json;
@@ -267,6 +268,13 @@ pub async fn token(
         raw.client_secret.as_deref(),
     )
     .await?;
+    // Per client only once authenticated, so a forged client id cannot spend a client's budget.
+    if let Some(limiter) = &state.limiter
+        && let Err(limited) =
+            limiter.check(EndpointClass::Token, &RateKey::client(&client.client_id))
+    {
+        return Ok(limited.into_response());
+    }
     let response = match grant {
         TokenGrant::AuthorizationCode {
             code,

@@ -99,27 +99,25 @@ impl EndpointClass {
                 vec![],
                 vec![],
             ],
+            // Per client: checked only after client authentication (a client id is public), and
+            // generous: it catches a runaway client, not an attacker (per IP does that).
             Self::Token => [
                 vec![Rate::new(60, minute)],
-                vec![Rate::new(60, minute)],
+                vec![Rate::new(600, minute)],
                 vec![],
             ],
-            Self::Authorize => [
-                vec![Rate::new(30, minute)],
-                vec![Rate::new(30, minute)],
-                vec![],
-            ],
+            // No per-client limit on authorize by default: one popular client id (Claude's
+            // metadata URL) is shared by every user, so anyone could spend its budget.
+            Self::Authorize => [vec![Rate::new(30, minute)], vec![], vec![]],
             Self::Consent => [vec![Rate::new(30, minute)], vec![], vec![]],
             Self::Revoke => [
                 vec![Rate::new(60, minute)],
-                vec![Rate::new(60, minute)],
+                vec![Rate::new(600, minute)],
                 vec![],
             ],
-            Self::CimdFetch => [
-                vec![Rate::new(10, minute)],
-                vec![Rate::new(10, minute)],
-                vec![],
-            ],
+            // Per document URL. A fetch happens while authorizing, so the `authorize` per-IP
+            // limit is the per-IP one.
+            Self::CimdFetch => [vec![], vec![Rate::new(10, minute)], vec![]],
             Self::McpSession => [vec![Rate::new(30, hour)], vec![], vec![Rate::new(30, hour)]],
             Self::Mcp => [
                 vec![Rate::new(600, minute)],

@@ -2,6 +2,6 @@
 
 mod everything;
 mod faults;
-mod fixtures;
+pub(crate) mod fixtures;
 mod sessions;
 mod transport;

@@ -18,6 +18,7 @@ fn admin_for(broker: &TestBroker) -> Admin {
         clock: broker.clock.clone(),
         audit: broker.audit.clone(),
         metrics: Metrics::new(),
+        launcher: None,
     };
     Admin::open(&broker.config(), &deps).unwrap()
 }
@@ -182,4 +183,87 @@ async fn the_admin_command_works_beside_the_serving_broker_and_audits_to_the_fil
     assert_eq!(by_admin.len(), 2, "{by_admin:?}");
     assert!(by_admin.iter().all(|r| r["by"] == "admin"));
     broker.shutdown().await;
+}
+
+/// A config for the admin verbs over an MCP-only test broker's data dir.
+fn admin_over(data_dir: &std::path::Path, url: &str) -> Admin {
+    let config = forgejo_mcp_broker::config::Config::from_toml(&format!(
+        r#"
+        [server]
+        public_url = "{url}"
+        data_dir = "{}"
+        [forgejo]
+        url = "http://127.0.0.1:9"
+        client_id = "broker"
+        client_secret = "secret"
+        "#,
+        data_dir.display()
+    ))
+    .unwrap();
+    let deps = AppDeps {
+        clock: std::sync::Arc::new(forgejo_mcp_broker::clock::SystemClock),
+        audit: forgejo_mcp_broker::audit::MemoryAudit::new(),
+        metrics: Metrics::new(),
+        launcher: None,
+    };
+    Admin::open(&config, &deps).unwrap()
+}
+
+#[tokio::test]
+async fn ending_a_session_from_the_admin_command_stops_it_in_the_serving_broker() {
+    use crate::mcp::fixtures::{Broker, test_child_profile, test_config};
+    use serde_json::json;
+
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut alice = broker.user("tok-alice", 7, "client-a", "grant-a");
+    alice.initialize().await;
+    let mut bob = broker.user("tok-bob", 8, "client-b", "grant-b");
+    bob.initialize().await;
+    let admin = admin_over(broker.data_dir.path(), &broker.url);
+
+    let sessions = admin.list_sessions(None).unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    let alices = admin.list_sessions(Some(7)).unwrap();
+    assert_eq!(alices.len(), 1);
+    let label = alices[0].session.clone();
+    assert_eq!(alices[0].client_id, "client-a");
+    // The label is what the audit log calls the session.
+    assert!(broker.audit.events().iter().any(|e| matches!(
+        e,
+        AuditEvent::SessionCreated { session, .. } if *session == label
+    )));
+
+    admin.end_session(&label).unwrap();
+    // The serving broker's housekeeping ends it (bounded wait, polled).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !broker.audit.events().iter().any(|e| {
+        matches!(
+            e,
+            AuditEvent::SessionEnded { session, .. } if *session == label
+        )
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session was not ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reply = alice
+        .post(&json!({"jsonrpc": "2.0", "id": 99, "method": "tools/list"}))
+        .await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    // Bob's session is untouched.
+    let reply = bob
+        .post(&json!({"jsonrpc": "2.0", "id": 99, "method": "tools/list"}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(matches!(
+        admin.end_session("00000000"),
+        Err(AdminError::UnknownSession(_))
+    ));
+    assert!(matches!(
+        admin.end_session("not-hex!"),
+        Err(AdminError::UnknownSession(_))
+    ));
+    broker.stop().await;
 }

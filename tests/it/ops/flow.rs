@@ -57,7 +57,24 @@ async fn full_flow_leaves_a_verifiable_audit_trail_and_no_token_anywhere() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 200);
+    // A revoked refresh token is refused, and the refusal is counted by its RFC code.
+    let (status, body) = broker.refresh(&client, &new_refresh).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
     let metrics = broker.metrics.encode();
+    for (endpoint, outcome, count) in [
+        ("register", "ok", 1),
+        ("authorize", "ok", 1),
+        ("token", "ok", 2),
+        ("token", "invalid_grant", 1),
+        ("revoke", "ok", 1),
+    ] {
+        let series =
+            format!(r#"oauth_outcomes_total{{endpoint="{endpoint}",outcome="{outcome}"}} {count}"#);
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
     let issued = broker.standin.issued_tokens();
     broker.shutdown().await;
     tokio::task::spawn_blocking(move || file_audit.close())
@@ -201,6 +218,10 @@ async fn floods_against_the_oauth_endpoints_get_429_and_spare_other_ips() {
         metrics.contains(r#"rate_limit_rejections_total{class="register",key_kind="ip"} 2"#),
         "{metrics}"
     );
+    assert!(
+        metrics
+            .contains(r#"oauth_outcomes_total{endpoint="register",outcome="too_many_requests"} 2"#)
+    );
     let trips = broker
         .audit_events()
         .into_iter()
@@ -212,5 +233,114 @@ async fn floods_against_the_oauth_endpoints_get_429_and_spare_other_ips() {
         })
         .count();
     assert_eq!(trips, 5, "one audited trip per endpoint class");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn cimd_fetches_are_limited_per_client_id_url() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::HeaderMap;
+    use axum::routing::get;
+
+    use crate::fixtures::TestClient;
+    use crate::fixtures::tls::TlsServer;
+
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let router = axum::Router::new().route(
+        "/client.json",
+        get(move |headers: HeaderMap| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let host = headers["host"].to_str().unwrap().to_owned();
+                axum::Json(serde_json::json!({
+                    "client_id": format!("https://{host}/client.json"),
+                    "client_name": "CIMD Flood Target",
+                    "redirect_uris": ["https://app.example/callback"],
+                    "token_endpoint_auth_method": "none",
+                }))
+            }
+        }),
+    );
+    let server = TlsServer::start(router).await;
+    let broker = TestBroker::builder()
+        .oauth(&format!(
+            "cimd_extra_ca_file = \"{}\"",
+            server.ca_file.display()
+        ))
+        .oauth("cimd_allow_loopback_for_tests = true")
+        // No caching: every authorization would fetch the document again.
+        .oauth("cimd_cache_ttl_secs = 0")
+        .toml("[rate_limits.cimd_fetch]\nper_client = \"2/h\"\n")
+        .start()
+        .await;
+    let client = TestClient {
+        client_id: server.url("/client.json"),
+        client_secret: None,
+        redirect_uri: "https://app.example/callback".to_owned(),
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = broker
+            .browser()
+            .get(&broker.authorize_url(&client, &[]))
+            .await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| *s >= 400), "{statuses:?}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the broker fetched only twice"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_requests_are_limited_per_authenticated_client_only() {
+    let broker = TestBroker::builder()
+        .toml("[rate_limits.token]\nper_client = \"2/h\"\n")
+        .start()
+        .await;
+    let client = broker
+        .register_client(&["http://127.0.0.1/callback"], "client_secret_post")
+        .await;
+    let other = broker
+        .register_client(&["http://127.0.0.1/callback"], "client_secret_post")
+        .await;
+    let tokens = broker.login(&client).await; // 1 of 2
+    // Requests naming the client without its secret do not spend its budget.
+    for _ in 0..5 {
+        let response = TestBroker::http()
+            .post(broker.url("/oauth/token"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", tokens.refresh_token.as_str()),
+                ("client_id", client.client_id.as_str()),
+                ("client_secret", "wrong"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let (status, body) = broker.refresh(&client, &tokens.refresh_token).await; // 2 of 2
+    assert_eq!(status, 200, "{body}");
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body) = broker.refresh(&client, &refresh).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "too_many_requests");
+    // Another client from the same address is unaffected.
+    let other_tokens = broker.login(&other).await;
+    let (status, _) = broker.refresh(&other, &other_tokens.refresh_token).await;
+    assert_eq!(status, 200);
+    assert!(
+        broker
+            .metrics
+            .encode()
+            .contains(r#"rate_limit_rejections_total{class="token",key_kind="client"} 1"#)
+    );
     broker.shutdown().await;
 }

@@ -94,6 +94,13 @@ async fn metrics_scrape_parses_and_request_counters_move() {
         !text.contains("/metrics\""),
         "raw paths never become labels"
     );
+    // The vault's start was counted from its audit event.
+    assert!(
+        text.contains(
+            r#"forgejo_mcp_broker_vault_operations_total{operation="initialise",outcome="ok"} 1"#
+        ),
+        "{text}"
+    );
     // The typed handle other components use moves the same registry.
     running.metrics.upstream_refresh("grant_dead");
     running.metrics.rate_limit_rejected("token", "client");

@@ -27,7 +27,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
+pub use self::from_audit::AuditMetrics;
 use crate::config::{ConfigErrors, Validate};
+
+mod from_audit;
 
 /// `[metrics]` section.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -49,6 +52,11 @@ struct RequestLabels {
     method: &'static str,
     status: u16,
 }
+
+/// Put on a response by the OAuth error conversion: the RFC error code, counted in
+/// `oauth_outcomes_total` by [`track_requests`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OAuthOutcome(pub &'static str);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OAuthLabels {
@@ -287,9 +295,13 @@ impl Metrics {
         }
     }
 
-    /// A child was spawned; `latency` is the time until it was ready.
-    pub fn child_spawned(&self, latency: Duration) {
+    /// A child started (counted from the `child_spawned` audit event).
+    pub fn child_started(&self) {
         self.0.children.inc();
+    }
+
+    /// Time from the spawn request to a child ready to serve; the MCP edge reports it.
+    pub fn spawn_latency(&self, latency: Duration) {
         self.0.spawn_seconds.observe(latency.as_secs_f64());
     }
 
@@ -366,8 +378,31 @@ pub async fn track_requests(
         .map(|path| path.as_str().to_owned());
     let method = request.method().clone();
     let response = next.run(request).await;
-    metrics.http_request(route.as_deref(), &method, response.status().as_u16());
+    let status = response.status();
+    metrics.http_request(route.as_deref(), &method, status.as_u16());
+    if let Some(endpoint) = route.as_deref().and_then(oauth_endpoint) {
+        let outcome = match response.extensions().get::<OAuthOutcome>() {
+            Some(OAuthOutcome(code)) => code,
+            None if status == axum::http::StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+            None if status.is_client_error() || status.is_server_error() => "other_error",
+            None => "ok",
+        };
+        metrics.oauth_outcome(endpoint, outcome);
+    }
     response
+}
+
+/// The OAuth endpoint a matched route is (aliases share their endpoint's name).
+fn oauth_endpoint(route: &str) -> Option<&'static str> {
+    match route {
+        "/oauth/register" | "/register" => Some("register"),
+        "/oauth/token" | "/token" => Some("token"),
+        "/oauth/revoke" | "/revoke" => Some("revoke"),
+        "/oauth/authorize" | "/authorize" => Some("authorize"),
+        "/oauth/consent" => Some("consent"),
+        "/oauth/callback" => Some("callback"),
+        _ => None,
+    }
 }
 
 /// The metrics listener's router: `GET /metrics` only.
@@ -397,7 +432,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.http_request(Some("/healthz"), &axum::http::Method::GET, 200);
         metrics.oauth_outcome("token", "invalid_grant");
-        metrics.child_spawned(Duration::from_millis(30));
+        metrics.child_started();
+        metrics.spawn_latency(Duration::from_millis(30));
         metrics.child_exited("idle");
         metrics.session_transition(None, Some(SessionState::Active));
         metrics.session_transition(Some(SessionState::Active), Some(SessionState::Hibernated));

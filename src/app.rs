@@ -159,6 +159,8 @@ pub enum StartError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error(transparent)]
     Cimd(#[from] crate::oauth::cimd::CimdError),
+    #[error(transparent)]
+    Mcp(#[from] crate::mcp::McpStartError),
     #[error("refusing to start: {0}")]
     Vault(#[from] KeystoreError),
     #[error("refusing to start: the vault could not be opened: {0}")]
@@ -198,6 +200,8 @@ pub struct RunningApp {
     pub rate_limiter: SharedRateLimiter,
     pub auth: AuthHandles,
     pub vault: Arc<Vault>,
+    /// The MCP edge: running children, revocation hooks.
+    pub mcp: Arc<crate::mcp::McpHandle>,
 }
 
 impl RunningApp {
@@ -289,6 +293,32 @@ pub async fn start_on(
         access_ended,
         oauth_store: oauth_store.clone(),
     };
+    // The MCP edge (issue #3). Children start through the plain launcher until the sandbox
+    // launcher (issue #6) takes its place.
+    if matches!(
+        config.mcp.child.delivery,
+        crate::supervisor::TokenDelivery::Inject | crate::supervisor::TokenDelivery::Pipe
+    ) {
+        tracing::warn!(
+            "mcp.child.delivery = {:?} needs the sandbox launcher, which is not wired yet: MCP children will not start (set delivery = \"env\" for debugging until it is)",
+            config.mcp.child.delivery
+        );
+    }
+    let (mcp_router, mcp_handle) = crate::mcp::router(
+        &config.server,
+        &config.mcp,
+        config.forgejo.url.as_str().trim_end_matches('/'),
+        crate::mcp::McpDeps {
+            db: db.clone(),
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            verifier: auth.verifier.clone(),
+            upstream: auth.upstream.clone(),
+            launcher: Arc::new(crate::supervisor::plain::PlainLauncher),
+            access_ended: Some(auth.access_ended.subscribe()),
+        },
+    )?;
+    let mcp_handle = Arc::new(mcp_handle);
     if config.oauth.cimd_allow_loopback_for_tests {
         tracing::warn!(
             "oauth.cimd_allow_loopback_for_tests is on: CIMD fetches may reach services on this host; never use it in production"
@@ -308,7 +338,10 @@ pub async fn start_on(
         limits: config.limits.clone(),
         metrics: metrics.clone(),
     };
-    let router = crate::http::router([crate::oauth::router(oauth_state, &rate_limiter)], &options);
+    let router = crate::http::router(
+        [crate::oauth::router(oauth_state, &rate_limiter), mcp_router],
+        &options,
+    );
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
@@ -344,6 +377,18 @@ pub async fn start_on(
         crate::http::serve(listener, router, &limits, shutdown, DRAIN).await;
         tracing::debug!(task = "http", "stopped");
     });
+    // Shutdown stops every MCP child; the session records stay for the next start.
+    let mcp_shutdown = (cancel.clone(), Arc::clone(&mcp_handle));
+    tasks.spawn(async move {
+        let (cancel, mcp) = mcp_shutdown;
+        cancel.cancelled().await;
+        if !mcp.shutdown(DRAIN).await {
+            tracing::warn!(
+                task = "mcp",
+                "some MCP sessions did not stop within the deadline"
+            );
+        }
+    });
     tasks.spawn(crate::oauth::maintenance::run_sweeper(
         crate::oauth::maintenance::Sweeper {
             store: sweep_store,
@@ -365,5 +410,6 @@ pub async fn start_on(
         rate_limiter,
         auth,
         vault,
+        mcp: mcp_handle,
     })
 }

@@ -51,6 +51,9 @@ pub struct McpDeps {
     pub verifier: Arc<dyn AccessTokenVerifier>,
     pub upstream: Arc<dyn UpstreamCredentials>,
     pub launcher: Arc<dyn ChildLauncher>,
+    /// Revoked grants and dead users announced by the OAuth half: their sessions end at once
+    /// (their ids answer 404 from then on).
+    pub access_ended: Option<tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,9 @@ pub fn router(
         config: Arc::new(config.clone()),
     };
     spawn_housekeeping(registry.clone(), cancel.clone());
+    if let Some(receiver) = deps.access_ended {
+        spawn_access_ended_listener(registry.clone(), receiver, cancel.clone());
+    }
     let cors = cors_layer(&allowed_origins)?;
     let router = Router::new()
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
@@ -170,6 +176,43 @@ fn spawn_housekeeping(registry: Arc<Registry>, cancel: CancellationToken) {
                         tracing::error!(task = "mcp-housekeeping", %error, "cannot reap expired sessions");
                     }
                 }
+            }
+        }
+    });
+}
+
+/// Ends the sessions of revoked grants and dead users as soon as the OAuth half says so.
+fn spawn_access_ended_listener(
+    registry: Arc<Registry>,
+    mut receiver: tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>,
+    cancel: CancellationToken,
+) {
+    use crate::auth::AccessEnded;
+    use tokio::sync::broadcast::error::RecvError;
+    let tasks = registry.ctx.tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return,
+                event = receiver.recv() => event,
+            };
+            let result = match event {
+                Ok(AccessEnded::Grant { grant_id, .. }) => registry.end_grant(&grant_id).await,
+                Ok(AccessEnded::User { user_id }) => registry.end_user(user_id).await,
+                Err(RecvError::Lagged(missed)) => {
+                    // The verifier refuses those users' tokens anyway; their sessions end
+                    // on expiry instead of at once.
+                    tracing::warn!(
+                        task = "mcp-access-ended",
+                        missed,
+                        "access-ended events missed"
+                    );
+                    Ok(0)
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if let Err(error) = result {
+                tracing::error!(task = "mcp-access-ended", %error, "cannot end revoked sessions");
             }
         }
     });

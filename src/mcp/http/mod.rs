@@ -27,7 +27,7 @@ use super::registry::Registry;
 use super::store::SessionStore;
 use super::{McpConfig, SUPPORTED_VERSIONS};
 use crate::audit::SharedAudit;
-use crate::auth::{AccessTokenVerifier, Principal, UpstreamCredentials};
+use crate::auth::{AccessTokenVerifier, Principal, TokenRejection, UpstreamCredentials};
 use crate::clock::SharedClock;
 use crate::config::ServerConfig;
 use crate::store::{Db, StoreError};
@@ -101,7 +101,7 @@ struct Edge {
     registry: Arc<Registry>,
     verifier: Arc<dyn AccessTokenVerifier>,
     resource: Arc<str>,
-    resource_metadata: Arc<str>,
+    issuer: Arc<str>,
     allowed_origins: Arc<[String]>,
     config: Arc<McpConfig>,
 }
@@ -145,7 +145,7 @@ pub fn router(
         registry: registry.clone(),
         verifier: deps.verifier,
         resource: Arc::from(server.mcp_resource()),
-        resource_metadata: Arc::from(format!("{issuer}/.well-known/oauth-protected-resource/mcp")),
+        issuer: Arc::from(issuer.as_str()),
         allowed_origins: Arc::from(allowed_origins.clone()),
         config: Arc::new(config.clone()),
     };
@@ -258,21 +258,19 @@ async fn admit(edge: &Edge, headers: &HeaderMap) -> Result<Principal, Response> 
             return Err(EdgeError::OriginNotAllowed.into_response());
         }
     }
-    let token = match headers.get(header::AUTHORIZATION) {
-        None => return Err(unauthorized(edge, false)),
-        Some(value) => value.to_str().ok().and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        }),
-    };
-    let Some(token) = token.filter(|token| !token.is_empty()) else {
-        return Err(unauthorized(edge, true));
+    // The bearer token and the 401 are the OAuth half's (one helper for the whole broker):
+    // `Authorization: Bearer` only, never the query (item 17); the challenge points at the
+    // protected-resource metadata and says `invalid_token` only when a token was sent (item 16).
+    let token = match crate::oauth::verifier::bearer_token(headers) {
+        Ok(Some(token)) => token,
+        Ok(None) => return Err(unauthorized(edge, TokenRejection::Missing)),
+        Err(rejection) => return Err(unauthorized(edge, rejection)),
     };
     let principal = match edge.verifier.verify(token, &edge.resource).await {
         Ok(principal) => principal,
         Err(rejection) => {
             tracing::info!(reason = %rejection, "mcp bearer token rejected");
-            return Err(unauthorized(edge, true));
+            return Err(unauthorized(edge, rejection));
         }
     };
     if let Some(version) = headers.get(MCP_PROTOCOL_VERSION) {

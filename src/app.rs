@@ -316,6 +316,7 @@ pub async fn start_on(
             upstream: auth.upstream.clone(),
             launcher: Arc::new(crate::supervisor::plain::PlainLauncher),
             access_ended: Some(auth.access_ended.subscribe()),
+            rate_limiter: Some(rate_limiter.clone()),
         },
     )?;
     let mcp_handle = Arc::new(mcp_handle);

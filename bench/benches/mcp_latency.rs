@@ -229,6 +229,7 @@ async fn start_broker(data_dir: &std::path::Path) -> (String, mcp::McpHandle) {
             upstream: Arc::new(NoUpstream),
             launcher: Arc::new(PlainLauncher),
             access_ended: None,
+            rate_limiter: None,
         },
     )
     .expect("router");

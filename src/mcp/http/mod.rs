@@ -54,6 +54,8 @@ pub struct McpDeps {
     /// Revoked grants and dead users announced by the OAuth half: their sessions end at once
     /// (their ids answer 404 from then on).
     pub access_ended: Option<tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>>,
+    /// Per-IP and per-user limits on `/mcp` and on new sessions (ARCHITECTURE.md §6).
+    pub rate_limiter: Option<crate::ratelimit::SharedRateLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,7 @@ struct Edge {
     issuer: Arc<str>,
     allowed_origins: Arc<[String]>,
     config: Arc<McpConfig>,
+    rate_limiter: Option<crate::ratelimit::SharedRateLimiter>,
 }
 
 /// Builds `/mcp`, `/sse` and `/messages` with their CORS layer, and starts housekeeping.
@@ -148,18 +151,27 @@ pub fn router(
         issuer: Arc::from(issuer.as_str()),
         allowed_origins: Arc::from(allowed_origins.clone()),
         config: Arc::new(config.clone()),
+        rate_limiter: deps.rate_limiter,
     };
     spawn_housekeeping(registry.clone(), cancel.clone());
     if let Some(receiver) = deps.access_ended {
         spawn_access_ended_listener(registry.clone(), receiver, cancel.clone());
     }
     let cors = cors_layer(&allowed_origins)?;
-    let router = Router::new()
+    let rate_limiter = edge.rate_limiter.clone();
+    let mut router = Router::new()
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
         .route("/sse", get(get_legacy_sse))
         .route("/messages", post(post_legacy_message))
-        .with_state(edge)
-        .layer(cors);
+        .with_state(edge);
+    if let Some(limiter) = &rate_limiter {
+        // Inside CORS, so a 429 still carries the CORS headers a browser client needs.
+        router = router.layer(crate::ratelimit::layer(
+            limiter,
+            crate::ratelimit::EndpointClass::Mcp,
+        ));
+    }
+    let router = router.layer(cors);
     Ok((router, McpHandle { registry, cancel }))
 }
 
@@ -273,6 +285,9 @@ async fn admit(edge: &Edge, headers: &HeaderMap) -> Result<Principal, Response> 
             return Err(unauthorized(edge, rejection));
         }
     };
+    if let Some(refusal) = rate_refusal(edge, crate::ratelimit::EndpointClass::Mcp, &principal) {
+        return Err(refusal);
+    }
     if let Some(version) = headers.get(MCP_PROTOCOL_VERSION) {
         let supported = version
             .to_str()
@@ -282,6 +297,19 @@ async fn admit(edge: &Edge, headers: &HeaderMap) -> Result<Principal, Response> 
         }
     }
     Ok(principal)
+}
+
+/// Per-user limit of `class` (the per-IP one is the router's layer): the 429 if exceeded.
+fn rate_refusal(
+    edge: &Edge,
+    class: crate::ratelimit::EndpointClass,
+    principal: &Principal,
+) -> Option<Response> {
+    let limiter = edge.rate_limiter.as_ref()?;
+    limiter
+        .check(class, &crate::ratelimit::RateKey::user(principal.user_id))
+        .err()
+        .map(IntoResponse::into_response)
 }
 
 fn session_header(headers: &HeaderMap) -> Option<&str> {

@@ -54,3 +54,31 @@ async fn a_real_token_opens_a_session_and_revocation_ends_it() {
     assert_eq!(reply.status, 401, "the revoked token is refused");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn new_sessions_are_rate_limited_per_user() {
+    let broker = TestBroker::builder()
+        .toml(&format!(
+            "[mcp.child]\nprogram = \"{}\"\nargs = []\ndelivery = \"none\"\n[rate_limits.mcp_session]\nper_user = \"1/h\"\n",
+            test_child_path().display()
+        ))
+        .start()
+        .await;
+    let (_, tokens) = broker.login_new_client().await;
+    Client::new(&broker.base_url, &tokens.access_token)
+        .initialize()
+        .await;
+    let second = Client::new(&broker.base_url, &tokens.access_token);
+    let reply = second
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .await;
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert!(reply.headers.get("retry-after").is_some());
+    assert!(
+        reply.messages[0]["error"].is_object(),
+        "a JSON-RPC error: {}",
+        reply.body
+    );
+    broker.shutdown().await;
+}

@@ -207,6 +207,7 @@ impl Broker {
                 upstream: upstream.clone(),
                 launcher: Arc::new(PlainLauncher),
                 access_ended: Some(access_ended.subscribe()),
+                rate_limiter: None,
             },
         )
         .unwrap();

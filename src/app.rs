@@ -170,6 +170,10 @@ pub enum StartError {
     Mcp(#[from] crate::mcp::McpStartError),
     #[error("refusing to start: {0}")]
     Vault(#[from] KeystoreError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
+    #[error("cannot set up the sandbox: {0}")]
+    SandboxSetup(#[from] crate::supervisor::sandboxed::SandboxSetupError),
     #[error("refusing to start: the vault could not be opened: {0}")]
     VaultTask(tokio::task::JoinError),
 }
@@ -309,28 +313,45 @@ pub async fn start_on(
         access_ended,
         oauth_store: oauth_store.clone(),
     };
-    // The MCP edge (issue #3). Children start through the plain launcher until the sandbox
-    // launcher (issue #6) takes its place.
-    if matches!(
-        config.mcp.child.delivery,
-        crate::supervisor::TokenDelivery::Inject | crate::supervisor::TokenDelivery::Pipe
-    ) {
-        tracing::warn!(
-            "mcp.child.delivery = {:?} needs the sandbox launcher, which is not wired yet: MCP children will not start (set delivery = \"env\" for debugging until it is)",
-            config.mcp.child.delivery
-        );
-    }
+    // Children (issue #6): confined by the sandbox launcher, their only way out the egress
+    // proxy, which injects the user's token in `inject` mode.
+    let launcher: Arc<dyn crate::supervisor::ChildLauncher> = match deps.launcher.clone() {
+        Some(launcher) => launcher,
+        None if config.sandbox.enabled => {
+            let egress = Arc::new(crate::egress::Egress::new(
+                config.forgejo.url.clone(),
+                auth.upstream.clone(),
+                deps.audit.clone(),
+            )?);
+            Arc::new(
+                crate::supervisor::sandboxed::SandboxLauncher::new(
+                    config.sandbox.clone(),
+                    None,
+                    Some(deps.audit.clone()),
+                )?
+                .with_egress(egress),
+            )
+        }
+        None => {
+            tracing::warn!(
+                "sandbox.enabled = false: MCP children run unconfined with the broker's privileges; for development only"
+            );
+            Arc::new(crate::supervisor::plain::PlainLauncher)
+        }
+    };
+    let child_forgejo_url =
+        launcher.child_forgejo_url(config.forgejo.url.as_str().trim_end_matches('/'));
     let (mcp_router, mcp_handle) = crate::mcp::router(
         &config.server,
         &config.mcp,
-        config.forgejo.url.as_str().trim_end_matches('/'),
+        &child_forgejo_url,
         crate::mcp::McpDeps {
             db: db.clone(),
             clock: deps.clock.clone(),
             audit: deps.audit.clone(),
             verifier: auth.verifier.clone(),
             upstream: auth.upstream.clone(),
-            launcher: Arc::new(crate::supervisor::plain::PlainLauncher),
+            launcher,
             access_ended: Some(auth.access_ended.subscribe()),
             rate_limiter: Some(rate_limiter.clone()),
         },

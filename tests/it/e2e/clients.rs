@@ -244,3 +244,107 @@ async fn mcp_inspector_cli_lists_and_calls_tools_through_the_broker() {
     assert!(!output.status.success());
     broker.shutdown().await;
 }
+
+/// The full chain under the full sandbox (issue #6): `gitea-mcp` (Python) runs confined,
+/// its only network the egress listener inside its own namespace; in `inject` mode it holds a
+/// placeholder, and the broker's egress proxy adds the user's real Forgejo token on the way out.
+#[tokio::test]
+async fn gitea_mcp_under_the_sandbox_in_inject_mode_never_holds_the_forgejo_token() {
+    if let Some(reason) = crate::sandbox::unavailable() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let venv = peers_dir().join(".venv");
+    let gitea_mcp = venv.join("bin/gitea-mcp");
+    if !require_peer(&node()) || !require_peer(&gitea_mcp) {
+        return;
+    }
+    // The venv's interpreter lives in its base prefix (pyenv, /usr/local, ...).
+    let prefix = std::fs::read_to_string(venv.join("pyvenv.cfg"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("home = "))
+        .map(|home| std::path::PathBuf::from(home.trim()))
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let broker = TestBroker::builder()
+        .sandboxed()
+        .toml(&format!(
+            r#"
+            [sandbox]
+            profile = "python"
+            extra_read_only = ["{venv}", "{prefix}"]
+            launcher = "{launcher}"
+            memory_limit_mib = 512
+            [mcp.child]
+            program = "{program}"
+            args = []
+            env_allowlist = []
+            token_variable = "GITEA_TOKEN"
+            delivery = "inject"
+            [mcp.child.env]
+            GITEA_URL = "{{forgejo_url}}"
+            GITEA_MAX_RETRIES = "0"
+            "#,
+            venv = venv.display(),
+            prefix = prefix.display(),
+            launcher = super::BROKER_BIN,
+            program = gitea_mcp.display(),
+        ))
+        .start()
+        .await;
+    let calls = json!([
+        { "name": "list_repos", "arguments": {}, "expect": "notes" },
+        { "name": "create_issue",
+          "arguments": { "owner": "alice", "repo": "notes", "title": "Filed from inside the sandbox" },
+          "expect": "Filed from inside the sandbox" }
+    ])
+    .to_string();
+    let steps = run_typescript_client(&broker, &["--calls", &calls], &[]).await;
+    assert_full_flow(&broker, &steps);
+    assert!(
+        broker
+            .standin
+            .issues("alice", "notes")
+            .iter()
+            .any(|issue| issue.title == "Filed from inside the sandbox")
+    );
+    let events = broker.audit_events();
+    let spawned = events
+        .iter()
+        .find_map(|event| match event {
+            forgejo_mcp_broker::audit::AuditEvent::ChildSpawned { layers, .. } => Some(layers),
+            _ => None,
+        })
+        .expect("the spawn is audited with its layers");
+    for layer in ["user-namespace", "network-namespace", "seccomp"] {
+        assert!(
+            spawned.iter().any(|applied| applied == layer),
+            "{layer} not in {spawned:?}"
+        );
+    }
+    let upstream_calls: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            forgejo_mcp_broker::audit::AuditEvent::UpstreamApiCall {
+                method,
+                path,
+                status,
+                ..
+            } => Some((method.clone(), path.clone(), *status)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        upstream_calls
+            .iter()
+            .any(|(method, path, status)| method == "POST"
+                && path == "/api/v1/repos/alice/notes/issues"
+                && *status == 201),
+        "{upstream_calls:?}"
+    );
+    assert_no_forgejo_token_in(&broker, "the audit log", &format!("{events:?}"));
+    broker.shutdown().await;
+}

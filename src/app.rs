@@ -32,6 +32,8 @@ pub struct AppDeps {
     pub clock: SharedClock,
     pub audit: SharedAudit,
     pub metrics: Metrics,
+    /// Starts MCP children; `None` means the launcher the configuration asks for.
+    pub launcher: Option<Arc<dyn crate::supervisor::ChildLauncher>>,
 }
 
 impl AppDeps {
@@ -40,6 +42,7 @@ impl AppDeps {
             clock: Arc::new(SystemClock),
             audit: Arc::new(TracingAudit),
             metrics: Metrics::new(),
+            launcher: None,
         }
     }
 
@@ -60,6 +63,7 @@ impl AppDeps {
             clock,
             audit: audit.clone(),
             metrics,
+            launcher: None,
         };
         Ok((deps, audit))
     }
@@ -99,7 +103,8 @@ pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, Sta
         registry,
         vault_deps,
         Arc::new(keystore::source::process_env),
-    )?)
+    )?
+    .with_metrics(deps.metrics.clone()))
 }
 
 pub fn build_upstream(
@@ -161,6 +166,8 @@ pub enum StartError {
     Cimd(#[from] crate::oauth::cimd::CimdError),
     #[error("refusing to start: {0}")]
     Vault(#[from] KeystoreError),
+    #[error("cannot start the MCP edge: {0}")]
+    Mcp(#[from] crate::mcp::McpStartError),
     #[error("refusing to start: the vault could not be opened: {0}")]
     VaultTask(tokio::task::JoinError),
 }
@@ -168,7 +175,9 @@ pub enum StartError {
 /// Every column that holds vault ciphertext, declared by the component that owns it
 /// (keystore/registry.rs). The re-encryption job and `vault status` walk these.
 pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
-    SealedRegistry::new().with(crate::upstream::store::SEALED_COLUMNS)
+    SealedRegistry::new()
+        .with(crate::upstream::store::SEALED_COLUMNS)?
+        .with(crate::oauth::store::SEALED_COLUMNS)
 }
 
 /// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.
@@ -198,6 +207,7 @@ pub struct RunningApp {
     pub rate_limiter: SharedRateLimiter,
     pub auth: AuthHandles,
     pub vault: Arc<Vault>,
+    pub mcp: Arc<crate::mcp::McpHandle>,
 }
 
 impl RunningApp {
@@ -226,9 +236,42 @@ impl RunningApp {
     pub async fn shutdown(self, deadline: Duration) -> bool {
         self.cancel.cancel();
         self.tasks.close();
-        tokio::time::timeout(deadline, self.tasks.wait())
+        // Children stop (sessions stay in the database and resume after a restart).
+        let children_stopped = self.mcp.shutdown(deadline).await;
+        let tasks_stopped = tokio::time::timeout(deadline, self.tasks.wait())
             .await
-            .is_ok()
+            .is_ok();
+        children_stopped && tasks_stopped
+    }
+}
+
+/// Ends the MCP sessions of a revoked grant or a user whose Forgejo grant died, so their
+/// children stop at once rather than at their next request.
+async fn end_sessions_when_access_ends(
+    mut events: tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>,
+    mcp: Arc<crate::mcp::McpHandle>,
+    cancel: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(crate::auth::AccessEnded::Grant { grant_id, .. }) => {
+                mcp.end_grant(&grant_id).await;
+            }
+            Ok(crate::auth::AccessEnded::User { user_id }) => {
+                mcp.end_user(user_id).await;
+            }
+            Err(RecvError::Lagged(missed)) => {
+                // Sessions of missed grants still end at their next request (the verifier
+                // reads the grant from the database); only the early stop is lost.
+                tracing::warn!(task = "access-ended", missed, "revocation notices dropped");
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 
@@ -316,7 +359,29 @@ pub async fn start_on(
         limits: config.limits.clone(),
         metrics: metrics.clone(),
     };
-    let router = crate::http::router([crate::oauth::router(oauth_state, &rate_limiter)], &options);
+    // The MCP edge (issue #3): every request checked by the OAuth half's verifier; children get
+    // the user's Forgejo credentials from the upstream token keeper.
+    let (mcp_router, mcp) = crate::mcp::router(
+        &config.server,
+        &config.mcp,
+        config.forgejo.url.as_str(),
+        crate::mcp::McpDeps {
+            db: db.clone(),
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            verifier: auth.verifier.clone(),
+            upstream: auth.upstream.clone(),
+            launcher: deps
+                .launcher
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::supervisor::plain::PlainLauncher)),
+        },
+    )?;
+    let mcp = Arc::new(mcp);
+    let router = crate::http::router(
+        [crate::oauth::router(oauth_state, &rate_limiter), mcp_router],
+        &options,
+    );
 
     let local_addr = listener.local_addr().map_err(StartError::LocalAddr)?;
     let cancel = CancellationToken::new();
@@ -363,7 +428,13 @@ pub async fn start_on(
         cancel.clone(),
     ));
     tracing::info!(%local_addr, "serving");
+    tasks.spawn(end_sessions_when_access_ends(
+        auth.access_ended.subscribe(),
+        mcp.clone(),
+        cancel.clone(),
+    ));
     Ok(RunningApp {
+        mcp,
         local_addr,
         metrics_addr,
         cancel,

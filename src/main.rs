@@ -37,11 +37,23 @@ enum Command {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
     },
+    /// Run the whole chain on this machine with no setup: an embedded stand-in Forgejo (demo
+    /// user `alice`), the demo MCP child, a temporary data dir. Loopback only.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Keep the database, vault key and audit log here (default: a fresh temporary dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// The demo's stdio MCP child (whoami, list_repositories, create_issue against Forgejo's
     /// API). Reads FORGEJO_URL and FORGEJO_ACCESS_TOKEN, or the token from --token-file.
     DemoChild {
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Forgejo's base URL (default: $FORGEJO_URL).
+        #[arg(long)]
+        url: Option<String>,
     },
     /// The vault holding Forgejo tokens at rest: init, status, key rotation (docs/vault.md).
     Vault {
@@ -127,12 +139,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { command } => cli::audit::run(command),
         Command::Admin(args) => cli::admin::run(args),
-        Command::DemoChild { token_file } => {
+        Command::Demo { listen, data_dir } => {
+            init_logging(LogFormat::Human, "warn,forgejo_mcp_broker=info");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("broker-demo")
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async move {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    stop.cancel();
+                });
+                forgejo_mcp_broker::demo::run(
+                    forgejo_mcp_broker::demo::DemoOptions { listen, data_dir },
+                    shutdown,
+                )
+                .await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoChild { token_file, url } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file))?;
+            runtime.block_on(forgejo_mcp_broker::demo::child::run(token_file, url))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Vault { command } => vault_command(command),
@@ -160,7 +194,8 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
     let env = &source::process_env;
     match command {
         VaultCommand::Init { .. } => {
-            let report = keystore::init(&db, &config.vault, data_dir, &deps, env)?;
+            let registry = forgejo_mcp_broker::app::sealed_columns()?;
+            let report = keystore::init(&db, &config.vault, data_dir, &registry, &deps, env)?;
             println!("vault initialised; master key from {}", report.origin);
             if let Some(path) = report.generated_key_file {
                 println!(

@@ -241,6 +241,38 @@ async fn start_broker(data_dir: &std::path::Path) -> (String, mcp::McpHandle) {
     (url, handle)
 }
 
+/// The HTTP floor: the same client and server stack answering at once, no MCP, no child. The
+/// broker's own share is what remains above this and the direct child.
+async fn start_http_floor() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|body: String| async move {
+            ([("content-type", "application/json")], body)
+        }),
+    );
+    tokio::spawn(async move {
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let _ = axum::serve(listener, router).await;
+    });
+    url
+}
+
+fn floor_session(url: &str) -> Session {
+    Session {
+        http: reqwest::Client::new(),
+        url: url.to_owned(),
+        token: "none".to_owned(),
+        session: "none".to_owned(),
+        accept: "application/json",
+    }
+}
+
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -261,6 +293,7 @@ fn summary(label: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
 async fn run() {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let (url, handle) = start_broker(data_dir.path()).await;
+    let floor_url = start_http_floor().await;
 
     println!("== 1 session, sequential tools/call (echo)");
     let mut direct = Direct::start().await;
@@ -269,9 +302,12 @@ async fn run() {
     via_json.calls(WARMUP).await;
     let via_sse = Session::start(&url, 2, "application/json, text/event-stream").await;
     via_sse.calls(WARMUP).await;
-    // Interleave the three in rounds so drift in machine load hits all equally.
-    let (mut d, mut j, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    let floor = floor_session(&floor_url);
+    floor.calls(WARMUP).await;
+    // Interleave in rounds so drift in machine load hits all equally.
+    let (mut d, mut j, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..10 {
+        f.extend(floor.calls(CALLS_ONE / 10).await);
         d.extend(direct.calls(CALLS_ONE / 10).await);
         j.extend(via_json.calls(CALLS_ONE / 10).await);
         s.extend(via_sse.calls(CALLS_ONE / 10).await);
@@ -279,6 +315,11 @@ async fn run() {
     let (d50, d99) = summary("direct stdio", d);
     let (j50, j99) = summary("broker, JSON response", j);
     let (s50, s99) = summary("broker, SSE response", s);
+    let (f50, _) = summary("HTTP floor (echo handler, no MCP, no child)", f);
+    println!(
+        "broker's own share above HTTP floor + direct child (JSON): p50 {:.1} µs",
+        micros(j50) - micros(f50) - micros(d50)
+    );
     println!(
         "added by the broker (JSON): p50 {:.1} µs, p99 {:.1} µs; (SSE): p50 {:.1} µs, p99 {:.1} µs",
         micros(j50) - micros(d50),
@@ -321,7 +362,25 @@ async fn run() {
         broker_all.extend(task.await.expect("broker task"));
     }
     let broker_elapsed = start.elapsed();
+    let mut floors = Vec::new();
+    for _ in 0..SESSIONS {
+        let session = floor_session(&floor_url);
+        session.calls(20).await;
+        floors.push(session);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for session in floors {
+        tasks.push(tokio::spawn(async move { session.calls(CALLS_EACH).await }));
+    }
+    let mut floor_all = Vec::new();
+    for task in tasks {
+        floor_all.extend(task.await.expect("floor task"));
+    }
+    let floor_elapsed = start.elapsed();
     let total = (SESSIONS * CALLS_EACH) as f64;
+    let floor_rate = total / floor_elapsed.as_secs_f64();
+    summary("HTTP floor, 32 concurrent", floor_all);
     let direct_rate = total / direct_elapsed.as_secs_f64();
     let broker_rate = total / broker_elapsed.as_secs_f64();
     summary("direct stdio, 32 concurrent", direct_all);
@@ -329,6 +388,10 @@ async fn run() {
     println!(
         "throughput: direct {direct_rate:.0} calls/s, broker {broker_rate:.0} calls/s, ratio {:.1}%",
         100.0 * broker_rate / direct_rate
+    );
+    println!(
+        "HTTP floor {floor_rate:.0} calls/s; broker vs floor {:.1}%",
+        100.0 * broker_rate / floor_rate
     );
     let _ = handle.shutdown(Duration::from_secs(10)).await;
 }

@@ -99,6 +99,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         clock,
         audit: audit.clone(),
         metrics,
+        launcher: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -22,7 +22,7 @@ const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoChildError {
-    #[error("FORGEJO_URL is not set or not a URL")]
+    #[error("no Forgejo URL: pass --url or set FORGEJO_URL")]
     NoUrl,
     #[error("no token: set FORGEJO_ACCESS_TOKEN or pass --token-file")]
     NoToken,
@@ -41,9 +41,9 @@ struct Forgejo {
 }
 
 /// Runs the demo child on this process's stdio until stdin closes.
-pub async fn run(token_file: Option<PathBuf>) -> Result<(), DemoChildError> {
-    let base = std::env::var("FORGEJO_URL")
-        .ok()
+pub async fn run(token_file: Option<PathBuf>, url: Option<String>) -> Result<(), DemoChildError> {
+    let base = url
+        .or_else(|| std::env::var("FORGEJO_URL").ok())
         .and_then(|value| url::Url::parse(&value).ok())
         .ok_or(DemoChildError::NoUrl)?;
     let token = match token_file {

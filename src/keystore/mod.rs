@@ -96,13 +96,17 @@ pub enum KeystoreError {
         origin: String,
     },
     #[error(
-        "the master key from {origin} does not open this vault (key check failed): wrong key, wrong passphrase or a different database. Nothing was changed; restore the right key (docs/vault.md, \"Backup and restore\")"
+        "the master key from {origin} does not open this vault (key check failed): wrong key, wrong passphrase or a different database. Nothing was changed. After `vault rotate-master-key`, point [vault] at the new key; otherwise restore the right key (docs/vault.md, \"Backup and restore\")"
     )]
     WrongKey { origin: String },
     #[error(
         "data key version {version} cannot be unwrapped although the key check passed: the vault tables are damaged; restore them from a backup"
     )]
     DataKeyUnreadable { version: u32 },
+    #[error(
+        "{rows} sealed values exist but the vault's keys are missing from the database; refusing to create a new vault over them: restore the database from a backup (docs/vault.md)"
+    )]
+    OrphanedSealedValues { rows: u64 },
     #[error("the vault holds no active data key")]
     NoActiveDataKey,
     #[error("the stored Argon2id parameters or salt are damaged")]
@@ -284,12 +288,27 @@ pub fn init(
     db: &Db,
     config: &VaultConfig,
     data_dir: &Path,
+    registry: &SealedRegistry,
     deps: &VaultDeps,
     env: EnvLookup<'_>,
 ) -> Result<InitReport, KeystoreError> {
     db.migrate(COMPONENT, MIGRATIONS)?;
     if db.call(|connection| read_meta(connection))?.is_some() {
         return Err(KeystoreError::AlreadyInitialised);
+    }
+    // Sealed values without vault metadata: the metadata was lost or removed. A new vault
+    // would never open them; stop so the operator restores the database instead.
+    let orphaned = db.call(|connection| {
+        let mut total = 0u64;
+        for column in registry.columns() {
+            for (_, rows) in rotation::rows_per_version(connection, &column)? {
+                total += rows;
+            }
+        }
+        Ok::<_, KeystoreError>(total)
+    })?;
+    if orphaned > 0 {
+        return Err(KeystoreError::OrphanedSealedValues { rows: orphaned });
     }
     let mut generated_key_file = None;
     if config.key_source == KeySourceKind::KeyFile {
@@ -374,6 +393,7 @@ pub struct Vault {
     last_reload: Mutex<Option<ReloadAttempt>>,
     /// The target version the previous job step found no older row for (rotation.rs).
     pub(crate) retire_candidate: Mutex<Option<u32>>,
+    metrics: Option<crate::metrics::Metrics>,
     env: SharedEnv,
 }
 
@@ -402,7 +422,7 @@ impl Vault {
         // A database without vault metadata holds no sealed value, so creating a vault in it
         // cannot make anything unreadable; a database with one is never re-initialised.
         if meta.is_none() && config.auto_init {
-            let report = init(&db, &config, data_dir, &deps, &*env)?;
+            let report = init(&db, &config, data_dir, &registry, &deps, &*env)?;
             tracing::warn!(
                 target: "vault",
                 source = %report.origin,
@@ -462,8 +482,22 @@ impl Vault {
             origin,
             last_reload: Mutex::new(None),
             retire_candidate: Mutex::new(None),
+            metrics: None,
             env,
         })
+    }
+
+    /// Also counts operations in the Prometheus registry (`vault_operations{operation,
+    /// outcome}`): `seal`, `open`, `reencrypt`, `load_data_key`, `retire`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub(crate) fn count(&self, operation: &'static str, ok: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.vault_operation(operation, if ok { "ok" } else { "error" });
+        }
     }
 
     pub fn counters(&self) -> &VaultCounters {
@@ -582,6 +616,7 @@ impl Vault {
                         }
                         Err(error) => {
                             *last = Some(attempt);
+                            self.count("load_data_key", false);
                             tracing::warn!(
                                 target: "vault",
                                 version,
@@ -594,6 +629,7 @@ impl Vault {
                 }
             };
             self.keyring.update(|keyring| keyring.insert(version, key));
+            self.count("load_data_key", true);
             tracing::info!(target: "vault", version, "data key loaded");
         }
         // Retired versions stay in this process's keyring until it restarts: a write that
@@ -610,13 +646,16 @@ pub struct MustAuthorizeAgain;
 
 impl Sealer for Vault {
     fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
-        self.keyring.seal(aad, plaintext)
+        let result = self.keyring.seal(aad, plaintext);
+        self.count("seal", result.is_ok());
+        result
     }
 
     /// Opens, and reports every failure to authenticate (audit `vault_event`
     /// `row_unreadable`, error log, counter). Never deletes anything.
     fn open(&self, aad: &Aad<'_>, envelope: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let result = self.keyring.open(aad, envelope);
+        self.count("open", result.is_ok());
         if let Err(error) = &result {
             self.report_unreadable(aad, error);
         }

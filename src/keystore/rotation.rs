@@ -125,8 +125,9 @@ pub fn rotate_master_key(
     let kind = new_secret.kind();
     let rewrapped_versions = db.call(|connection| {
         // IMMEDIATE: takes the write lock first, so a concurrent `rotate-data-key` either
-        // finished before (its key is re-wrapped here) or waits (and wraps under the new key
-        // after re-reading the key check... it unlocks with the old one and fails loudly).
+        // committed before (its key is re-wrapped here) or commits after, and then finds the
+        // key check changed under it and fails loudly instead of wrapping under the old key.
+        // The same check here catches two master rotations racing each other.
         let transaction =
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let current = read_meta(&transaction)?.ok_or(KeystoreError::NoActiveDataKey)?;
@@ -486,6 +487,12 @@ impl Vault {
         self.counters
             .rows_reencrypted
             .fetch_add(outcome.1, std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..outcome.1 {
+            self.count("reencrypt", true);
+        }
+        for _ in 0..outcome.2 {
+            self.count("reencrypt", false);
+        }
         Ok(outcome)
     }
 
@@ -550,6 +557,7 @@ impl Vault {
             let _ = checkpoint_wal(&self.db);
         }
         for version in &retired {
+            self.count("retire", true);
             self.deps
                 .record("data_key_retired", format!("version={version}"));
             tracing::info!(target: "vault", version, "data key retired: no row uses it any more");
@@ -626,4 +634,48 @@ pub fn spawn_background(vault: Arc<Vault>, tasks: &TaskTracker, cancel: Cancella
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLUMN: SealedColumn = SealedColumn {
+        table: "t",
+        id_column: "id",
+        user_id_column: "user_id",
+        column: "secret",
+    };
+
+    #[test]
+    fn rows_per_version_reads_headers_and_flags_non_envelopes() {
+        let db = Db::open_in_memory().unwrap();
+        let counts = db
+            .call(|c| rows_per_version(c, &COLUMN).map_err(crate::store::StoreError::from))
+            .unwrap();
+        assert!(counts.is_empty(), "a missing table has no rows");
+        let counts = db
+            .call(|c| {
+                c.execute_batch(
+                    "CREATE TABLE t (id INTEGER PRIMARY KEY, user_id INTEGER, secret BLOB);
+                     INSERT INTO t VALUES (1, 1, x'0100000002aa'), (2, 1, x'0100000002bb'),
+                         (3, 1, x'0100000001cc'), (4, 1, x'01'), (5, 1, NULL);",
+                )?;
+                rows_per_version(c, &COLUMN).map_err(crate::store::StoreError::from)
+            })
+            .unwrap();
+        assert_eq!(counts, vec![(None, 1), (Some(1), 1), (Some(2), 2)]);
+    }
+
+    #[test]
+    fn ids_become_aad_text_as_documented() {
+        assert_eq!(id_as_text(&Value::Integer(42)).as_deref(), Some("42"));
+        assert_eq!(id_as_text(&Value::Integer(-1)).as_deref(), Some("-1"));
+        assert_eq!(
+            id_as_text(&Value::Text("01JD6Q".into())).as_deref(),
+            Some("01JD6Q")
+        );
+        assert_eq!(id_as_text(&Value::Blob(vec![1])), None);
+        assert_eq!(id_as_text(&Value::Null), None);
+    }
 }

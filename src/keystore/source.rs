@@ -247,7 +247,16 @@ pub fn read_secret_file(
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(read_error)?;
+    // O_NONBLOCK: a FIFO put in place of the key must not hang the start (the type check
+    // below then refuses it); it changes nothing for regular files.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_error)?
+    };
     let metadata = file.metadata().map_err(read_error)?;
     if !metadata.is_file() {
         return Err(KeySourceError::NotAFile {
@@ -375,6 +384,20 @@ mod tests {
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
         assert!(load(&key_file_config(&path), dir.path(), &no_env).is_ok());
+    }
+
+    #[test]
+    fn a_fifo_or_directory_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let error = load(&key_file_config(&fifo), dir.path(), &no_env).unwrap_err();
+        assert!(matches!(error, KeySourceError::NotAFile { .. }), "{error}");
+        let directory = dir.path().join("directory");
+        std::fs::create_dir(&directory).unwrap();
+        std::fs::set_permissions(&directory, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let error = load(&key_file_config(&directory), dir.path(), &no_env).unwrap_err();
+        assert!(matches!(error, KeySourceError::NotAFile { .. }), "{error}");
     }
 
     #[test]

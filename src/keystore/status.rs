@@ -129,6 +129,17 @@ pub fn status(
     })
 }
 
+/// RFC 3339 in UTC, or the raw number if it is out of range.
+fn timestamp(unix: UnixSeconds) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "key source:        {}", self.source)?;
@@ -176,9 +187,9 @@ impl fmt::Display for StatusReport {
                 "  v{:<4} {:<8} created {}{}",
                 key.version,
                 key.state,
-                key.created_at,
+                timestamp(key.created_at),
                 key.retired_at
-                    .map(|at| format!(", retired {at}"))
+                    .map(|at| format!(", retired {}", timestamp(at)))
                     .unwrap_or_default()
             )?;
         }

@@ -51,7 +51,7 @@ impl SpawnError {
 
 pub struct Context {
     pub config: McpConfig,
-    /// `{forgejo_url}` in the child's args.
+    /// `{forgejo_url}` in the child's args and fixed environment values.
     pub forgejo_url: String,
     pub launcher: Arc<dyn ChildLauncher>,
     pub upstream: Arc<dyn UpstreamCredentials>,
@@ -176,7 +176,12 @@ impl Context {
             .iter()
             .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
             .collect();
-        env.extend(profile.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(profile.env.iter().map(|(name, value)| {
+            (
+                name.clone(),
+                value.replace("{forgejo_url}", &self.forgejo_url),
+            )
+        }));
         let spec = ChildSpec {
             program: profile.program.clone(),
             args: profile

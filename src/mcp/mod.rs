@@ -56,6 +56,8 @@ pub struct McpConfig {
     /// How often sessions check timeouts, idleness and expiry.
     pub housekeeping_interval_ms: u64,
     pub max_sessions_per_user: usize,
+    /// Requests in flight at once on one session (429 above it).
+    pub max_in_flight_per_session: usize,
     /// Children running at once, all users together; at the limit the child idle the longest
     /// hibernates to make room.
     pub max_children: usize,
@@ -84,6 +86,7 @@ impl Default for McpConfig {
             keepalive_secs: 15,
             housekeeping_interval_ms: 1_000,
             max_sessions_per_user: 16,
+            max_in_flight_per_session: 64,
             max_children: 64,
             max_body_bytes: 4 * 1024 * 1024,
             max_line_bytes: 8 * 1024 * 1024,
@@ -143,6 +146,10 @@ impl Validate for McpConfig {
         }
         let sizes = [
             ("mcp.max_sessions_per_user", self.max_sessions_per_user),
+            (
+                "mcp.max_in_flight_per_session",
+                self.max_in_flight_per_session,
+            ),
             ("mcp.max_children", self.max_children),
             ("mcp.max_body_bytes", self.max_body_bytes),
             ("mcp.max_line_bytes", self.max_line_bytes),
@@ -169,7 +176,7 @@ pub struct ChildProfileConfig {
     pub args: Vec<String>,
     /// Variables copied from the broker's environment when set there; nothing else is inherited.
     pub env_allowlist: Vec<String>,
-    /// Fixed variables for the child.
+    /// Fixed variables for the child; `{forgejo_url}` is replaced as in `args`.
     pub env: BTreeMap<String, String>,
     /// The variable carrying the credential (`env` delivery, and `pipe` where the child reads env).
     pub token_variable: String,

@@ -59,7 +59,7 @@ impl Registry {
 
     /// Creates an uninitialized session for `principal` (the caller runs `initialize` on it,
     /// or opens the legacy SSE stream).
-    pub fn create(
+    pub async fn create(
         &self,
         principal: &Principal,
         legacy: bool,
@@ -67,7 +67,24 @@ impl Registry {
         let now = self.ctx.clock.now();
         let limit = self.ctx.config.max_sessions_per_user;
         if self.ctx.store.count_live_for_user(principal.user_id, now)? >= limit {
-            return Err(RegistryError::TooManySessions(limit));
+            // Clients that never DELETE (Claude registers a new client per connection) would
+            // otherwise lock a user out until expiry: the least recently used session that has
+            // been idle past the idle timeout makes room. Only if none is idle is it an error.
+            let idle_before = now.saturating_sub(self.ctx.config.idle_timeout_secs_i64());
+            match self
+                .ctx
+                .store
+                .least_recently_used(principal.user_id, now, idle_before)?
+            {
+                Some(key) => match self.in_memory(&key) {
+                    Some(shared) => {
+                        self.end(&shared, "session limit: least recently used")
+                            .await
+                    }
+                    None => self.ctx.store.delete(&key)?,
+                },
+                None => return Err(RegistryError::TooManySessions(limit)),
+            }
         }
         // Item 114: 32 random bytes, base64url — visible ASCII only.
         let id = random_token(32).map_err(|_| RegistryError::Random)?;

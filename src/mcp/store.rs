@@ -195,6 +195,27 @@ impl SessionStore {
         })
     }
 
+    /// The user's live session used least recently, if it was last used before `idle_before`.
+    pub fn least_recently_used(
+        &self,
+        user_id: UserId,
+        now: UnixSeconds,
+        idle_before: UnixSeconds,
+    ) -> Result<Option<String>, StoreError> {
+        self.db.call(|connection| {
+            connection
+                .query_row(
+                    "SELECT id_hash FROM mcp_sessions
+                     WHERE user_id = ?1 AND expires_at > ?2 AND last_seen <= ?3 AND legacy = 0
+                     ORDER BY last_seen ASC LIMIT 1",
+                    params![user_id, now, idle_before],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(StoreError::from)
+        })
+    }
+
     /// Deletes expired records; returns their hashes so live actors can be ended too.
     pub fn delete_expired(&self, now: UnixSeconds) -> Result<Vec<String>, StoreError> {
         self.db.call(|connection| {

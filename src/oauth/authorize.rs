@@ -19,7 +19,7 @@ use super::OAuthState;
 use super::client::redirect_uri_matches;
 use super::error::{Delivery, OAuthError, OAuthFailure, client_redirect_url};
 use super::pages::{ConsentView, consent_page, harden_page_headers};
-use super::store::PendingAuthorization;
+use super::store::{ClientRecord, PendingAuthorization};
 use crate::audit::AuditEvent;
 use crate::config::is_loopback_url;
 use crate::secret::{
@@ -173,13 +173,12 @@ fn set_cookie_header(state: &OAuthState, value: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&text).ok()
 }
 
-pub async fn authorize(
-    State(state): State<Arc<OAuthState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, OAuthFailure> {
-    let params =
-        parse_authorize_query(query.as_deref().unwrap_or("")).map_err(OAuthFailure::page)?;
+/// Step 1: the client and its redirect URI. Failures here are shown as a page, never
+/// redirected: the redirect URI is not trusted yet (RFC 6749 §4.1.2.1).
+async fn trusted_client(
+    state: &OAuthState,
+    params: &AuthorizeParams,
+) -> Result<(ClientRecord, String, Url), OAuthFailure> {
     let client = state
         .resolve_client(&params.client_id, false)
         .await
@@ -204,28 +203,36 @@ pub async fn authorize(
     };
     let redirect_url = Url::parse(&redirect_uri)
         .map_err(|_| OAuthFailure::page(OAuthError::InvalidRequest("redirect_uri is malformed")))?;
-    let redirect_error = |error: OAuthError| OAuthFailure {
-        error,
-        delivery: Delivery::Redirect {
-            redirect_uri: redirect_url.clone(),
-            state: params.state.clone(),
-            issuer: state.issuer.clone(),
-        },
-    };
-    let checked = params.checked.clone().map_err(redirect_error)?;
-    let resource = state
-        .check_resource(&checked.resource)
-        .map_err(redirect_error)?;
+    // The string is kept as sent: the token request must repeat it byte for byte.
+    Ok((client, redirect_uri, redirect_url))
+}
 
+/// What the consent page needs after the pending authorization is stored.
+struct OpenedConsent {
+    request_id: String,
+    csrf: SecretString,
+    browser: SecretString,
+}
+
+/// Step 3: stores the pending authorization, bound to this browser (its existing cookie, or a
+/// new one) and to a fresh single-use CSRF token; both only as hashes.
+fn open_consent(
+    state: &OAuthState,
+    client: &ClientRecord,
+    redirect_uri: String,
+    params: &AuthorizeParams,
+    checked: CheckedParams,
+    resource: String,
+    existing_browser: Option<String>,
+) -> Result<OpenedConsent, OAuthError> {
     let now = state.now();
-    let cookie_name = cookie_name(&state);
-    let browser = match browser_cookie(&headers, cookie_name) {
+    let browser = match existing_browser {
         Some(value) => SecretString::from(value),
-        None => random_token(32).map_err(|error| redirect_error(error.into()))?,
+        None => random_token(32)?,
     };
-    let csrf = random_token(32).map_err(|error| redirect_error(error.into()))?;
+    let csrf = random_token(32)?;
     let pending = PendingAuthorization {
-        id: random_id(16).map_err(|error| redirect_error(error.into()))?,
+        id: random_id(16)?,
         client_id: client.client_id.clone(),
         redirect_uri,
         state: params.state.clone(),
@@ -237,21 +244,30 @@ pub async fn authorize(
         upstream_verifier: None,
         expires_at: now + OAuthState::ttl(state.config.consent_ttl_secs),
     };
-    state
-        .store
-        .insert_pending(
-            &pending,
-            now,
-            state.config.max_pending_authorizations,
-            state.config.max_pending_per_client,
-        )
-        .map_err(redirect_error)?;
+    state.store.insert_pending(
+        &pending,
+        now,
+        state.config.max_pending_authorizations,
+        state.config.max_pending_per_client,
+    )?;
+    Ok(OpenedConsent {
+        request_id: pending.id,
+        csrf,
+        browser,
+    })
+}
 
+/// Step 4: the page, its hardening headers and the browser cookie.
+fn consent_response(
+    state: &OAuthState,
+    client: &ClientRecord,
+    redirect_url: &Url,
+    opened: &OpenedConsent,
+) -> Response {
     let client_id_host = super::cimd::is_cimd_client_id(&client.client_id)
         .then(|| Url::parse(&client.client_id).ok())
         .flatten()
         .and_then(|url| url.host_str().map(str::to_owned));
-    let redirect_host = redirect_url.host_str().unwrap_or("").to_owned();
     let forgejo_origin = state.upstream.client().browser_origin();
     let page = consent_page(&ConsentView {
         client_name: client
@@ -261,19 +277,52 @@ pub async fn authorize(
             .unwrap_or("An unnamed application"),
         client_id: &client.client_id,
         client_id_host: client_id_host.as_deref(),
-        redirect_host: &redirect_host,
-        redirect_is_loopback: is_loopback_url(&redirect_url),
+        redirect_host: redirect_url.host_str().unwrap_or(""),
+        redirect_is_loopback: is_loopback_url(redirect_url),
         forgejo_origin: &forgejo_origin,
         forgejo_scopes: state.upstream.client().scopes(),
-        request_id: &pending.id,
-        csrf: csrf.expose_secret(),
+        request_id: &opened.request_id,
+        csrf: opened.csrf.expose_secret(),
     });
     let mut response = Html(page).into_response();
     harden_page_headers(response.headers_mut());
-    if let Some(cookie) = set_cookie_header(&state, browser.expose_secret()) {
+    if let Some(cookie) = set_cookie_header(state, opened.browser.expose_secret()) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
-    Ok(response)
+    response
+}
+
+pub async fn authorize(
+    State(state): State<Arc<OAuthState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, OAuthFailure> {
+    let params =
+        parse_authorize_query(query.as_deref().unwrap_or("")).map_err(OAuthFailure::page)?;
+    let (client, redirect_uri, redirect_url) = trusted_client(&state, &params).await?;
+    // Step 2: from here on, errors go back to the client with state and iss.
+    let to_client = |error: OAuthError| OAuthFailure {
+        error,
+        delivery: Delivery::Redirect {
+            redirect_uri: redirect_url.clone(),
+            state: params.state.clone(),
+            issuer: state.issuer.clone(),
+        },
+    };
+    let checked = params.checked.clone().map_err(to_client)?;
+    let resource = state.check_resource(&checked.resource).map_err(to_client)?;
+    let browser = browser_cookie(&headers, cookie_name(&state));
+    let opened = open_consent(
+        &state,
+        &client,
+        redirect_uri,
+        &params,
+        checked,
+        resource,
+        browser,
+    )
+    .map_err(to_client)?;
+    Ok(consent_response(&state, &client, &redirect_url, &opened))
 }
 
 /// The consent form (RFC-less: the broker's own page).

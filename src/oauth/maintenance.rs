@@ -57,16 +57,18 @@ impl OAuthStore {
     }
 
     /// Deletes clients nobody uses: DCR clients registered before `now - ttl` that have no
-    /// grant and no authorization in progress, and CIMD cache entries expired before that with
-    /// no live grant (a CIMD client comes back by being fetched again). Returns their ids.
+    /// grant and no authorization in progress, and CIMD cache entries expired for a day with
+    /// no live grant (a CIMD client comes back by being fetched again; anyone can make the
+    /// broker cache a document, so these must not pile up). Returns their ids.
     pub fn sweep_clients(&self, now: UnixSeconds, ttl: i64) -> Result<Vec<String>, OAuthError> {
         let cutoff = now.saturating_sub(ttl);
+        let cimd_cutoff = now.saturating_sub(KEEP_AFTER_EXPIRY);
         self.call(|c| {
             let tx = c.transaction()?;
             let ids = {
                 let mut statement = tx.prepare(
                     "DELETE FROM oauth_clients
-                     WHERE ((kind = 'dcr' AND created_at < ?1) OR (kind = 'cimd' AND expires_at < ?1))
+                     WHERE ((kind = 'dcr' AND created_at < ?1) OR (kind = 'cimd' AND expires_at < ?2))
                        AND NOT EXISTS (SELECT 1 FROM oauth_grants g
                                        WHERE g.client_id = oauth_clients.client_id
                                          AND (oauth_clients.kind = 'dcr' OR g.revoked_at IS NULL))
@@ -74,7 +76,7 @@ impl OAuthStore {
                      RETURNING client_id",
                 )?;
                 statement
-                    .query_map(params![cutoff], |row| row.get(0))?
+                    .query_map(params![cutoff, cimd_cutoff], |row| row.get(0))?
                     .collect::<Result<Vec<String>, _>>()?
             };
             tx.commit()?;
@@ -148,10 +150,11 @@ impl Sweeper {
             Ok(counts) => tracing::debug!(task = "oauth-sweep", ?counts, "swept"),
             Err(error) => tracing::warn!(task = "oauth-sweep", %error, "sweep failed"),
         }
-        if self.unused_client_ttl_secs == 0 {
-            return;
-        }
-        let ttl = i64::try_from(self.unused_client_ttl_secs).unwrap_or(i64::MAX);
+        // 0 keeps DCR clients forever; stale CIMD cache entries are swept regardless.
+        let ttl = match self.unused_client_ttl_secs {
+            0 => i64::MAX,
+            secs => i64::try_from(secs).unwrap_or(i64::MAX),
+        };
         match self.store.sweep_clients(now, ttl) {
             Ok(ids) => {
                 for client_id in ids {
@@ -265,7 +268,9 @@ mod tests {
             store.sweep_clients(1_100, 1_000).unwrap().is_empty(),
             "too young"
         );
-        let mut swept = store.sweep_clients(5_000, 1_000).unwrap();
+        let mut swept = store
+            .sweep_clients(1_500 + KEEP_AFTER_EXPIRY + 1, 1_000)
+            .unwrap();
         swept.sort();
         assert_eq!(
             swept,

@@ -10,7 +10,8 @@ use crate::auth::{AccessEnded, AccessEndedSender, UserId};
 use crate::clock::UnixSeconds;
 use crate::store::Db;
 
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE oauth_clients (
         client_id TEXT PRIMARY KEY,
         kind TEXT NOT NULL CHECK (kind IN ('dcr', 'cimd')),
@@ -75,7 +76,23 @@ pub const MIGRATIONS: &[&str] = &["
         grace_used INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX oauth_refresh_tokens_grant ON oauth_refresh_tokens (grant_id);
-"];
+",
+    "
+    -- The sealed PKCE verifier's user id for the vault's registry contract: always 0 (the
+    -- user is not known before Forgejo's callback).
+    ALTER TABLE oauth_pending ADD COLUMN sealed_user_id INTEGER NOT NULL DEFAULT 0;
+",
+];
+
+/// The sealed column of this component (the upstream PKCE verifier of a pending login,
+/// sealed by `upstream::Upstream::seal_verifier` with row id = `id`, user id 0), declared to
+/// the vault's re-encryption job and `vault status` (keystore/registry.rs).
+pub const SEALED_COLUMNS: crate::keystore::SealedColumns = crate::keystore::SealedColumns {
+    table: "oauth_pending",
+    id_column: "id",
+    user_id_column: "sealed_user_id",
+    columns: &["upstream_verifier"],
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientKind {

@@ -239,6 +239,26 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn dropping_the_handle_kills_the_whole_group() {
+        let handle = PlainLauncher
+            .launch(spec("/bin/sh", &["-c", "sleep 300 & sleep 300; wait"]))
+            .await
+            .unwrap();
+        let pid = handle.control.pid().unwrap();
+        assert!(!live_members_of_group(pid).is_empty());
+        drop(handle);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !live_members_of_group(pid).is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            live_members_of_group(pid),
+            Vec::<u32>::new(),
+            "group {pid} survived its owner"
+        );
+    }
+
     fn live_members_of_group(pgid: u32) -> Vec<u32> {
         let mut members = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {

@@ -181,6 +181,10 @@ impl Upstream {
             Ok(Some(grant)) if grant.dead => Err(UpstreamCredentialsError::GrantDead),
             Ok(Some(grant)) => Ok(grant),
             Ok(None) => Err(UpstreamCredentialsError::NoGrant),
+            // A sealed token that does not open (tampered, moved, or sealed under a key this
+            // vault lacks): the vault has reported it (audit `row_unreadable`, counter); the row
+            // is kept and the user must authorize again, which replaces it (issue #5).
+            Err(GrantStoreError::Vault(_)) => Err(UpstreamCredentialsError::GrantDead),
             Err(error) => {
                 tracing::error!(user_id, %error, "cannot read the upstream grant");
                 Err(UpstreamCredentialsError::Unavailable)

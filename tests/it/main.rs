@@ -8,6 +8,7 @@
 )]
 
 mod demo_child;
+mod e2e;
 mod fixtures;
 mod mcp;
 mod oauth;

@@ -96,6 +96,7 @@ impl Fixture {
             &self.db(),
             &self.config,
             self.data_dir(),
+            &SealedRegistry::new().with(TABLE).unwrap(),
             &self.deps(),
             &no_env,
         )
@@ -255,6 +256,7 @@ fn init_then_serve_round_trips_and_init_never_overwrites() {
         &db,
         &fixture.config,
         fixture.data_dir(),
+        &SealedRegistry::new().with(TABLE).unwrap(),
         &fixture.deps(),
         &no_env,
     );
@@ -322,7 +324,15 @@ fn a_passphrase_vault_honours_its_stored_kdf_parameters_and_can_raise_them() {
         ..VaultConfig::default()
     };
     let db = fixture.db();
-    keystore::init(&db, &config, fixture.data_dir(), &fixture.deps(), &no_env).unwrap();
+    keystore::init(
+        &db,
+        &config,
+        fixture.data_dir(),
+        &SealedRegistry::new().with(TABLE).unwrap(),
+        &fixture.deps(),
+        &no_env,
+    )
+    .unwrap();
     let vault = fixture.open_with(&config).unwrap();
     write_row(&vault, &db, 1);
     drop(vault);
@@ -621,6 +631,9 @@ fn rotations_under_concurrent_reads_and_writes() {
                     check_row(&vault, &db, id);
                 }
                 operations += 1;
+                // The connection mutex is not fair: without a yield, three tight loops can
+                // starve the re-encryption job on a loaded 2-core machine.
+                std::thread::yield_now();
             }
             operations
         }));
@@ -867,4 +880,33 @@ fn first_start_initialises_from_a_prepared_key_and_env_sources_are_audited() {
     assert_eq!(count("vault_initialised"), 1);
     assert_eq!(count("key_source_discouraged"), 2);
     assert!(!format!("{events:?}").contains(key.to_key_file().trim_end()));
+}
+
+#[test]
+fn a_lost_vault_is_never_replaced_over_existing_ciphertext() {
+    let fixture = Fixture::new();
+    fixture.init();
+    let vault = fixture.open().unwrap();
+    let db = fixture.db();
+    write_row(&vault, &db, 1);
+    drop(vault);
+    // Someone removed the vault's tables' content (or restored half a backup).
+    db.call(|connection| {
+        connection
+            .execute_batch("DELETE FROM vault_data_keys; DELETE FROM vault_meta;")
+            .map_err(StoreError::from)
+    })
+    .unwrap();
+    let rows_before = sealed_columns(&db);
+    let error = fixture.open().unwrap_err();
+    assert!(
+        matches!(error, KeystoreError::OrphanedSealedValues { rows: 2 }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("restore the database"));
+    assert_eq!(sealed_columns(&db), rows_before);
+    assert!(
+        fixture.vault_tables().is_empty(),
+        "no new vault was created"
+    );
 }

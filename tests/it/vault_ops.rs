@@ -201,3 +201,204 @@ async fn operator_commands_run_while_the_broker_serves() {
     assert!(!text.contains(key.trim_end()), "{text}");
     assert!(running.shutdown(Duration::from_secs(5)).await);
 }
+
+/// Both rotations while the broker serves real OAuth traffic: users' Forgejo token sets (the
+/// registered `upstream_grants` columns) are read and refreshed throughout; afterwards every
+/// grant is at the new data key, the old one is retired, a restart with the new master key
+/// works, and no Forgejo token is on disk in clear.
+#[tokio::test]
+async fn rotations_while_serving_real_upstream_grants() {
+    use forgejo_mcp_broker::auth::UpstreamCredentials;
+    use forgejo_mcp_broker::keystore::rotation::{self, JobHooks, NewMasterKey};
+    use forgejo_mcp_broker::keystore::{VaultDeps, scan, source};
+
+    use crate::fixtures::{ALICE, TestBroker};
+
+    let mut broker = TestBroker::builder().manual_clock().start().await;
+    let (_client, _tokens) = broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    upstream.access_token(ALICE).await.unwrap();
+
+    let config = broker.config();
+    let data_dir = config.server.data_dir.clone();
+    let operator = forgejo_mcp_broker::store::Db::open(&config.server.database_path()).unwrap();
+    let deps = VaultDeps {
+        audit: broker.audit.clone(),
+        clock: broker.clock.clone(),
+    };
+    let grant_versions = |db: &forgejo_mcp_broker::store::Db| -> Vec<u32> {
+        let rows: Vec<Vec<u8>> = db
+            .call(|c| {
+                let mut statement = c.prepare(
+                    "SELECT access_token FROM upstream_grants
+                     UNION ALL SELECT refresh_token FROM upstream_grants",
+                )?;
+                let rows = statement
+                    .query_map([], |row| row.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, forgejo_mcp_broker::store::StoreError>(rows)
+            })
+            .unwrap();
+        let mut versions: Vec<u32> = rows
+            .iter()
+            .map(|envelope| vault::Keyring::envelope_key_version(envelope).unwrap())
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        versions
+    };
+    assert_eq!(grant_versions(&operator), vec![1]);
+
+    // Users keep reading and refreshing while the operator rotates.
+    let traffic = {
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            for round in 0..40 {
+                if round % 4 == 0 {
+                    upstream.refresh_now(ALICE).await.unwrap();
+                } else {
+                    upstream.access_token(ALICE).await.unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let env = &source::process_env;
+    rotation::rotate_data_key(&operator, &config.vault, &data_dir, &deps, env).unwrap();
+    let vault = std::sync::Arc::clone(&broker.app().vault);
+    let new_key = data_dir.join("vault-next.key");
+    let key_path = config.vault.key_file_path(&data_dir);
+    let steps = {
+        let vault = std::sync::Arc::clone(&vault);
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..50 {
+                vault.reencrypt_step(JobHooks::default()).unwrap();
+            }
+        })
+    };
+    let report = rotation::rotate_master_key(
+        &operator,
+        &config.vault,
+        &data_dir,
+        &NewMasterKey::KeyFile(new_key.clone()),
+        &deps,
+        env,
+    )
+    .unwrap();
+    // v1 may already be retired by the job running alongside; v2 is always re-wrapped.
+    assert_eq!(report.rewrapped_versions.last(), Some(&2));
+    std::fs::rename(&new_key, &key_path).unwrap();
+    traffic.await.unwrap();
+    steps.await.unwrap();
+    // Let the job finish what traffic wrote last (as its next ticks would).
+    for _ in 0..5 {
+        vault.reencrypt_step(JobHooks::default()).unwrap();
+    }
+    assert_eq!(grant_versions(&operator), vec![2]);
+    let retired = broker
+        .audit_events()
+        .into_iter()
+        .filter(|event| {
+            matches!(event, forgejo_mcp_broker::audit::AuditEvent::VaultEvent { action, detail }
+            if action == "data_key_retired" && detail == "version=1")
+        })
+        .count();
+    assert_eq!(retired, 1);
+    assert_eq!(vault.counters().row_authentication_failures(), 0);
+    drop(vault);
+
+    // A restart opens with the new master key (replaced in place) and data key v2 only.
+    broker.restart().await;
+    assert_eq!(broker.app().vault.versions(), vec![2]);
+    let upstream = broker.app().auth.upstream.clone();
+    upstream.access_token(ALICE).await.unwrap();
+    upstream.refresh_now(ALICE).await.unwrap();
+
+    let issued = broker.standin.issued_tokens();
+    assert!(issued.len() >= 10, "{}", issued.len());
+    let mut needles: Vec<&[u8]> = issued.iter().map(|token| token.as_bytes()).collect();
+    let marker = forgejo_mcp_broker::standin::token_marker();
+    needles.push(marker.as_bytes());
+    assert_eq!(
+        scan::database_files(&config.server.database_path(), &needles),
+        vec![]
+    );
+    broker.shutdown().await;
+}
+
+/// A grant whose ciphertext does not open is reported and means "authorize again": the row is
+/// kept untouched, and a new login replaces it.
+#[tokio::test]
+async fn an_unreadable_upstream_grant_means_authorize_again_and_is_kept() {
+    use forgejo_mcp_broker::audit::AuditEvent;
+    use forgejo_mcp_broker::auth::{UpstreamCredentials, UpstreamCredentialsError};
+
+    use crate::fixtures::{ALICE, TestBroker};
+
+    let broker = TestBroker::builder().start().await;
+    let (client, _tokens) = broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    upstream.access_token(ALICE).await.unwrap();
+    let db = broker.app().db.clone();
+    let read = || -> Vec<u8> {
+        db.call(|c| {
+            c.query_row(
+                "SELECT access_token FROM upstream_grants WHERE user_id = ?1",
+                [ALICE],
+                |row| row.get(0),
+            )
+            .map_err(forgejo_mcp_broker::store::StoreError::from)
+        })
+        .unwrap()
+    };
+    let mut tampered = read();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    db.call(|c| {
+        c.execute(
+            "UPDATE upstream_grants SET access_token = ?1 WHERE user_id = ?2",
+            rusqlite::params![tampered, ALICE],
+        )
+        .map_err(forgejo_mcp_broker::store::StoreError::from)
+    })
+    .unwrap();
+
+    let error = upstream.access_token(ALICE).await.unwrap_err();
+    assert!(
+        matches!(error, UpstreamCredentialsError::GrantDead),
+        "{error}"
+    );
+    assert_eq!(read(), tampered, "kept as it was, not deleted or rewritten");
+    assert_eq!(
+        broker.app().vault.counters().row_authentication_failures(),
+        1
+    );
+    let metrics = broker.app().metrics.encode();
+    let line = |operation: &str, outcome: &str| {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("forgejo_mcp_broker_vault_operations")
+                    && line.contains(&format!("operation=\"{operation}\""))
+                    && line.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .map(str::to_owned)
+    };
+    assert!(
+        line("open", "error").is_some_and(|l| l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(line("seal", "ok").is_some(), "{metrics}");
+    assert!(broker.audit_events().iter().any(|event| matches!(
+        event,
+        AuditEvent::VaultEvent { action, detail }
+            if action == "row_unreadable" && detail.contains("table=upstream_grants")
+                && detail.contains(&format!("user_id={ALICE}"))
+    )));
+
+    // Authorizing again replaces the row.
+    broker.login(&client).await;
+    upstream.access_token(ALICE).await.unwrap();
+    assert_ne!(read(), tampered);
+    broker.shutdown().await;
+}

@@ -4,13 +4,15 @@
 // tools/call; then a token refresh and another call; then revocation and a 401.
 //
 // Usage: node oauth-client.mjs --url http://127.0.0.1:PORT/mcp [--cimd https://…/client.json]
-//                              [--tool NAME] [--args JSON] [--expect-text SUBSTRING]
+//          [--tool NAME] [--args JSON] [--expect-text SUBSTRING]
+//          [--calls '[{"name": …, "arguments": {…}, "expect": "…"}, …]']   (several tool calls)
 // Prints one JSON object per step on stdout ({"step": …}); exits non-zero on the first failure.
 // The Rust integration test (tests/it/e2e) parses these lines and asserts on them.
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+import { randomBytes } from 'node:crypto';
 
 const args = parseArgs(process.argv.slice(2));
 const mcpUrl = new URL(args.url);
@@ -114,6 +116,10 @@ class InMemoryProvider {
   get redirectUrl() {
     return redirectUrl;
   }
+  // The SDK sends `state` only when the provider supplies one; real clients do.
+  state() {
+    return randomBytes(16).toString('base64url');
+  }
   get clientMetadata() {
     return {
       client_name: 'forgejo-mcp-broker e2e (TypeScript SDK)',
@@ -192,7 +198,7 @@ async function followToCallback(browser, startUrl, expectedState) {
       const html = await response.text();
       const { action, fields } = parseConsentForm(html, url);
       emit('consent_page', {
-        names_redirect_host: html.includes(new URL(redirectUrl).host),
+        names_redirect_host: html.includes(new URL(redirectUrl).hostname),
         csp: response.headers.get('content-security-policy'),
       });
       const submit = await browser.request(action, {
@@ -220,14 +226,18 @@ async function connect(provider) {
   return { client, transport };
 }
 
-async function callTool(client) {
-  const name = args.tool;
-  const toolArgs = args.args ? JSON.parse(args.args) : {};
+const calls = args.calls
+  ? JSON.parse(args.calls)
+  : args.tool
+    ? [{ name: args.tool, arguments: args.args ? JSON.parse(args.args) : {}, expect: args['expect-text'] }]
+    : [];
+
+async function callTool(client, { name, arguments: toolArgs = {}, expect }) {
   const result = await client.callTool({ name, arguments: toolArgs });
   const text = (result.content ?? []).filter((c) => c.type === 'text').map((c) => c.text).join('\n');
   if (result.isError) throw new Error(`tool ${name} failed: ${text}`);
-  if (args['expect-text'] && !text.includes(args['expect-text'])) {
-    throw new Error(`tool ${name} result does not contain ${args['expect-text']}: ${text}`);
+  if (expect && !text.includes(expect)) {
+    throw new Error(`tool ${name} result does not contain ${expect}: ${text}`);
   }
   return text;
 }
@@ -268,7 +278,7 @@ async function main() {
   });
   const tools = await client.listTools();
   emit('tools_listed', { names: tools.tools.map((t) => t.name) });
-  if (args.tool) emit('tool_called', { name: args.tool, text: await callTool(client) });
+  for (const call of calls) emit('tool_called', { name: call.name, text: await callTool(client, call) });
 
   // 4. Refresh: make the access token unusable; the SDK must refresh with the refresh token
   //    (rotation: the refresh token changes) and retry.
@@ -283,7 +293,9 @@ async function main() {
     refresh_token_rotated: after.refresh_token !== before.refresh_token,
     reauthorized: provider.authorizations > 1,
   });
-  if (args.tool) emit('tool_called_after_refresh', { name: args.tool, text: await callTool(client) });
+  if (calls.length > 0) {
+    emit('tool_called_after_refresh', { name: calls[0].name, text: await callTool(client, calls[0]) });
+  }
   await client.close();
 
   // 5. Revoke (RFC 7009) both tokens; the next request must get 401 and no refresh may succeed.

@@ -17,6 +17,8 @@
 )]
 
 pub mod envelope;
+/// Fuzz oracles: only in tests and `cargo fuzz` builds (`--cfg fuzzing`), never in the broker.
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kdf;

@@ -30,6 +30,8 @@ pub(super) enum EdgeError {
     InvalidMessage(&'static str),
     #[error("not acceptable")]
     NotAcceptable(&'static str),
+    #[error("too many requests in flight")]
+    TooManyInFlight(usize),
     #[error("too many sessions")]
     TooManySessions(usize),
     #[error("internal error")]
@@ -101,6 +103,13 @@ impl IntoResponse for EdgeError {
                 StatusCode::NOT_ACCEPTABLE,
                 codes::BAD_REQUEST,
                 format!("Not Acceptable: {why}"),
+            ),
+            Self::TooManyInFlight(limit) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                codes::LIMIT_REACHED,
+                format!(
+                    "Too many requests in flight on this session (limit {limit}); wait for answers"
+                ),
             ),
             Self::TooManySessions(limit) => (
                 StatusCode::TOO_MANY_REQUESTS,

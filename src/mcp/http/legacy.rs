@@ -23,7 +23,7 @@ pub(super) async fn get_legacy_sse(State(edge): State<Edge>, headers: HeaderMap)
         Ok(principal) => principal,
         Err(response) => return response,
     };
-    let (session_id, session) = match edge.registry.create(&principal, true) {
+    let (session_id, session) = match edge.registry.create(&principal, true).await {
         Ok(created) => created,
         Err(error) => return EdgeError::from(error).into_response(),
     };

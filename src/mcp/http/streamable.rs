@@ -80,6 +80,13 @@ pub(super) async fn post_inner(
         .iter()
         .filter(|m| matches!(m, Message::Request { .. }))
         .count();
+    let in_flight = session.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    if requests > 0 && in_flight + requests > edge.config.max_in_flight_per_session {
+        // Each request in flight holds a stream and its replay buffer: bound them.
+        return Err(EdgeError::TooManyInFlight(
+            edge.config.max_in_flight_per_session,
+        ));
+    }
     if requests == 0 {
         forward(edge, &session, messages, None).await?;
         return Ok(with_session(
@@ -135,6 +142,12 @@ pub(super) async fn forward(
         })
         .await
         .map_err(|_| EdgeError::SessionNotFound)?;
+    // Only a request that may respawn the child can turn into a 404 (a dead Forgejo grant);
+    // with a child running, the answer comes on the stream and waiting for the actor's
+    // acknowledgement would only add a wake-up to every call.
+    if stream.is_none() || session.pid().is_some() {
+        return Ok(());
+    }
     match result.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(SessionError::Gone)) | Err(_) => {
@@ -154,7 +167,7 @@ pub(super) async fn initialize_new(
     let Some(Message::Request { id, params, .. }) = messages.into_iter().next() else {
         return Err(EdgeError::InvalidMessage("initialize must be a request"));
     };
-    let (session_id, session) = edge.registry.create(principal, false)?;
+    let (session_id, session) = edge.registry.create(principal, false).await?;
     let (reply, outcome) = oneshot::channel();
     session
         .commands

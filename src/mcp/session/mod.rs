@@ -313,7 +313,20 @@ impl Actor {
         if has_request && self.child.is_none() {
             match self.spawn_child(true).await {
                 Ok(()) => {}
-                Err(SpawnError::GrantDead) => return Err(SessionError::Gone),
+                Err(SpawnError::GrantDead) => {
+                    // Answered on the stream as well, in case nobody waits for the verdict.
+                    for message in messages {
+                        if let (Message::Request { id, .. }, Some(stream)) = (message, stream) {
+                            self.answer_error(
+                                stream,
+                                &id,
+                                codes::CHILD_UNAVAILABLE,
+                                &SpawnError::GrantDead.client_message(),
+                            );
+                        }
+                    }
+                    return Err(SessionError::Gone);
+                }
                 Err(error) => {
                     // Requests get a JSON-RPC error, never silence (item 142).
                     for message in messages {

@@ -254,3 +254,63 @@ async fn at_the_child_limit_with_every_child_busy_a_clear_error() {
     assert!(slow.body.contains("slept 2000 ms"), "{}", slow.body);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn at_the_session_limit_the_least_recently_used_idle_session_makes_room() {
+    let mut config = test_config(test_child_profile(&[]));
+    config.max_sessions_per_user = 2;
+    config.idle_timeout_secs = 60;
+    let broker = Broker::start(config).await;
+    let mut oldest = broker.user("t1", 1, "client-a", "grant-1");
+    oldest.initialize().await;
+    broker.clock.advance(30);
+    let mut recent = broker.client("t1");
+    recent.initialize().await;
+    broker.clock.advance(45); // the oldest is now idle past the timeout, the recent one is not
+    let mut third = broker.client("t1");
+    third.initialize().await;
+    let gone = oldest
+        .post(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .await;
+    assert_eq!(
+        gone.status, 404,
+        "the least recently used session was ended"
+    );
+    assert_eq!(
+        recent.tool_text("echo", json!({"message": "kept"})).await,
+        "kept"
+    );
+    assert_eq!(
+        third.tool_text("echo", json!({"message": "new"})).await,
+        "new"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_per_session_are_limited_with_a_clear_error() {
+    let mut config = test_config(test_child_profile(&[]));
+    config.max_in_flight_per_session = 1;
+    let broker = Broker::start(config).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    // The SSE head arrives once the first request is in flight.
+    let (status, mut slow) = client
+        .post_stream(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"ms": 500}}}))
+        .await;
+    assert_eq!(status, 200);
+    let refused = client
+        .post(
+            &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "pid"}}),
+        )
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.messages[0]["error"]["code"], codes::LIMIT_REACHED);
+    assert!(refused.body.contains("in flight"), "{}", refused.body);
+    let (_, answer) = slow.next_message(WAIT).await.unwrap();
+    assert_eq!(answer["result"]["content"][0]["text"], "slept 500 ms");
+    // Once answered, the next request goes through.
+    assert!(client.pid().await > 0);
+    broker.stop().await;
+}

@@ -469,3 +469,57 @@ async fn legacy_http_sse_transport_works_end_to_end() {
     assert!(eventually(WAIT, || async { broker.handle.running_children() == 0 }).await);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_cancellation_maps_to_the_childs_id() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let seen: i64 = client
+        .tool_text("seen-id", json!({}))
+        .await
+        .parse()
+        .unwrap();
+    // With SSE the head arrives once the request is in flight at the child.
+    let (status, mut stream) = client
+        .post_stream(
+            &json!({"jsonrpc": "2.0", "id": "mine-1", "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"ms": 3000}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let cancel = client
+        .post(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": "mine-1", "reason": "user gave up"}}),
+        )
+        .await;
+    assert_eq!(cancel.status, 202);
+    let (_, answer) = stream.next_message(WAIT).await.unwrap();
+    assert_eq!(answer["id"], "mine-1");
+    assert_eq!(answer["error"]["code"], codes::CANCELLED);
+    let state: Value = serde_json::from_str(&client.tool_text("state", json!({})).await).unwrap();
+    assert_eq!(
+        state["cancelled"],
+        json!([seen + 1]),
+        "the child got its own id: {state}"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_initialize_on_a_live_session_is_answered_from_the_session() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    let first = client.initialize().await;
+    let pid = client.pid().await;
+    let again = client
+        .post(&json!({"jsonrpc": "2.0", "id": 99, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.messages[0]["id"], 99);
+    assert_eq!(again.messages[0]["result"], first["result"]);
+    assert_eq!(client.pid().await, pid, "no second child");
+    broker.stop().await;
+}

@@ -578,3 +578,28 @@ async fn an_authorization_in_progress_survives_a_broker_restart() {
     assert_eq!(status, 200, "{body}");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn redirect_uris_are_kept_byte_for_byte_through_the_token_request() {
+    let broker = TestBroker::start().await;
+    for redirect in [
+        "https://app.example",
+        "http://127.0.0.1:33418",
+        "https://app.example/cb?tenant=7",
+    ] {
+        let client = broker.register_public_client(&[redirect]).await;
+        let landing = broker
+            .browser()
+            .complete_authorization(&broker.authorize_url(&client, &[]))
+            .await;
+        let code = landing
+            .param("code")
+            .unwrap_or_else(|| panic!("{redirect}: {}", landing.url));
+        if redirect.contains("tenant") {
+            assert_eq!(landing.param("tenant").as_deref(), Some("7"));
+        }
+        let (status, body) = broker.exchange_code(&client, &code).await;
+        assert_eq!(status, 200, "{redirect}: {body}");
+    }
+    broker.shutdown().await;
+}

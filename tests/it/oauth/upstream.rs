@@ -228,3 +228,69 @@ async fn burn_spends_the_refresh_chain_and_kills_the_grant() {
     ));
     broker.shutdown().await;
 }
+
+/// A data-key rotation re-encrypts both sealed columns of the OAuth half (the users' token
+/// sets and the PKCE verifier of a login in progress) and retires the old key; the login
+/// completes and the stored tokens still open afterwards.
+#[tokio::test]
+async fn sealed_values_survive_a_data_key_rotation_and_retirement() {
+    use forgejo_mcp_broker::keystore::VaultDeps;
+    use forgejo_mcp_broker::keystore::rotation::{self, JobHooks};
+    let mut broker = broker().await;
+    broker.login_new_client().await;
+    let client = broker
+        .register_public_client(&["https://app.example/cb"])
+        .await;
+    let browser = broker.browser();
+    let page = browser
+        .open_consent(&broker.authorize_url(&client, &[]))
+        .await;
+    let to_forgejo = browser
+        .submit_consent(&broker.url("/oauth/consent"), &page, "approve")
+        .await;
+    let at_forgejo = browser
+        .get(to_forgejo.headers()["location"].to_str().unwrap())
+        .await;
+    let callback = at_forgejo.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let config = broker.config();
+    let no_env = |_: &str| None;
+    let version = rotation::rotate_data_key(
+        &broker.app().db,
+        &config.vault,
+        broker.data_dir.path(),
+        &VaultDeps {
+            audit: broker.audit.clone(),
+            clock: broker.clock.clone(),
+        },
+        &no_env,
+    )
+    .unwrap();
+    let vault = broker.app().vault.clone();
+    let mut retired = Vec::new();
+    for _ in 0..100 {
+        let step = vault.reencrypt_step(JobHooks::default()).unwrap();
+        assert_eq!(step.failed, 0);
+        retired.extend(step.retired);
+        if step.idle && !retired.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(retired, vec![version - 1], "the old key is retired");
+    drop(vault);
+    // After a restart only the new key is loaded: everything sealed must have moved to it.
+    broker.restart().await;
+
+    let landing = browser.follow(browser.get(&callback).await).await;
+    let code = landing
+        .param("code")
+        .expect("the login completes after the rotation");
+    let (status, body) = broker.exchange_code(&client, &code).await;
+    assert_eq!(status, 200, "{body}");
+    let upstream = broker.app().auth.upstream.clone();
+    assert!(upstream.access_token(ALICE).await.is_ok());
+    broker.shutdown().await;
+}

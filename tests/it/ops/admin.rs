@@ -18,6 +18,7 @@ fn admin_for(broker: &TestBroker) -> Admin {
         clock: broker.clock.clone(),
         audit: broker.audit.clone(),
         metrics: Metrics::new(),
+        launcher: None,
     };
     Admin::open(&broker.config(), &deps).unwrap()
 }
@@ -203,6 +204,7 @@ fn admin_over(data_dir: &std::path::Path, url: &str) -> Admin {
         clock: std::sync::Arc::new(forgejo_mcp_broker::clock::SystemClock),
         audit: forgejo_mcp_broker::audit::MemoryAudit::new(),
         metrics: Metrics::new(),
+        launcher: None,
     };
     Admin::open(&config, &deps).unwrap()
 }

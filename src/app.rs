@@ -375,6 +375,7 @@ pub async fn start_on(
                 .launcher
                 .clone()
                 .unwrap_or_else(|| Arc::new(crate::supervisor::plain::PlainLauncher)),
+            limiter: Some(rate_limiter.clone()),
         },
     )?;
     let mcp = Arc::new(mcp);

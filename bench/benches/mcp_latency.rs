@@ -228,6 +228,7 @@ async fn start_broker(data_dir: &std::path::Path) -> (String, mcp::McpHandle) {
             verifier: Arc::new(BenchVerifier),
             upstream: Arc::new(NoUpstream),
             launcher: Arc::new(PlainLauncher),
+            limiter: None,
         },
     )
     .expect("router");

@@ -51,6 +51,8 @@ pub struct McpDeps {
     pub verifier: Arc<dyn AccessTokenVerifier>,
     pub upstream: Arc<dyn UpstreamCredentials>,
     pub launcher: Arc<dyn ChildLauncher>,
+    /// Per-IP limit on `/mcp`, `/sse` and `/messages` (issue #7); `None` in edge-only tests.
+    pub limiter: Option<crate::ratelimit::SharedRateLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,7 @@ pub fn router(
     forgejo_url: &str,
     deps: McpDeps,
 ) -> Result<(Router, McpHandle), McpStartError> {
+    let limiter = deps.limiter.clone();
     let store = SessionStore::open(deps.db)?;
     // Legacy sessions cannot outlive their SSE connection, which died with the last process.
     store.delete_legacy()?;
@@ -148,12 +151,19 @@ pub fn router(
     };
     spawn_housekeeping(registry.clone(), cancel.clone());
     let cors = cors_layer(&allowed_origins)?;
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
         .route("/sse", get(get_legacy_sse))
         .route("/messages", post(post_legacy_message))
-        .with_state(edge)
-        .layer(cors);
+        .with_state(edge);
+    // Inside CORS: preflights are not counted, and a browser client can read the 429.
+    if let Some(limiter) = &limiter {
+        router = router.layer(crate::ratelimit::layer(
+            limiter,
+            crate::ratelimit::EndpointClass::Mcp,
+        ));
+    }
+    let router = router.layer(cors);
     Ok((router, McpHandle { registry, cancel }))
 }
 

@@ -203,6 +203,7 @@ impl Broker {
                 verifier: verifier.clone(),
                 upstream: upstream.clone(),
                 launcher: Arc::new(PlainLauncher),
+                limiter: None,
             },
         )
         .unwrap();

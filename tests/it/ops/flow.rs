@@ -344,3 +344,46 @@ async fn token_requests_are_limited_per_authenticated_client_only() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn mcp_requests_are_limited_per_ip_inside_cors() {
+    let broker = TestBroker::builder()
+        .toml("[rate_limits.mcp]\nper_ip = \"3/h\"\n")
+        .start()
+        .await;
+    let flooder = client_from([127, 0, 0, 1]);
+    let bystander = client_from([127, 0, 0, 2]);
+    let post = |client: &reqwest::Client| {
+        client
+            .post(broker.url("/mcp"))
+            .header("origin", broker.base_url.as_str())
+            .header("accept", "application/json, text/event-stream")
+            .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .send()
+    };
+    for _ in 0..3 {
+        // No token: the edge answers 401, but the request counted.
+        assert_eq!(post(&flooder).await.unwrap().status(), 401);
+    }
+    let refused = post(&flooder).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(
+        refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32000, "{body}");
+    // Preflights are answered by CORS and never counted.
+    let preflight = flooder
+        .request(reqwest::Method::OPTIONS, broker.url("/mcp"))
+        .header("origin", broker.base_url.as_str())
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(post(&bystander).await.unwrap().status(), 401);
+    broker.shutdown().await;
+}

@@ -23,6 +23,9 @@ pub(super) async fn get_legacy_sse(State(edge): State<Edge>, headers: HeaderMap)
         Ok(principal) => principal,
         Err(response) => return response,
     };
+    if let Err(limited) = edge.admit_new_session(&principal) {
+        return limited.into_response();
+    }
     let (session_id, session) = match edge.registry.create(&principal, true).await {
         Ok(created) => created,
         Err(error) => return EdgeError::from(error).into_response(),

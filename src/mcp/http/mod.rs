@@ -103,6 +103,31 @@ struct Edge {
     resource_metadata: Arc<str>,
     allowed_origins: Arc<[String]>,
     config: Arc<McpConfig>,
+    limiter: Option<crate::ratelimit::SharedRateLimiter>,
+}
+
+impl Edge {
+    /// Issue #7: a new session spawns a child, the most expensive thing a client can ask for;
+    /// limited per user (and per IP by the router's layer for all requests).
+    fn admit_new_session(
+        &self,
+        principal: &Principal,
+    ) -> Result<(), crate::ratelimit::RateLimited> {
+        self.check_user(crate::ratelimit::EndpointClass::McpSession, principal)
+    }
+
+    fn check_user(
+        &self,
+        class: crate::ratelimit::EndpointClass,
+        principal: &Principal,
+    ) -> Result<(), crate::ratelimit::RateLimited> {
+        match &self.limiter {
+            Some(limiter) => {
+                limiter.check(class, &crate::ratelimit::RateKey::user(principal.user_id))
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Builds `/mcp`, `/sse` and `/messages` with their CORS layer, and starts housekeeping.
@@ -148,6 +173,7 @@ pub fn router(
         resource_metadata: Arc::from(format!("{issuer}/.well-known/oauth-protected-resource/mcp")),
         allowed_origins: Arc::from(allowed_origins.clone()),
         config: Arc::new(config.clone()),
+        limiter: limiter.clone(),
     };
     spawn_housekeeping(registry.clone(), cancel.clone());
     let cors = cors_layer(&allowed_origins)?;
@@ -242,6 +268,9 @@ async fn admit(edge: &Edge, headers: &HeaderMap) -> Result<Principal, Response> 
             return Err(unauthorized(edge, true));
         }
     };
+    // Issue #7: every request of a user counts against their `mcp` per-user limit.
+    edge.check_user(crate::ratelimit::EndpointClass::Mcp, &principal)
+        .map_err(IntoResponse::into_response)?;
     if let Some(version) = headers.get(MCP_PROTOCOL_VERSION) {
         let supported = version
             .to_str()

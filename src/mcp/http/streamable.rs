@@ -167,6 +167,9 @@ pub(super) async fn initialize_new(
     let Some(Message::Request { id, params, .. }) = messages.into_iter().next() else {
         return Err(EdgeError::InvalidMessage("initialize must be a request"));
     };
+    if let Err(limited) = edge.admit_new_session(principal) {
+        return Ok(limited.into_response());
+    }
     let (session_id, session) = edge.registry.create(principal, false).await?;
     let (reply, outcome) = oneshot::channel();
     session

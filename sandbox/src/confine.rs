@@ -70,7 +70,8 @@ pub fn confine<S: Syscall>(
         .map_err(at(Stage::Sanitize))?;
 
     // 2. Join the session's cgroups before unsharing, so the cgroup namespace created below is
-    //    rooted there and the child cannot see or leave it.
+    //    rooted there and the child cannot see or leave it. (The broker usually has placed us
+    //    there already, while we were starting; then the plan lists nothing here.)
     let pid = sys.getpid();
     for procs in &plan.cgroup_procs {
         sys.write_file(procs, pid.to_string().as_bytes())

@@ -436,6 +436,39 @@ pub fn run(targets: &ProbeTargets) -> Report {
     });
 
     // --- Controls. ---
+    // PID 1 of its own pid namespace; the launcher stays outside.
+    let pid = std::process::id();
+    controls.push(Control {
+        name: "pid-1-of-its-namespace".into(),
+        ok: pid == 1,
+        detail: format!("getpid() = {pid}"),
+    });
+    // rlimits are set, but never RLIMIT_AS (Go and Node reserve large address ranges).
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let limit = |name: &str| -> String {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l.get(name.len()..)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let (address_space, open_files, core) = (
+        limit("Max address space"),
+        limit("Max open files"),
+        limit("Max core file size"),
+    );
+    controls.push(Control {
+        name: "rlimits-without-address-space-cap".into(),
+        ok: address_space == "unlimited" && open_files != "unlimited" && core == "0",
+        detail: format!("address space {address_space}, open files {open_files}, core {core}"),
+    });
     controls.push(control(
         "write-tmp",
         std::fs::write("/tmp/probe-ok", b"ok").and_then(|()| std::fs::read("/tmp/probe-ok")),

@@ -168,24 +168,17 @@ impl SandboxLauncher {
                 .collect::<String>(),
             crate::secret::random_id(6).map_err(|e| sandbox_error("join-cgroup", e.to_string()))?
         );
-        let cgroup = match &self.inner.cgroups {
+        // The session's cgroups are created, and the launcher placed in them, by the broker
+        // while the launcher starts up (see `Inner::start`).
+        let cgroup_request = match &self.inner.cgroups {
             CgroupBackend::Unavailable { .. } => None,
-            backend => Some(
-                backend
-                    .create_session(
-                        &session_dir,
-                        CgroupLimits {
-                            memory_bytes: self.inner.config.memory_limit_mib << 20,
-                            pids: self.inner.config.pids_limit,
-                        },
-                    )
-                    .map_err(|e| {
-                        sandbox_error(
-                            "join-cgroup",
-                            format!("cannot create the session cgroup: {e}"),
-                        )
-                    })?,
-            ),
+            _ => Some((
+                session_dir,
+                CgroupLimits {
+                    memory_bytes: self.inner.config.memory_limit_mib << 20,
+                    pids: self.inner.config.pids_limit,
+                },
+            )),
         };
         let plan = self.inner.plan(
             &program,
@@ -194,19 +187,11 @@ impl SandboxLauncher {
             working_dir.as_deref(),
             token_plan,
             lease.mapping(&self.inner),
-            cgroup.as_ref(),
+            cgroup_request.is_some(),
         )?;
 
-        let started = self.inner.start(plan, token_frame).await;
-        let started = match started {
-            Ok(started) => started,
-            Err(error) => {
-                if let Some(cgroup) = cgroup {
-                    self.inner.remove_later(cgroup);
-                }
-                return Err(error);
-            }
-        };
+        let mut started = self.inner.start(plan, token_frame, cgroup_request).await?;
+        let cgroup = started.cgroup.take();
 
         let layers = self.inner.layers(started.landlock, lease.distinct);
         let enforced: Vec<String> = layers
@@ -358,6 +343,7 @@ impl ChildControl for EgressBound {
 struct Started {
     launcher: tokio::process::Child,
     control: OwnedFd,
+    cgroup: Option<SessionCgroup>,
     pid: i32,
     pidfd: Option<Pidfd>,
     landlock: LandlockOutcome,
@@ -385,7 +371,7 @@ impl Inner {
         working_dir: Option<&Path>,
         token: Option<TokenPlan>,
         ids: IdMapping,
-        cgroup: Option<&SessionCgroup>,
+        with_cgroup: bool,
     ) -> Result<LaunchPlan, LaunchError> {
         let program = resolve_program(program).map_err(|source| LaunchError::Spawn {
             program: program.to_path_buf(),
@@ -425,7 +411,7 @@ impl Inner {
             limit(libc::RLIMIT_FSIZE, self.config.file_size_limit_mib * mib),
             limit(libc::RLIMIT_MEMLOCK, 64 * 1024),
         ];
-        if cgroup.is_none() {
+        if !with_cgroup {
             // Without a pids cgroup, RLIMIT_NPROC is the only fork-bomb brake (per uid, so
             // shared between sessions of an unprivileged broker).
             rlimits.push(limit(libc::RLIMIT_NPROC, self.config.pids_limit));
@@ -439,7 +425,8 @@ impl Inner {
             tmp_size_bytes: self.config.tmp_size_mib * mib,
             hostname: "sandbox".to_owned(),
             rlimits,
-            cgroup_procs: cgroup.map(|c| c.procs.clone()).unwrap_or_default(),
+            // The broker places the launcher in its cgroups itself (see `start`).
+            cgroup_procs: Vec::new(),
             landlock: LandlockPlan {
                 read_only,
                 read_write: vec!["/tmp".into(), "/dev/null".into(), "/dev/zero".into()],
@@ -451,11 +438,17 @@ impl Inner {
         })
     }
 
-    /// Spawns the launcher and runs the handshake.
+    /// Spawns the launcher, places it in the session's cgroups, and runs the handshake.
+    ///
+    /// The cgroup work (creating the directories, writing `cgroup.procs` — slow on cgroup v1,
+    /// see docs/sandbox.md) overlaps with the launcher's own exec and start-up. The launcher
+    /// is placed before it gets its plan, so before it unshares or forks anything: its cgroup
+    /// namespace is rooted at the session's cgroup and the child is born in it.
     async fn start(
         &self,
         plan: LaunchPlan,
         token: Option<Zeroizing<Vec<u8>>>,
+        cgroup_request: Option<(String, CgroupLimits)>,
     ) -> Result<Started, LaunchError> {
         let (broker_end, launcher_end) =
             sandbox::ipc::control_pair().map_err(|source| LaunchError::Spawn {
@@ -483,16 +476,29 @@ impl Inner {
             });
         };
         let ids = plan.ids;
+        let backend = self.cgroups.clone();
         let outcome = tokio::task::spawn_blocking(move || {
+            let cgroup = match cgroup_request {
+                Some((dir, limits)) => {
+                    match place_in_cgroup(&backend, &dir, limits, launcher_pid) {
+                        Ok(cgroup) => Some(cgroup),
+                        Err((cgroup, error)) => return (broker_end, cgroup, Err(error)),
+                    }
+                }
+                None => None,
+            };
             let result = handshake(&broker_end, &plan, token, launcher_pid, ids);
-            (broker_end, result)
+            (broker_end, cgroup, result)
         })
         .await;
-        let (control, handshake) = match outcome {
-            Ok((control, Ok(handshake))) => (control, handshake),
-            Ok((_, Err(error))) => {
+        let (control, cgroup, handshake) = match outcome {
+            Ok((control, cgroup, Ok(handshake))) => (control, cgroup, handshake),
+            Ok((_, cgroup, Err(error))) => {
                 let _ = launcher.start_kill();
                 let _ = launcher.wait().await;
+                if let Some(cgroup) = cgroup {
+                    self.remove_later(cgroup);
+                }
                 return Err(error);
             }
             Err(join) => {
@@ -509,6 +515,7 @@ impl Inner {
         Ok(Started {
             launcher,
             control,
+            cgroup,
             pid: handshake.pid,
             pidfd,
             landlock: handshake.landlock,
@@ -572,6 +579,33 @@ fn resolve_program(program: &Path) -> std::io::Result<PathBuf> {
         .find(|candidate| candidate.is_file())
         .map(|found| std::fs::canonicalize(&found).unwrap_or(found))
         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+}
+
+/// Creates the session's cgroups and moves the launcher into them. On failure, returns what
+/// was created so the caller can remove it.
+fn place_in_cgroup(
+    backend: &CgroupBackend,
+    dir: &str,
+    limits: CgroupLimits,
+    launcher_pid: u32,
+) -> Result<SessionCgroup, (Option<SessionCgroup>, LaunchError)> {
+    let failed = |message: String| LaunchError::Sandbox {
+        stage: "join-cgroup".into(),
+        message,
+    };
+    let cgroup = backend.create_session(dir, limits).map_err(|e| {
+        (
+            None,
+            failed(format!("cannot create the session cgroup: {e}")),
+        )
+    })?;
+    for procs in &cgroup.procs {
+        if let Err(error) = std::fs::write(procs, launcher_pid.to_string()) {
+            let error = failed(format!("cannot move the launcher into {procs}: {error}"));
+            return Err((Some(cgroup), error));
+        }
+    }
+    Ok(cgroup)
 }
 
 /// The broker side of the launch protocol (sandbox::ipc); blocking, bounded by a timeout.

@@ -166,10 +166,14 @@ pub enum StartError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error(transparent)]
     Cimd(#[from] crate::oauth::cimd::CimdError),
+    #[error(transparent)]
+    Mcp(#[from] crate::mcp::McpStartError),
     #[error("refusing to start: {0}")]
     Vault(#[from] KeystoreError),
-    #[error("cannot start the MCP edge: {0}")]
-    Mcp(#[from] crate::mcp::McpStartError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
+    #[error("cannot set up the sandbox: {0}")]
+    SandboxSetup(#[from] crate::supervisor::sandboxed::SandboxSetupError),
     #[error("refusing to start: the vault could not be opened: {0}")]
     VaultTask(tokio::task::JoinError),
 }
@@ -209,6 +213,7 @@ pub struct RunningApp {
     pub rate_limiter: SharedRateLimiter,
     pub auth: AuthHandles,
     pub vault: Arc<Vault>,
+    /// The MCP edge: running children, revocation hooks.
     pub mcp: Arc<crate::mcp::McpHandle>,
 }
 
@@ -238,42 +243,9 @@ impl RunningApp {
     pub async fn shutdown(self, deadline: Duration) -> bool {
         self.cancel.cancel();
         self.tasks.close();
-        // Children stop (sessions stay in the database and resume after a restart).
-        let children_stopped = self.mcp.shutdown(deadline).await;
-        let tasks_stopped = tokio::time::timeout(deadline, self.tasks.wait())
+        tokio::time::timeout(deadline, self.tasks.wait())
             .await
-            .is_ok();
-        children_stopped && tasks_stopped
-    }
-}
-
-/// Ends the MCP sessions of a revoked grant or a user whose Forgejo grant died, so their
-/// children stop at once rather than at their next request.
-async fn end_sessions_when_access_ends(
-    mut events: tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>,
-    mcp: Arc<crate::mcp::McpHandle>,
-    cancel: CancellationToken,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let event = tokio::select! {
-            () = cancel.cancelled() => return,
-            event = events.recv() => event,
-        };
-        match event {
-            Ok(crate::auth::AccessEnded::Grant { grant_id, .. }) => {
-                mcp.end_grant(&grant_id).await;
-            }
-            Ok(crate::auth::AccessEnded::User { user_id }) => {
-                mcp.end_user(user_id).await;
-            }
-            Err(RecvError::Lagged(missed)) => {
-                // Sessions of missed grants still end at their next request (the verifier
-                // reads the grant from the database); only the early stop is lost.
-                tracing::warn!(task = "access-ended", missed, "revocation notices dropped");
-            }
-            Err(RecvError::Closed) => return,
-        }
+            .is_ok()
     }
 }
 
@@ -341,6 +313,50 @@ pub async fn start_on(
         access_ended,
         oauth_store: oauth_store.clone(),
     };
+    // Children (issue #6): confined by the sandbox launcher, their only way out the egress
+    // proxy, which injects the user's token in `inject` mode.
+    let launcher: Arc<dyn crate::supervisor::ChildLauncher> = match deps.launcher.clone() {
+        Some(launcher) => launcher,
+        None if config.sandbox.enabled => {
+            let egress = Arc::new(crate::egress::Egress::new(
+                config.forgejo.url.clone(),
+                auth.upstream.clone(),
+                deps.audit.clone(),
+            )?);
+            Arc::new(
+                crate::supervisor::sandboxed::SandboxLauncher::new(
+                    config.sandbox.clone(),
+                    None,
+                    Some(deps.audit.clone()),
+                )?
+                .with_egress(egress),
+            )
+        }
+        None => {
+            tracing::warn!(
+                "sandbox.enabled = false: MCP children run unconfined with the broker's privileges; for development only"
+            );
+            Arc::new(crate::supervisor::plain::PlainLauncher)
+        }
+    };
+    let child_forgejo_url =
+        launcher.child_forgejo_url(config.forgejo.url.as_str().trim_end_matches('/'));
+    let (mcp_router, mcp_handle) = crate::mcp::router(
+        &config.server,
+        &config.mcp,
+        &child_forgejo_url,
+        crate::mcp::McpDeps {
+            db: db.clone(),
+            clock: deps.clock.clone(),
+            audit: deps.audit.clone(),
+            verifier: auth.verifier.clone(),
+            upstream: auth.upstream.clone(),
+            launcher,
+            access_ended: Some(auth.access_ended.subscribe()),
+            rate_limiter: Some(rate_limiter.clone()),
+        },
+    )?;
+    let mcp_handle = Arc::new(mcp_handle);
     if config.oauth.cimd_allow_loopback_for_tests {
         tracing::warn!(
             "oauth.cimd_allow_loopback_for_tests is on: CIMD fetches may reach services on this host; never use it in production"
@@ -362,25 +378,6 @@ pub async fn start_on(
         limits: config.limits.clone(),
         metrics: metrics.clone(),
     };
-    // The MCP edge (issue #3): every request checked by the OAuth half's verifier; children get
-    // the user's Forgejo credentials from the upstream token keeper.
-    let (mcp_router, mcp) = crate::mcp::router(
-        &config.server,
-        &config.mcp,
-        config.forgejo.url.as_str(),
-        crate::mcp::McpDeps {
-            db: db.clone(),
-            clock: deps.clock.clone(),
-            audit: deps.audit.clone(),
-            verifier: auth.verifier.clone(),
-            upstream: auth.upstream.clone(),
-            launcher: deps
-                .launcher
-                .clone()
-                .unwrap_or_else(|| Arc::new(crate::supervisor::plain::PlainLauncher)),
-        },
-    )?;
-    let mcp = Arc::new(mcp);
     let router = crate::http::router(
         [crate::oauth::router(oauth_state, &rate_limiter), mcp_router],
         &options,
@@ -420,6 +417,18 @@ pub async fn start_on(
         crate::http::serve(listener, router, &limits, shutdown, DRAIN).await;
         tracing::debug!(task = "http", "stopped");
     });
+    // Shutdown stops every MCP child; the session records stay for the next start.
+    let mcp_shutdown = (cancel.clone(), Arc::clone(&mcp_handle));
+    tasks.spawn(async move {
+        let (cancel, mcp) = mcp_shutdown;
+        cancel.cancelled().await;
+        if !mcp.shutdown(DRAIN).await {
+            tracing::warn!(
+                task = "mcp",
+                "some MCP sessions did not stop within the deadline"
+            );
+        }
+    });
     tasks.spawn(crate::oauth::maintenance::run_sweeper(
         crate::oauth::maintenance::Sweeper {
             store: sweep_store,
@@ -431,13 +440,7 @@ pub async fn start_on(
         cancel.clone(),
     ));
     tracing::info!(%local_addr, "serving");
-    tasks.spawn(end_sessions_when_access_ends(
-        auth.access_ended.subscribe(),
-        mcp.clone(),
-        cancel.clone(),
-    ));
     Ok(RunningApp {
-        mcp,
         local_addr,
         metrics_addr,
         cancel,
@@ -447,5 +450,6 @@ pub async fn start_on(
         rate_limiter,
         auth,
         vault,
+        mcp: mcp_handle,
     })
 }

@@ -109,6 +109,11 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        // Small JSON-RPC answers and SSE events must leave at once: Nagle plus delayed ACKs
+        // otherwise hold them for up to 40 ms (measured in bench/benches/mcp_latency.rs).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
         let router = router.clone();
         let service =
             hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {

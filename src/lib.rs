@@ -29,6 +29,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod keystore;
 pub mod mcp;

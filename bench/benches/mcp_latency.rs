@@ -228,6 +228,8 @@ async fn start_broker(data_dir: &std::path::Path) -> (String, mcp::McpHandle) {
             verifier: Arc::new(BenchVerifier),
             upstream: Arc::new(NoUpstream),
             launcher: Arc::new(PlainLauncher),
+            access_ended: None,
+            rate_limiter: None,
         },
     )
     .expect("router");

@@ -46,6 +46,9 @@ pub async fn run(token_file: Option<PathBuf>, url: Option<String>) -> Result<(),
         .or_else(|| std::env::var("FORGEJO_URL").ok())
         .and_then(|value| url::Url::parse(&value).ok())
         .ok_or(DemoChildError::NoUrl)?;
+    // The sandbox's `pipe`/`inject` hand-off names the token file in `FORGEJO_ACCESS_TOKEN_FILE`.
+    let token_file = token_file
+        .or_else(|| std::env::var_os("FORGEJO_ACCESS_TOKEN_FILE").map(std::path::PathBuf::from));
     let token = match token_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(DemoChildError::TokenFile)?;

@@ -100,12 +100,14 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
     .await?;
 
     let program = std::env::current_exe().map_err(DemoError::CurrentExe)?;
+    let sandboxed = host_can_sandbox();
     let config = Config::from_toml(&demo_config(
         &public_url,
         &data_dir,
         forgejo.base_url(),
         client_secret.expose_secret(),
         &program,
+        sandboxed,
     ))?;
     let mcp_url = config.server.mcp_resource();
     let (deps, audit) = AppDeps::for_config(&config)?;
@@ -113,7 +115,13 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
 
     println!(
         "{}",
-        banner(&mcp_url, forgejo.base_url(), &data_dir, temporary.is_some())
+        banner(
+            &mcp_url,
+            forgejo.base_url(),
+            &data_dir,
+            temporary.is_some(),
+            sandboxed
+        )
     );
     tracing::warn!("DEMO MODE: stand-in Forgejo, demo child; not for real users or real tokens");
 
@@ -130,13 +138,30 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
     Ok(())
 }
 
+/// The default sandbox when the host supports it (user namespaces are the one layer the
+/// launcher cannot do without); otherwise plain children, said in the banner.
+fn host_can_sandbox() -> bool {
+    let (report, _) = crate::supervisor::sandbox_config::host_report();
+    report
+        .iter()
+        .any(|layer| layer.layer == "user-namespace" && layer.status.label() == "enforced")
+}
+
 fn demo_config(
     public_url: &str,
     data_dir: &std::path::Path,
     forgejo_url: &str,
     client_secret: &str,
     program: &std::path::Path,
+    sandboxed: bool,
 ) -> String {
+    // Confined: the child holds a placeholder and reaches the stand-in only through the egress
+    // proxy, which injects alice's token. Unconfined: the token in its environment.
+    let (sandbox, delivery) = if sandboxed {
+        ("enabled = true\nprofile = \"native\"", "inject")
+    } else {
+        ("enabled = false", "env")
+    };
     // TOML basic strings: paths are escaped through the `toml` crate's own string encoder.
     let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
     format!(
@@ -150,12 +175,15 @@ url = {forgejo_url}
 client_id = "{DEMO_CLIENT_ID}"
 client_secret = {client_secret}
 
+[sandbox]
+{sandbox}
+
 [mcp.child]
 program = {program}
 args = ["demo-child", "--url", "{{forgejo_url}}"]
 env_allowlist = []
 token_variable = "FORGEJO_ACCESS_TOKEN"
-delivery = "env"
+delivery = "{delivery}"
 "#,
         public_url = quote(public_url),
         data_dir = quote(&data_dir.display().to_string()),
@@ -165,8 +193,19 @@ delivery = "env"
     )
 }
 
-fn banner(mcp_url: &str, forgejo_url: &str, data_dir: &std::path::Path, temporary: bool) -> String {
+fn banner(
+    mcp_url: &str,
+    forgejo_url: &str,
+    data_dir: &std::path::Path,
+    temporary: bool,
+    sandboxed: bool,
+) -> String {
     let rule = "=".repeat(78);
+    let children = if sandboxed {
+        "each session's child runs in the full sandbox and never holds the token"
+    } else {
+        "this host cannot sandbox (no user namespaces): children run unconfined"
+    };
     format!(
         "{rule}
   forgejo-mcp-broker DEMO — not a deployment
@@ -179,6 +218,7 @@ fn banner(mcp_url: &str, forgejo_url: &str, data_dir: &std::path::Path, temporar
     Tools: whoami, list_repositories, create_issue (they act as alice at the stand-in).
   Forgejo:    {forgejo_url} (stand-in)
   Data dir:   {} {}
+  Children:   {children}
 
   Ctrl-C stops the demo.
 {rule}",
@@ -203,6 +243,7 @@ mod tests {
             "http://127.0.0.1:9",
             "secret",
             std::path::Path::new("/usr/bin/forgejo-mcp-broker"),
+            true,
         );
         let config = Config::from_toml(&text).unwrap();
         assert_eq!(config.server.mcp_resource(), "http://127.0.0.1:8080/mcp");

@@ -1,4 +1,261 @@
-//! The per-session credential-injecting proxy towards Forgejo (ARCHITECTURE.md §2, "Giving the
-//! child its credentials", `inject` mode): the child holds only a placeholder; the broker
-//! checks it, enforces the upstream API policy from `policies/`, injects the user's current
-//! token, forwards, and audits the call.
+//! The per-session egress proxy towards Forgejo (ARCHITECTURE.md §2, "Giving the child its
+//! credentials").
+//!
+//! A sandboxed child's network namespace has nothing but `lo` and one listening socket that the
+//! launcher created there and passed back to the broker (SCM_RIGHTS). The child's Forgejo URL is
+//! `http://127.0.0.1:<port>` inside its namespace; this module accepts on that socket and
+//! re-originates each HTTP request to the real Forgejo:
+//!
+//! - `inject` mode: the child holds only a random per-session placeholder "token". The proxy
+//!   requires it (constant-time compare), strips it, and injects `Authorization: token <the
+//!   user's current Forgejo token>` from [`UpstreamCredentials`] — so a refresh needs no child
+//!   restart and the real token never enters the sandbox.
+//! - `pipe` mode: the child holds the real token; the proxy only forwards.
+//!
+//! Every call is audited (method, path, status; never headers or bodies). The method + path
+//! allowlist of `policies/` is the next step (issue: upstream API policy); until then every
+//! Forgejo API path is forwarded.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditEvent, SharedAudit};
+use crate::auth::{UpstreamCredentials, UserId};
+use crate::secret::{ExposeSecret, SecretString, constant_time_eq};
+
+/// Largest request body a child may send upstream.
+const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1), plus the ones the
+/// proxy sets itself.
+const NOT_FORWARDED: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "host",
+    "authorization",
+    "content-length",
+];
+
+/// What every session's proxy shares: where Forgejo is and who holds the users' tokens.
+pub struct Egress {
+    forgejo: url::Url,
+    credentials: Arc<dyn UpstreamCredentials>,
+    audit: SharedAudit,
+    client: reqwest::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the egress HTTP client: {0}")]
+pub struct EgressError(reqwest::Error);
+
+/// How one session's child authenticates to the proxy.
+pub enum SessionCredential {
+    /// `inject`: the placeholder the child was given.
+    Placeholder(SecretString),
+    /// `pipe`/`env`: the child sends the real token itself.
+    PassThrough,
+}
+
+/// One child's proxy: the session it belongs to and how it authenticates.
+pub struct EgressSession {
+    pub user_id: UserId,
+    pub session_label: String,
+    pub credential: SessionCredential,
+}
+
+impl Egress {
+    pub fn new(
+        forgejo: url::Url,
+        credentials: Arc<dyn UpstreamCredentials>,
+        audit: SharedAudit,
+    ) -> Result<Self, EgressError> {
+        let client = reqwest::Client::builder()
+            // A redirect from Forgejo goes back to the child as is; the proxy never follows one
+            // to another host with the user's token.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(EgressError)?;
+        Ok(Self {
+            forgejo,
+            credentials,
+            audit,
+            client,
+        })
+    }
+
+    /// Serves `listener` (the socket inside the child's namespace) until `cancel`.
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: std::net::TcpListener,
+        session: EgressSession,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let egress = Arc::clone(self);
+        let session = Arc::new(session);
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(error) => {
+                            tracing::warn!(task = "egress", %error, "accept failed");
+                            return;
+                        }
+                    },
+                };
+                let (egress, session, cancel) =
+                    (Arc::clone(&egress), Arc::clone(&session), cancel.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (egress, session) = (Arc::clone(&egress), Arc::clone(&session));
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                egress.forward(&session, request).await,
+                            )
+                        }
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        result = connection => {
+                            if let Err(error) = result {
+                                tracing::debug!(task = "egress", %error, "connection ended");
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    async fn forward(
+        &self,
+        session: &EgressSession,
+        request: Request<hyper::body::Incoming>,
+    ) -> Response<Body> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let response = self.forward_inner(session, request).await;
+        let status = response.status().as_u16();
+        self.audit.record(AuditEvent::UpstreamApiCall {
+            session: session.session_label.clone(),
+            user_id: session.user_id,
+            method: method.to_string(),
+            path,
+            status,
+        });
+        response
+    }
+
+    async fn forward_inner(
+        &self,
+        session: &EgressSession,
+        request: Request<hyper::body::Incoming>,
+    ) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let authorization = match &session.credential {
+            SessionCredential::Placeholder(placeholder) => {
+                let presented = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| {
+                        value
+                            .strip_prefix("token ")
+                            .or_else(|| value.strip_prefix("Bearer "))
+                            .or_else(|| value.strip_prefix("bearer "))
+                    })
+                    .unwrap_or_default();
+                if !constant_time_eq(presented.as_bytes(), placeholder.expose_secret().as_bytes()) {
+                    return plain(
+                        StatusCode::UNAUTHORIZED,
+                        "egress: unknown session credential",
+                    );
+                }
+                match self.credentials.access_token(session.user_id).await {
+                    Ok(token) => {
+                        match HeaderValue::from_str(&format!("token {}", token.expose_secret())) {
+                            Ok(mut value) => {
+                                value.set_sensitive(true);
+                                Some(value)
+                            }
+                            Err(_) => {
+                                return plain(StatusCode::BAD_GATEWAY, "egress: unusable token");
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        return plain(
+                            StatusCode::UNAUTHORIZED,
+                            "egress: the user must authorize again",
+                        );
+                    }
+                }
+            }
+            SessionCredential::PassThrough => parts.headers.get(header::AUTHORIZATION).cloned(),
+        };
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        // The child may only reach Forgejo's own origin: a path, never an absolute URL.
+        if !path_and_query.starts_with('/') || path_and_query.starts_with("//") {
+            return plain(StatusCode::BAD_REQUEST, "egress: origin-form requests only");
+        }
+        let Ok(target) = self.forgejo.join(path_and_query.trim_start_matches('/')) else {
+            return plain(StatusCode::BAD_REQUEST, "egress: bad path");
+        };
+        let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            body,
+            MAX_REQUEST_BODY,
+        ))
+        .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "egress: body too large"),
+        };
+        let mut outgoing = self.client.request(parts.method, target).body(body);
+        for (name, value) in &parts.headers {
+            if !NOT_FORWARDED.contains(&name.as_str()) {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        if let Some(authorization) = authorization {
+            outgoing = outgoing.header(header::AUTHORIZATION, authorization);
+        }
+        let upstream = match outgoing.send().await {
+            Ok(upstream) => upstream,
+            Err(_) => return plain(StatusCode::BAD_GATEWAY, "egress: Forgejo unreachable"),
+        };
+        let mut response = Response::builder().status(upstream.status());
+        for (name, value) in upstream.headers() {
+            if !NOT_FORWARDED.contains(&name.as_str()) {
+                response = response.header(name, value);
+            }
+        }
+        response
+            .body(Body::from_stream(upstream.bytes_stream()))
+            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "egress: bad upstream response"))
+    }
+}
+
+fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(message));
+    *response.status_mut() = status;
+    response
+}

@@ -126,4 +126,10 @@ pub enum LaunchError {
 #[async_trait]
 pub trait ChildLauncher: Send + Sync + 'static {
     async fn launch(&self, spec: ChildSpec) -> Result<ChildHandle, LaunchError>;
+
+    /// The Forgejo base URL a child of this launcher must use. A plain child reaches Forgejo
+    /// itself; a sandboxed one only reaches its egress proxy inside its own namespace.
+    fn child_forgejo_url(&self, forgejo: &str) -> String {
+        forgejo.to_owned()
+    }
 }

@@ -13,6 +13,9 @@ use crate::config::{ConfigErrors, Validate};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
+    /// Confine every child (the default). `false` starts children as plain processes with the
+    /// broker's privileges: for development only; the broker warns at every start.
+    pub enabled: bool,
     /// Layers that must be enforced on this host, by name (see `sandbox check`); the broker
     /// refuses to start otherwise, saying which and why.
     pub require: Vec<String>,
@@ -36,6 +39,7 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             require: Vec::new(),
             profile: "go".to_owned(),
             extra_read_only: Vec::new(),

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 use super::sandbox_config::{CGROUP_NAME, SandboxConfig};
 use super::{ChildControl, ChildExit, ChildHandle, ChildLauncher, ChildSpec, LaunchError};
 use crate::audit::{AuditEvent, SharedAudit};
-use crate::secret::ExposeSecret as _;
+use crate::secret::{ExposeSecret as _, SecretString};
 use crate::supervisor::TokenDelivery;
 
 /// How long the launch handshake may take before the launch is abandoned.
@@ -38,6 +38,9 @@ const STALE_CGROUP_AGE: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct SandboxLauncher {
     inner: Arc<Inner>,
+    /// Serves each child's egress listener (its only way out), injecting the user's token in
+    /// `inject` mode. Without it a child can reach nothing at all.
+    egress: Option<Arc<crate::egress::Egress>>,
 }
 
 struct Inner {
@@ -100,7 +103,14 @@ impl SandboxLauncher {
                 audit,
                 config,
             }),
+            egress: None,
         })
+    }
+
+    /// Serve every child's egress listener with `egress` (the broker's proxy to Forgejo).
+    pub fn with_egress(mut self, egress: Arc<crate::egress::Egress>) -> Self {
+        self.egress = Some(egress);
+        self
     }
 
     /// The cgroup backend in use (`cgroup v2`, `cgroup v1`, `none`).
@@ -243,8 +253,90 @@ impl SandboxLauncher {
 
 #[async_trait]
 impl ChildLauncher for SandboxLauncher {
-    async fn launch(&self, spec: ChildSpec) -> Result<ChildHandle, LaunchError> {
-        Ok(self.launch_sandboxed(spec).await?.handle)
+    /// The launcher replaces the placeholder with `127.0.0.1:<port>` of the listener it
+    /// created inside the child's network namespace.
+    fn child_forgejo_url(&self, _forgejo: &str) -> String {
+        format!("http://{}", sandbox::plan::EGRESS_PLACEHOLDER)
+    }
+
+    async fn launch(&self, mut spec: ChildSpec) -> Result<ChildHandle, LaunchError> {
+        use crate::egress::{EgressSession, SessionCredential};
+        // `inject`: the child gets a random per-session placeholder; the real token stays in
+        // the broker and is added by the egress proxy on the way out.
+        let credential = match spec.delivery {
+            TokenDelivery::Inject => {
+                let placeholder =
+                    crate::secret::random_token(32).map_err(|error| LaunchError::Sandbox {
+                        stage: "credential".to_owned(),
+                        message: error.to_string(),
+                    })?;
+                let variable = spec.credential.take().map(|(variable, _real)| variable);
+                spec.credential = variable.map(|variable| {
+                    (
+                        variable,
+                        SecretString::from(placeholder.expose_secret().to_owned()),
+                    )
+                });
+                SessionCredential::Placeholder(placeholder)
+            }
+            _ => SessionCredential::PassThrough,
+        };
+        let session = EgressSession {
+            user_id: spec.user_id,
+            session_label: spec.session_label.clone(),
+            credential,
+        };
+        let child = self.launch_sandboxed(spec).await?;
+        let (Some(egress), Some(listener)) = (&self.egress, child.egress) else {
+            return Ok(child.handle);
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        egress
+            .serve(listener, session, cancel.clone())
+            .map_err(|error| LaunchError::Sandbox {
+                stage: "egress-proxy".to_owned(),
+                message: error.to_string(),
+            })?;
+        let ChildHandle {
+            stdin,
+            stdout,
+            stderr,
+            control,
+        } = child.handle;
+        Ok(ChildHandle {
+            stdin,
+            stdout,
+            stderr,
+            control: Box::new(EgressBound {
+                control,
+                _proxy: cancel.drop_guard(),
+            }),
+        })
+    }
+}
+
+/// A child whose egress proxy stops when the child's owner lets go of it.
+struct EgressBound {
+    control: Box<dyn ChildControl>,
+    _proxy: tokio_util::sync::DropGuard,
+}
+
+#[async_trait]
+impl ChildControl for EgressBound {
+    fn pid(&self) -> Option<u32> {
+        self.control.pid()
+    }
+
+    fn layers(&self) -> Vec<String> {
+        self.control.layers()
+    }
+
+    async fn wait(&self) -> ChildExit {
+        self.control.wait().await
+    }
+
+    async fn terminate(&self, grace: std::time::Duration) -> ChildExit {
+        self.control.terminate(grace).await
     }
 }
 

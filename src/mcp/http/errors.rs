@@ -1,6 +1,6 @@
 //! Every refusal of the MCP edge, mapped to HTTP in one place (STYLE.md habit 4).
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::super::SUPPORTED_VERSIONS;
@@ -14,8 +14,6 @@ use super::*;
 pub(super) enum EdgeError {
     #[error("origin not allowed")]
     OriginNotAllowed,
-    #[error("unauthorized")]
-    Unauthorized { token_sent: bool },
     #[error("unsupported MCP-Protocol-Version")]
     UnsupportedVersion,
     #[error("no session")]
@@ -60,11 +58,6 @@ impl IntoResponse for EdgeError {
                 StatusCode::FORBIDDEN,
                 codes::BAD_REQUEST,
                 "Forbidden: Origin not allowed".to_owned(),
-            ),
-            Self::Unauthorized { .. } => (
-                StatusCode::UNAUTHORIZED,
-                codes::BAD_REQUEST,
-                "Unauthorized".to_owned(),
             ),
             Self::UnsupportedVersion => (
                 StatusCode::BAD_REQUEST,
@@ -138,18 +131,7 @@ impl IntoResponse for EdgeError {
     }
 }
 
-/// 401 with the RFC 9728 pointer (item 16); `error="invalid_token"` only when a token was sent
-/// (RFC 6750 §3).
-pub(super) fn unauthorized(edge: &Edge, token_sent: bool) -> Response {
-    let mut challenge = format!("Bearer resource_metadata=\"{}\"", edge.resource_metadata);
-    if token_sent {
-        challenge.push_str(", error=\"invalid_token\"");
-    }
-    let mut response = EdgeError::Unauthorized { token_sent }.into_response();
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, value);
-    }
-    response
+/// The broker-wide 401 for `/mcp` ([`crate::oauth::mcp_unauthorized`]).
+pub(super) fn unauthorized(edge: &Edge, rejection: crate::auth::TokenRejection) -> Response {
+    crate::oauth::mcp_unauthorized(&edge.issuer, rejection)
 }

@@ -23,6 +23,13 @@ pub(super) async fn get_legacy_sse(State(edge): State<Edge>, headers: HeaderMap)
         Ok(principal) => principal,
         Err(response) => return response,
     };
+    if let Some(response) = rate_refusal(
+        &edge,
+        crate::ratelimit::EndpointClass::McpSession,
+        &principal,
+    ) {
+        return response;
+    }
     let (session_id, session) = match edge.registry.create(&principal, true).await {
         Ok(created) => created,
         Err(error) => return EdgeError::from(error).into_response(),

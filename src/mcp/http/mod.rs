@@ -27,7 +27,7 @@ use super::registry::Registry;
 use super::store::SessionStore;
 use super::{McpConfig, SUPPORTED_VERSIONS};
 use crate::audit::SharedAudit;
-use crate::auth::{AccessTokenVerifier, Principal, UpstreamCredentials};
+use crate::auth::{AccessTokenVerifier, Principal, TokenRejection, UpstreamCredentials};
 use crate::clock::SharedClock;
 use crate::config::ServerConfig;
 use crate::store::{Db, StoreError};
@@ -51,6 +51,11 @@ pub struct McpDeps {
     pub verifier: Arc<dyn AccessTokenVerifier>,
     pub upstream: Arc<dyn UpstreamCredentials>,
     pub launcher: Arc<dyn ChildLauncher>,
+    /// Revoked grants and dead users announced by the OAuth half: their sessions end at once
+    /// (their ids answer 404 from then on).
+    pub access_ended: Option<tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>>,
+    /// Per-IP and per-user limits on `/mcp` and on new sessions (ARCHITECTURE.md §6).
+    pub rate_limiter: Option<crate::ratelimit::SharedRateLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +103,10 @@ struct Edge {
     registry: Arc<Registry>,
     verifier: Arc<dyn AccessTokenVerifier>,
     resource: Arc<str>,
-    resource_metadata: Arc<str>,
+    issuer: Arc<str>,
     allowed_origins: Arc<[String]>,
     config: Arc<McpConfig>,
+    rate_limiter: Option<crate::ratelimit::SharedRateLimiter>,
 }
 
 /// Builds `/mcp`, `/sse` and `/messages` with their CORS layer, and starts housekeeping.
@@ -142,18 +148,30 @@ pub fn router(
         registry: registry.clone(),
         verifier: deps.verifier,
         resource: Arc::from(server.mcp_resource()),
-        resource_metadata: Arc::from(format!("{issuer}/.well-known/oauth-protected-resource/mcp")),
+        issuer: Arc::from(issuer.as_str()),
         allowed_origins: Arc::from(allowed_origins.clone()),
         config: Arc::new(config.clone()),
+        rate_limiter: deps.rate_limiter,
     };
     spawn_housekeeping(registry.clone(), cancel.clone());
+    if let Some(receiver) = deps.access_ended {
+        spawn_access_ended_listener(registry.clone(), receiver, cancel.clone());
+    }
     let cors = cors_layer(&allowed_origins)?;
-    let router = Router::new()
+    let rate_limiter = edge.rate_limiter.clone();
+    let mut router = Router::new()
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
         .route("/sse", get(get_legacy_sse))
         .route("/messages", post(post_legacy_message))
-        .with_state(edge)
-        .layer(cors);
+        .with_state(edge);
+    if let Some(limiter) = &rate_limiter {
+        // Inside CORS, so a 429 still carries the CORS headers a browser client needs.
+        router = router.layer(crate::ratelimit::layer(
+            limiter,
+            crate::ratelimit::EndpointClass::Mcp,
+        ));
+    }
+    let router = router.layer(cors);
     Ok((router, McpHandle { registry, cancel }))
 }
 
@@ -170,6 +188,43 @@ fn spawn_housekeeping(registry: Arc<Registry>, cancel: CancellationToken) {
                         tracing::error!(task = "mcp-housekeeping", %error, "cannot reap expired sessions");
                     }
                 }
+            }
+        }
+    });
+}
+
+/// Ends the sessions of revoked grants and dead users as soon as the OAuth half says so.
+fn spawn_access_ended_listener(
+    registry: Arc<Registry>,
+    mut receiver: tokio::sync::broadcast::Receiver<crate::auth::AccessEnded>,
+    cancel: CancellationToken,
+) {
+    use crate::auth::AccessEnded;
+    use tokio::sync::broadcast::error::RecvError;
+    let tasks = registry.ctx.tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return,
+                event = receiver.recv() => event,
+            };
+            let result = match event {
+                Ok(AccessEnded::Grant { grant_id, .. }) => registry.end_grant(&grant_id).await,
+                Ok(AccessEnded::User { user_id }) => registry.end_user(user_id).await,
+                Err(RecvError::Lagged(missed)) => {
+                    // The verifier refuses those users' tokens anyway; their sessions end
+                    // on expiry instead of at once.
+                    tracing::warn!(
+                        task = "mcp-access-ended",
+                        missed,
+                        "access-ended events missed"
+                    );
+                    Ok(0)
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if let Err(error) = result {
+                tracing::error!(task = "mcp-access-ended", %error, "cannot end revoked sessions");
             }
         }
     });
@@ -215,23 +270,24 @@ async fn admit(edge: &Edge, headers: &HeaderMap) -> Result<Principal, Response> 
             return Err(EdgeError::OriginNotAllowed.into_response());
         }
     }
-    let token = match headers.get(header::AUTHORIZATION) {
-        None => return Err(unauthorized(edge, false)),
-        Some(value) => value.to_str().ok().and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        }),
-    };
-    let Some(token) = token.filter(|token| !token.is_empty()) else {
-        return Err(unauthorized(edge, true));
+    // The bearer token and the 401 are the OAuth half's (one helper for the whole broker):
+    // `Authorization: Bearer` only, never the query (item 17); the challenge points at the
+    // protected-resource metadata and says `invalid_token` only when a token was sent (item 16).
+    let token = match crate::oauth::verifier::bearer_token(headers) {
+        Ok(Some(token)) => token,
+        Ok(None) => return Err(unauthorized(edge, TokenRejection::Missing)),
+        Err(rejection) => return Err(unauthorized(edge, rejection)),
     };
     let principal = match edge.verifier.verify(token, &edge.resource).await {
         Ok(principal) => principal,
         Err(rejection) => {
             tracing::info!(reason = %rejection, "mcp bearer token rejected");
-            return Err(unauthorized(edge, true));
+            return Err(unauthorized(edge, rejection));
         }
     };
+    if let Some(refusal) = rate_refusal(edge, crate::ratelimit::EndpointClass::Mcp, &principal) {
+        return Err(refusal);
+    }
     if let Some(version) = headers.get(MCP_PROTOCOL_VERSION) {
         let supported = version
             .to_str()
@@ -241,6 +297,19 @@ async fn admit(edge: &Edge, headers: &HeaderMap) -> Result<Principal, Response> 
         }
     }
     Ok(principal)
+}
+
+/// Per-user limit of `class` (the per-IP one is the router's layer): the 429 if exceeded.
+fn rate_refusal(
+    edge: &Edge,
+    class: crate::ratelimit::EndpointClass,
+    principal: &Principal,
+) -> Option<Response> {
+    let limiter = edge.rate_limiter.as_ref()?;
+    limiter
+        .check(class, &crate::ratelimit::RateKey::user(principal.user_id))
+        .err()
+        .map(IntoResponse::into_response)
 }
 
 fn session_header(headers: &HeaderMap) -> Option<&str> {

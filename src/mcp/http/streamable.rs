@@ -167,6 +167,12 @@ pub(super) async fn initialize_new(
     let Some(Message::Request { id, params, .. }) = messages.into_iter().next() else {
         return Err(EdgeError::InvalidMessage("initialize must be a request"));
     };
+    // A new session spawns a child: the most expensive thing a client can ask for.
+    if let Some(response) =
+        rate_refusal(edge, crate::ratelimit::EndpointClass::McpSession, principal)
+    {
+        return Ok(response);
+    }
     let (session_id, session) = edge.registry.create(principal, false).await?;
     let (reply, outcome) = oneshot::channel();
     session

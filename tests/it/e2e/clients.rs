@@ -244,3 +244,247 @@ async fn mcp_inspector_cli_lists_and_calls_tools_through_the_broker() {
     assert!(!output.status.success());
     broker.shutdown().await;
 }
+
+/// The full chain under the full sandbox (issue #6): `gitea-mcp` (Python) runs confined,
+/// its only network the egress listener inside its own namespace; in `inject` mode it holds a
+/// placeholder, and the broker's egress proxy adds the user's real Forgejo token on the way out.
+#[tokio::test]
+async fn gitea_mcp_under_the_sandbox_in_inject_mode_never_holds_the_forgejo_token() {
+    if let Some(reason) = crate::sandbox::unavailable() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let venv = peers_dir().join(".venv");
+    let gitea_mcp = venv.join("bin/gitea-mcp");
+    if !require_peer(&node()) || !require_peer(&gitea_mcp) {
+        return;
+    }
+    // The venv's interpreter lives in its base prefix (pyenv, /usr/local, ...).
+    let prefix = std::fs::read_to_string(venv.join("pyvenv.cfg"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("home = "))
+        .map(|home| std::path::PathBuf::from(home.trim()))
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let broker = TestBroker::builder()
+        .sandboxed()
+        .toml(&format!(
+            r#"
+            [sandbox]
+            profile = "python"
+            extra_read_only = ["{venv}", "{prefix}"]
+            launcher = "{launcher}"
+            memory_limit_mib = 512
+            [mcp.child]
+            program = "{program}"
+            args = []
+            env_allowlist = []
+            token_variable = "GITEA_TOKEN"
+            delivery = "inject"
+            [mcp.child.env]
+            GITEA_URL = "{{forgejo_url}}"
+            GITEA_MAX_RETRIES = "0"
+            "#,
+            venv = venv.display(),
+            prefix = prefix.display(),
+            launcher = super::BROKER_BIN,
+            program = gitea_mcp.display(),
+        ))
+        .start()
+        .await;
+    let calls = json!([
+        { "name": "list_repos", "arguments": {}, "expect": "notes" },
+        { "name": "create_issue",
+          "arguments": { "owner": "alice", "repo": "notes", "title": "Filed from inside the sandbox" },
+          "expect": "Filed from inside the sandbox" }
+    ])
+    .to_string();
+    let steps = run_typescript_client(&broker, &["--calls", &calls], &[]).await;
+    assert_full_flow(&broker, &steps);
+    assert!(
+        broker
+            .standin
+            .issues("alice", "notes")
+            .iter()
+            .any(|issue| issue.title == "Filed from inside the sandbox")
+    );
+    let events = broker.audit_events();
+    let spawned = events
+        .iter()
+        .find_map(|event| match event {
+            forgejo_mcp_broker::audit::AuditEvent::ChildSpawned { layers, .. } => Some(layers),
+            _ => None,
+        })
+        .expect("the spawn is audited with its layers");
+    for layer in ["user-namespace", "network-namespace", "seccomp"] {
+        assert!(
+            spawned.iter().any(|applied| applied == layer),
+            "{layer} not in {spawned:?}"
+        );
+    }
+    let upstream_calls: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            forgejo_mcp_broker::audit::AuditEvent::UpstreamApiCall {
+                method,
+                path,
+                status,
+                ..
+            } => Some((method.clone(), path.clone(), *status)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        upstream_calls
+            .iter()
+            .any(|(method, path, status)| method == "POST"
+                && path == "/api/v1/repos/alice/notes/issues"
+                && *status == 201),
+        "{upstream_calls:?}"
+    );
+    assert_no_forgejo_token_in(&broker, "the audit log", &format!("{events:?}"));
+    broker.shutdown().await;
+}
+
+/// A broker whose children run under the full sandbox with `profile`, or `None` (with the
+/// reason printed) where this host cannot sandbox.
+async fn sandboxed_broker(
+    profile: &str,
+    extra_read_only: &[&std::path::Path],
+    child_toml: &str,
+) -> Option<TestBroker> {
+    if let Some(reason) = crate::sandbox::unavailable() {
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    let extra: Vec<String> = extra_read_only
+        .iter()
+        .map(|path| format!("\"{}\"", path.display()))
+        .collect();
+    Some(
+        TestBroker::builder()
+            .sandboxed()
+            .toml(&format!(
+                r#"
+                [sandbox]
+                profile = "{profile}"
+                extra_read_only = [{}]
+                launcher = "{}"
+                memory_limit_mib = 512
+                {child_toml}
+                "#,
+                extra.join(", "),
+                super::BROKER_BIN,
+            ))
+            .start()
+            .await,
+    )
+}
+
+fn spawned_layers(broker: &TestBroker) -> Vec<String> {
+    broker
+        .audit_events()
+        .into_iter()
+        .find_map(|event| match event {
+            forgejo_mcp_broker::audit::AuditEvent::ChildSpawned { layers, .. } => Some(layers),
+            _ => None,
+        })
+        .expect("the spawn is audited with its layers")
+}
+
+/// Node under the full sandbox, through the broker: server-everything answers a tool call.
+#[tokio::test]
+async fn server_everything_under_the_sandbox_answers_through_the_broker() {
+    let modules = peers_dir().join("node_modules");
+    let everything = modules.join("@modelcontextprotocol/server-everything/dist/index.js");
+    if !require_peer(&node()) || !require_peer(&everything) {
+        return;
+    }
+    let Some(broker) = sandboxed_broker(
+        "node",
+        &[&modules],
+        &format!(
+            r#"
+            [mcp.child]
+            program = "{}"
+            args = ["{}", "stdio"]
+            env_allowlist = []
+            token_variable = "UNUSED_TOKEN"
+            delivery = "none"
+            "#,
+            node().display(),
+            everything.display()
+        ),
+    )
+    .await
+    else {
+        return;
+    };
+    let calls = json!([
+        { "name": "echo", "arguments": { "message": "from the sandbox" }, "expect": "from the sandbox" }
+    ])
+    .to_string();
+    let steps = run_typescript_client(&broker, &["--calls", &calls], &[]).await;
+    assert_full_flow(&broker, &steps);
+    let layers = spawned_layers(&broker);
+    assert!(layers.iter().any(|layer| layer == "seccomp"), "{layers:?}");
+    broker.shutdown().await;
+}
+
+/// A Go MCP server binary shipped on npm, under the full sandbox, through the broker: its
+/// tool call reaches the egress proxy (its only way out) and is audited there.
+#[tokio::test]
+async fn a_go_mcp_server_under_the_sandbox_answers_through_the_broker() {
+    let go =
+        peers_dir().join("node_modules/mcp-prometheus-linux-amd64/bin/mcp-prometheus-linux-amd64");
+    if !require_peer(&node()) || !require_peer(&go) {
+        return;
+    }
+    let Some(broker) = sandboxed_broker(
+        "go",
+        &[],
+        &format!(
+            r#"
+            [mcp.child]
+            program = "{}"
+            args = ["--url", "{{forgejo_url}}"]
+            env_allowlist = []
+            token_variable = "UNUSED_TOKEN"
+            delivery = "none"
+            "#,
+            go.display()
+        ),
+    )
+    .await
+    else {
+        return;
+    };
+    // No Prometheus behind it: the query fails upstream, but it went out through the proxy.
+    let calls = json!([
+        { "name": "query", "arguments": { "promql": "up" }, "allowError": true }
+    ])
+    .to_string();
+    let steps = run_typescript_client(&broker, &["--calls", &calls], &[]).await;
+    assert_full_flow(&broker, &steps);
+    assert!(
+        steps.find("tools_listed")["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|name| name == "query")
+    );
+    let proxied = broker.audit_events().into_iter().any(|event| {
+        matches!(event, forgejo_mcp_broker::audit::AuditEvent::UpstreamApiCall { path, .. }
+            if path.starts_with("/api/v1/query"))
+    });
+    assert!(proxied, "the Go child's request reached the egress proxy");
+    let layers = spawned_layers(&broker);
+    assert!(
+        layers.iter().any(|layer| layer == "network-namespace"),
+        "{layers:?}"
+    );
+    broker.shutdown().await;
+}

@@ -154,6 +154,8 @@ pub struct Broker {
     pub verifier: Arc<TestOnlyVerifier>,
     pub upstream: Arc<TestOnlyUpstream>,
     pub data_dir: Arc<tempfile::TempDir>,
+    /// What the OAuth half publishes on revocation (the edge listens).
+    pub access_ended: forgejo_mcp_broker::auth::AccessEndedSender,
     config: McpConfig,
     server: tokio::task::JoinHandle<()>,
 }
@@ -192,6 +194,7 @@ impl Broker {
         let audit = MemoryAudit::new();
         let upstream = Arc::new(TestOnlyUpstream::default());
         let db = Db::open(&server_config.database_path()).unwrap();
+        let access_ended = forgejo_mcp_broker::auth::access_ended_channel();
         let (router, handle) = mcp::router(
             &server_config,
             &config,
@@ -203,6 +206,8 @@ impl Broker {
                 verifier: verifier.clone(),
                 upstream: upstream.clone(),
                 launcher: Arc::new(PlainLauncher),
+                access_ended: Some(access_ended.subscribe()),
+                rate_limiter: None,
             },
         )
         .unwrap();
@@ -221,6 +226,7 @@ impl Broker {
             verifier,
             upstream,
             data_dir,
+            access_ended,
             config,
             server,
         }

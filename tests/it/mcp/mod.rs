@@ -1,5 +1,6 @@
 //! The MCP edge over real HTTP with real children (issue #3).
 
+mod e2e;
 mod everything;
 mod faults;
 pub(crate) mod fixtures;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::fixtures::*;
+use forgejo_mcp_broker::auth::AccessEnded;
 use forgejo_mcp_broker::mcp::jsonrpc::codes;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -136,15 +137,53 @@ async fn a_revoked_grant_ends_its_sessions() {
         .post(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
         .await;
     assert_eq!(reply.status, 401);
-    // … the OAuth side ends the grant's sessions, and a fresh authorization of the same user
-    // and client does not get them back.
-    assert_eq!(broker.handle.end_grant("grant-1").await, 1);
+    // … the OAuth side announces the revocation, the edge ends the grant's sessions (child
+    // stopped), and a fresh authorization of the same user and client does not get them back.
+    assert_eq!(broker.handle.running_children(), 1);
+    broker
+        .access_ended
+        .send(AccessEnded::Grant {
+            grant_id: "grant-1".to_owned(),
+            user_id: 1,
+        })
+        .unwrap();
+    assert!(eventually(WAIT, || async { broker.handle.running_children() == 0 }).await);
     let mut renewed = broker.user("t2", 1, "client-a", "grant-2");
     renewed.session = client.session.clone();
     let reply = renewed
         .post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
         .await;
     assert_eq!(reply.status, 404);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_user_announced_by_the_oauth_side_ends_all_their_sessions() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut first = broker.user("t1", 5, "client-a", "grant-1");
+    first.initialize().await;
+    let mut second = broker.user("t2", 5, "client-b", "grant-2");
+    second.initialize().await;
+    let mut other_user = broker.user("t3", 6, "client-a", "grant-3");
+    other_user.initialize().await;
+    assert_eq!(broker.handle.running_children(), 3);
+    broker
+        .access_ended
+        .send(AccessEnded::User { user_id: 5 })
+        .unwrap();
+    assert!(eventually(WAIT, || async { broker.handle.running_children() == 1 }).await);
+    for client in [&first, &second] {
+        let reply = client
+            .post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
+            .await;
+        assert_eq!(reply.status, 404);
+    }
+    assert_eq!(
+        other_user
+            .tool_text("echo", json!({"message": "alive"}))
+            .await,
+        "alive"
+    );
     broker.stop().await;
 }
 

@@ -38,7 +38,11 @@ async fn requests_without_a_valid_token_get_401_with_the_metadata_pointer() {
     assert_eq!(reply.status, 401);
     let challenge = reply.headers["www-authenticate"].to_str().unwrap();
     assert!(
-        challenge.ends_with(", error=\"invalid_token\""),
+        challenge.contains(", error=\"invalid_token\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("/.well-known/oauth-protected-resource/mcp"),
         "{challenge}"
     );
     // Tokens in the query string are never accepted (item 17).

@@ -267,3 +267,63 @@ async fn ending_a_session_from_the_admin_command_stops_it_in_the_serving_broker(
     ));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn admin_revoke_of_a_user_kills_their_live_mcp_session() {
+    let broker = TestBroker::builder()
+        .toml(&crate::e2e::demo_child_toml())
+        .start()
+        .await;
+    let (_, tokens) = broker.login_new_client().await;
+    let http = reqwest::Client::new();
+    let post = |session: Option<&str>, body: serde_json::Value| {
+        let mut request = http
+            .post(broker.url("/mcp"))
+            .bearer_auth(&tokens.access_token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        request.send()
+    };
+    let initialized = post(
+        None,
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "ops-test", "version": "1"}},
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(initialized.status(), 200);
+    let session = initialized.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ping = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    assert_eq!(
+        post(Some(&session), ping.clone()).await.unwrap().status(),
+        200
+    );
+
+    let admin = admin_for(&broker);
+    let revocation = admin.revoke_user(ALICE, false).await.unwrap();
+    assert_eq!(revocation.sessions_ended, 1);
+    // The very next request is refused: the token is dead.
+    assert_eq!(post(Some(&session), ping).await.unwrap().status(), 401);
+    // And the serving broker's housekeeping ends the session (bounded poll).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !broker
+        .audit_events()
+        .iter()
+        .any(|e| matches!(e, AuditEvent::SessionEnded { user_id, .. } if *user_id == ALICE))
+    {
+        assert!(std::time::Instant::now() < deadline, "the session lived on");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    broker.shutdown().await;
+}

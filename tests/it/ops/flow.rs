@@ -344,3 +344,107 @@ async fn token_requests_are_limited_per_authenticated_client_only() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn mcp_requests_are_limited_per_ip_inside_cors() {
+    let broker = TestBroker::builder()
+        .toml("[rate_limits.mcp]\nper_ip = \"3/h\"\n")
+        .start()
+        .await;
+    let flooder = client_from([127, 0, 0, 1]);
+    let bystander = client_from([127, 0, 0, 2]);
+    let post = |client: &reqwest::Client| {
+        client
+            .post(broker.url("/mcp"))
+            .header("origin", broker.base_url.as_str())
+            .header("accept", "application/json, text/event-stream")
+            .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .send()
+    };
+    for _ in 0..3 {
+        // No token: the edge answers 401, but the request counted.
+        assert_eq!(post(&flooder).await.unwrap().status(), 401);
+    }
+    let refused = post(&flooder).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(
+        refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32000, "{body}");
+    // Preflights are answered by CORS and never counted.
+    let preflight = flooder
+        .request(reqwest::Method::OPTIONS, broker.url("/mcp"))
+        .header("origin", broker.base_url.as_str())
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(post(&bystander).await.unwrap().status(), 401);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn new_sessions_and_mcp_requests_are_limited_per_user() {
+    let broker = TestBroker::builder()
+        .toml(&crate::e2e::demo_child_toml())
+        .toml("[rate_limits.mcp_session]\nper_user = \"2/h\"\nper_ip = \"off\"\n")
+        .toml("[rate_limits.mcp]\nper_user = \"4/h\"\nper_ip = \"off\"\n")
+        .start()
+        .await;
+    let (_, tokens) = broker.login_new_client().await;
+    let http = reqwest::Client::new();
+    let send = |session: Option<String>, body: serde_json::Value| {
+        let mut request = http
+            .post(broker.url("/mcp"))
+            .bearer_auth(&tokens.access_token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        request.send()
+    };
+    let initialize = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "ops-test", "version": "1"}},
+    });
+    let first = send(None, initialize.clone()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let session = first.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(send(None, initialize.clone()).await.unwrap().status(), 200);
+    // The third new session of this user: refused before a child is spawned.
+    let refused = send(None, initialize.clone()).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32000, "{body}");
+    // Request 4 of 4 on an existing session passes; the fifth is over the per-user budget.
+    let ping = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    assert_eq!(
+        send(Some(session.clone()), ping.clone())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let over = send(Some(session), ping).await.unwrap();
+    assert_eq!(over.status(), 429);
+    assert!(over.headers().contains_key("retry-after"));
+    let metrics = broker.metrics.encode();
+    assert!(
+        metrics.contains(r#"rate_limit_rejections_total{class="mcp_session",key_kind="user"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"rate_limit_rejections_total{class="mcp",key_kind="user"} 1"#));
+    broker.shutdown().await;
+}

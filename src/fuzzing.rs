@@ -1,0 +1,130 @@
+//! Oracles for the broker's parsers of untrusted input, shared by the cargo-fuzz targets in
+//! `fuzz/` and by the unit test below that replays every committed corpus file on stable Rust
+//! (so CI covers them without nightly). Each oracle asserts a property, not just "no panic":
+//! validation is idempotent, serialisation round-trips. (The vault's own oracles live in
+//! `vault::fuzzing`.)
+#![allow(clippy::panic, clippy::expect_used)] // An oracle's whole job is to panic on a violation.
+
+use crate::mcp::jsonrpc::Message;
+use crate::oauth::client::{ClientMetadata, RawClientMetadata};
+use crate::oauth::register::parse_registration;
+
+/// DCR bodies (RFC 7591): whatever validation accepts, it accepts again unchanged once
+/// re-serialised (the stored form is a fixpoint); a rejection is an RFC error, never a panic.
+pub fn registration_oracle(data: &[u8]) {
+    if let Ok(metadata) = parse_registration(data) {
+        let again = serde_json::to_vec(&metadata).expect("validated metadata serialises");
+        let reparsed = parse_registration(&again).expect("validated metadata validates again");
+        assert_eq!(reparsed, metadata, "validation is not idempotent");
+    }
+}
+
+/// Client ID Metadata Documents: a document is accepted only for the URL it names, and never
+/// with a secret; what is accepted is valid DCR metadata too.
+pub fn cimd_document_oracle(data: &[u8]) {
+    const URL: &str = "https://client.example/metadata.json";
+    let Ok(raw) = serde_json::from_slice::<RawClientMetadata>(data) else {
+        return;
+    };
+    if let Ok(metadata) = crate::oauth::cimd::validate_document(&raw, URL) {
+        assert_eq!(
+            raw.client_id.as_ref().and_then(|value| value.as_str()),
+            Some(URL),
+            "a document was accepted for another URL"
+        );
+        assert!(
+            raw.client_secret.is_none(),
+            "a document with a secret was accepted"
+        );
+        let again = serde_json::to_vec(&metadata).expect("validated metadata serialises");
+        let reparsed: ClientMetadata =
+            parse_registration(&again).expect("a CIMD client is valid client metadata");
+        assert_eq!(reparsed, metadata);
+    }
+}
+
+/// `/oauth/authorize` query strings: parsing is a pure function of its input.
+pub fn authorize_query_oracle(data: &[u8]) {
+    let Ok(query) = std::str::from_utf8(data) else {
+        return;
+    };
+    let first = crate::oauth::authorize::parse_authorize_query(query);
+    let second = crate::oauth::authorize::parse_authorize_query(query);
+    match (first, second) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(_), Err(_)) => {}
+        _ => panic!("parse_authorize_query is not deterministic"),
+    }
+}
+
+/// `/oauth/token` bodies: form parsing then grant validation never panics, and a grant is
+/// only ever one of the two this server supports.
+pub fn token_request_oracle(data: &[u8]) {
+    let Ok(raw) = crate::oauth::token::parse_form::<crate::oauth::token::RawTokenRequest>(data)
+    else {
+        return;
+    };
+    if crate::oauth::token::TokenGrant::try_from(&raw).is_ok() {
+        let grant_type = raw.grant_type.as_deref().unwrap_or_default();
+        assert!(
+            grant_type == "authorization_code" || grant_type == "refresh_token",
+            "accepted grant_type {grant_type:?}"
+        );
+    }
+}
+
+/// JSON-RPC envelopes from clients and children: what parses re-serialises (with its id
+/// kept) to a line that parses to the same message, and that line is a fixpoint.
+pub fn jsonrpc_oracle(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(message) = Message::parse(text) else {
+        return;
+    };
+    let line = message.to_line_with_id(None);
+    let reparsed = Message::parse(&line).expect("a re-serialised message parses");
+    assert_eq!(reparsed.method(), message.method());
+    assert_eq!(
+        reparsed.params().map(|params| params.get()),
+        message.params().map(|params| params.get())
+    );
+    assert_eq!(reparsed.to_line_with_id(None), line, "not a fixpoint");
+}
+
+/// An oracle: panics when its property does not hold for the input.
+pub type Oracle = fn(&[u8]);
+
+/// The fuzz targets, by directory name under `fuzz/corpus/`.
+pub const TARGETS: &[(&str, Oracle)] = &[
+    ("registration", registration_oracle),
+    ("cimd_document", cimd_document_oracle),
+    ("authorize_query", authorize_query_oracle),
+    ("token_request", token_request_oracle),
+    ("jsonrpc", jsonrpc_oracle),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays every committed corpus (and crash artifact) file through its oracle.
+    #[test]
+    fn every_corpus_replays_through_its_oracle() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        for (target, oracle) in TARGETS {
+            let mut replayed = 0;
+            for dir in ["corpus", "artifacts"] {
+                let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+                    continue;
+                };
+                for entry in entries {
+                    let path = entry.unwrap().path();
+                    oracle(&std::fs::read(&path).unwrap());
+                    replayed += 1;
+                }
+            }
+            assert!(replayed >= 3, "only {replayed} corpus files for {target}");
+        }
+    }
+}

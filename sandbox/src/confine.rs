@@ -223,7 +223,25 @@ pub fn confine<S: Syscall>(
             )
         );
 
-        // 14. Read-only binds of exactly what the profile needs, nosuid and nodev, keeping
+        // 14. The only writable place: a size-limited tmpfs /tmp. Before the binds: a profile
+        //     path under /tmp (a program built or unpacked there) is bound on top of it;
+        //     mounted after, the tmpfs would hide the bind or fail on its mount point.
+        let tmp = format!("{NEW_ROOT}/tmp");
+        step!(Stage::MountTmp, make_parents(sys, &tmp));
+        step!(Stage::MountTmp, sys.mkdir(&tmp, 0o1777));
+        let tmp_options = format!("mode=1777,size={}", plan.tmp_size_bytes);
+        step!(
+            Stage::MountTmp,
+            sys.mount(
+                Some("tmpfs"),
+                &tmp,
+                Some("tmpfs"),
+                MS_NOSUID | MS_NODEV,
+                Some(&tmp_options)
+            )
+        );
+
+        // 15. Read-only binds of exactly what the profile needs, nosuid and nodev, keeping
         //     any flags the kernel locked on the source mount.
         let mut source_fds = sources.iter();
         for bind in &plan.binds {
@@ -260,22 +278,6 @@ pub fn confine<S: Syscall>(
                 )
             );
         }
-
-        // 15. The only writable place: a size-limited tmpfs /tmp.
-        let tmp = format!("{NEW_ROOT}/tmp");
-        step!(Stage::MountTmp, make_parents(sys, &tmp));
-        step!(Stage::MountTmp, sys.mkdir(&tmp, 0o1777));
-        let tmp_options = format!("mode=1777,size={}", plan.tmp_size_bytes);
-        step!(
-            Stage::MountTmp,
-            sys.mount(
-                Some("tmpfs"),
-                &tmp,
-                Some("tmpfs"),
-                MS_NOSUID | MS_NODEV,
-                Some(&tmp_options)
-            )
-        );
 
         // 16. A fresh /proc of the new pid namespace; hidepid=invisible hides processes the
         //     child does not own (there are none others, but it costs nothing).

@@ -125,6 +125,14 @@ async fn every_escape_attempt_of_a_hostile_child_fails() {
         "the other session's token leaked into the probe"
     );
     assert!(!output.contains("secret contents"), "a host file was read");
+    let beside_program = std::path::Path::new(super::PROBE)
+        .parent()
+        .unwrap()
+        .join("probe-escape");
+    assert!(
+        !beside_program.exists(),
+        "the probe wrote into the host's program directory"
+    );
 
     eprintln!("probe report: {output}");
     let attempts = report["attempts"].as_array().unwrap();

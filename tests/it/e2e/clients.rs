@@ -250,10 +250,6 @@ async fn mcp_inspector_cli_lists_and_calls_tools_through_the_broker() {
 /// placeholder, and the broker's egress proxy adds the user's real Forgejo token on the way out.
 #[tokio::test]
 async fn gitea_mcp_under_the_sandbox_in_inject_mode_never_holds_the_forgejo_token() {
-    if let Some(reason) = crate::sandbox::unavailable() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
     let venv = peers_dir().join(".venv");
     let gitea_mcp = venv.join("bin/gitea-mcp");
     if !require_peer(&node()) || !require_peer(&gitea_mcp) {
@@ -269,17 +265,13 @@ async fn gitea_mcp_under_the_sandbox_in_inject_mode_never_holds_the_forgejo_toke
         .parent()
         .unwrap()
         .to_path_buf();
-    let broker = TestBroker::builder()
-        .sandboxed()
-        .toml(&format!(
+    let Some(broker) = sandboxed_broker(
+        "python",
+        &[&venv, &prefix],
+        &format!(
             r#"
-            [sandbox]
-            profile = "python"
-            extra_read_only = ["{venv}", "{prefix}"]
-            launcher = "{launcher}"
-            memory_limit_mib = 512
             [mcp.child]
-            program = "{program}"
+            program = "{}"
             args = []
             env_allowlist = []
             token_variable = "GITEA_TOKEN"
@@ -288,13 +280,13 @@ async fn gitea_mcp_under_the_sandbox_in_inject_mode_never_holds_the_forgejo_toke
             GITEA_URL = "{{forgejo_url}}"
             GITEA_MAX_RETRIES = "0"
             "#,
-            venv = venv.display(),
-            prefix = prefix.display(),
-            launcher = super::BROKER_BIN,
-            program = gitea_mcp.display(),
-        ))
-        .start()
-        .await;
+            gitea_mcp.display(),
+        ),
+    )
+    .await
+    else {
+        return;
+    };
     let calls = json!([
         { "name": "list_repos", "arguments": {}, "expect": "notes" },
         { "name": "create_issue",
@@ -311,20 +303,14 @@ async fn gitea_mcp_under_the_sandbox_in_inject_mode_never_holds_the_forgejo_toke
             .iter()
             .any(|issue| issue.title == "Filed from inside the sandbox")
     );
-    let events = broker.audit_events();
-    let spawned = events
-        .iter()
-        .find_map(|event| match event {
-            forgejo_mcp_broker::audit::AuditEvent::ChildSpawned { layers, .. } => Some(layers),
-            _ => None,
-        })
-        .expect("the spawn is audited with its layers");
+    let spawned = spawned_layers(&broker);
     for layer in ["user-namespace", "network-namespace", "seccomp"] {
         assert!(
             spawned.iter().any(|applied| applied == layer),
             "{layer} not in {spawned:?}"
         );
     }
+    let events = broker.audit_events();
     let upstream_calls: Vec<_> = events
         .iter()
         .filter_map(|event| match event {

@@ -48,6 +48,9 @@ pub(super) fn frame_event(frame: Frame, legacy: bool) -> Option<Event> {
     }
 }
 
+/// The reconnection delay announced in priming events.
+const PRIMING_RETRY_MS: u64 = 1000;
+
 pub(super) fn sse_response(
     initial: Vec<Frame>,
     receiver: Option<mpsc::Receiver<Frame>>,
@@ -58,7 +61,14 @@ pub(super) fn sse_response(
 ) -> Response {
     let mut first: Vec<Event> = Vec::new();
     if let Some(id) = priming {
-        first.push(Event::default().id(id).data(""));
+        // SEP-1699 (2025-11-25): the priming event carries an id to resume from and `retry:`,
+        // how long a client waits before reconnecting with Last-Event-ID if the stream drops.
+        first.push(
+            Event::default()
+                .id(id)
+                .retry(std::time::Duration::from_millis(PRIMING_RETRY_MS))
+                .data(""),
+        );
     }
     first.extend(
         initial

@@ -130,22 +130,11 @@ async fn gitea_mcp_from_pypi_lists_repositories_and_creates_an_issue_through_the
         .oauth("access_token_ttl_secs = 3600")
         .start()
         .await;
-    let calls = json!([
-        { "name": "list_repos", "arguments": {}, "expect": "notes" },
-        { "name": "create_issue",
-          "arguments": { "owner": "alice", "repo": "notes", "title": "Filed by gitea-mcp through the broker", "body": "e2e" },
-          "expect": "Filed by gitea-mcp through the broker" }
-    ])
-    .to_string();
-    let steps = run_typescript_client(&broker, &["--calls", &calls], &[]).await;
-    assert_full_flow(&broker, &steps);
-    assert!(
-        broker
-            .standin
-            .issues("alice", "notes")
-            .iter()
-            .any(|issue| issue.title == "Filed by gitea-mcp through the broker")
-    );
+    gitea_mcp_lists_repositories_and_files_an_issue(
+        &broker,
+        "Filed by gitea-mcp through the broker",
+    )
+    .await;
     broker.shutdown().await;
 }
 
@@ -287,22 +276,7 @@ async fn gitea_mcp_under_the_sandbox_in_inject_mode_never_holds_the_forgejo_toke
     else {
         return;
     };
-    let calls = json!([
-        { "name": "list_repos", "arguments": {}, "expect": "notes" },
-        { "name": "create_issue",
-          "arguments": { "owner": "alice", "repo": "notes", "title": "Filed from inside the sandbox" },
-          "expect": "Filed from inside the sandbox" }
-    ])
-    .to_string();
-    let steps = run_typescript_client(&broker, &["--calls", &calls], &[]).await;
-    assert_full_flow(&broker, &steps);
-    assert!(
-        broker
-            .standin
-            .issues("alice", "notes")
-            .iter()
-            .any(|issue| issue.title == "Filed from inside the sandbox")
-    );
+    gitea_mcp_lists_repositories_and_files_an_issue(&broker, "Filed from inside the sandbox").await;
     let spawned = spawned_layers(&broker);
     for layer in ["user-namespace", "network-namespace", "seccomp"] {
         assert!(
@@ -473,4 +447,25 @@ async fn a_go_mcp_server_under_the_sandbox_answers_through_the_broker() {
         "{layers:?}"
     );
     broker.shutdown().await;
+}
+
+/// The TypeScript client's full flow with gitea-mcp as the child: it lists alice's
+/// repositories and files an issue titled `title`, which must then exist at the stand-in.
+async fn gitea_mcp_lists_repositories_and_files_an_issue(broker: &TestBroker, title: &str) {
+    let calls = json!([
+        { "name": "list_repos", "arguments": {}, "expect": "notes" },
+        { "name": "create_issue",
+          "arguments": { "owner": "alice", "repo": "notes", "title": title },
+          "expect": title }
+    ])
+    .to_string();
+    let steps = run_typescript_client(broker, &["--calls", &calls], &[]).await;
+    assert_full_flow(broker, &steps);
+    assert!(
+        broker
+            .standin
+            .issues("alice", "notes")
+            .iter()
+            .any(|issue| issue.title == title)
+    );
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 
-use crate::app::{AppDeps, StartError, build_upstream, open_vault};
+use crate::app::{AppDeps, StartError, build_upstream, open_vault, provide_audit_key};
 use crate::audit::{AuditEvent, SharedAudit};
 use crate::auth::{UpstreamCredentialsError, UserId};
 use crate::clock::SharedClock;
@@ -128,7 +128,11 @@ impl Admin {
         let oauth = OAuthStore::new(db.clone(), access_ended.clone())?;
         // The MCP edge's table, migrated as `serve` would.
         crate::mcp::store::SessionStore::open(db.clone())?;
-        let vault: Arc<dyn vault::Sealer> = Arc::new(open_vault(config, &db, deps)?);
+        let vault = Arc::new(open_vault(config, &db, deps)?);
+        if let Some(audit_file) = &deps.audit_file {
+            provide_audit_key(config, &vault, audit_file)?;
+        }
+        let vault: Arc<dyn vault::Sealer> = vault;
         let upstream = build_upstream(config, &db, deps, vault, access_ended)?;
         Ok(Self {
             db,

@@ -10,8 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{
-    AuditEvent, AuditKey, AuditKeyError, AuditSink as _, AuditWriterError, FileAudit, SharedAudit,
-    TracingAudit,
+    AuditEvent, AuditKey, AuditSink as _, AuditWriterError, FileAudit, SharedAudit, TracingAudit,
 };
 use crate::auth::AccessTokenVerifier;
 use crate::clock::{SharedClock, SystemClock};
@@ -34,6 +33,9 @@ pub struct AppDeps {
     pub metrics: Metrics,
     /// Starts MCP children; `None` means the launcher the configuration asks for.
     pub launcher: Option<Arc<dyn crate::supervisor::ChildLauncher>>,
+    /// The hash-chained file behind `audit`, when there is one: its checkpoint key lives in
+    /// the vault, so [`start_on`] hands it over once the vault is open.
+    pub audit_file: Option<Arc<FileAudit>>,
 }
 
 impl AppDeps {
@@ -43,15 +45,13 @@ impl AppDeps {
             audit: Arc::new(TracingAudit),
             metrics: Metrics::new(),
             launcher: None,
+            audit_file: None,
         }
     }
 
     /// What `serve` uses: the system clock, a fresh metrics registry and the hash-chained
-    /// audit file of `config` (its checkpoint key is created on first start). The caller keeps
-    /// the [`FileAudit`] to [`FileAudit::close`] it after shutdown.
-    ///
-    /// The audit key comes from `audit.key_file` for now; once the vault lands it is derived
-    /// from the vault's root key instead.
+    /// audit file of `config`, whose checkpoint key [`start_on`] takes from the vault. The
+    /// caller keeps the [`FileAudit`] to [`FileAudit::close`] it after shutdown.
     pub fn for_config(config: &Config) -> Result<(Self, Arc<FileAudit>), StartError> {
         let clock: SharedClock = Arc::new(SystemClock);
         let metrics = Metrics::new();
@@ -64,26 +64,50 @@ impl AppDeps {
             audit: audit.clone(),
             metrics,
             launcher: None,
+            audit_file: Some(audit.clone()),
         };
         Ok((deps, audit))
     }
 }
 
-/// The hash-chained audit file of `config`, its checkpoint key created on first use. Commands
-/// run beside the serving broker (`admin`) open it too: writers share it safely.
+/// The hash-chained audit file of `config`, waiting for its checkpoint key: the key is in
+/// the vault, and opening the vault is audited, so the log opens first and
+/// [`provide_audit_key`] follows. Commands run beside the serving broker (`admin`) open it
+/// too: writers share it safely.
 pub fn open_file_audit(
     config: &Config,
     clock: SharedClock,
     metrics: Metrics,
 ) -> Result<Arc<FileAudit>, StartError> {
-    let data_dir = &config.server.data_dir;
-    let key = AuditKey::load_or_create(&config.audit.key_file(data_dir))?;
-    Ok(FileAudit::open(
-        config.audit.file_config(data_dir),
-        key,
+    Ok(FileAudit::open_awaiting_key(
+        config.audit.file_config(&config.server.data_dir),
         clock,
         metrics,
     )?)
+}
+
+/// Gives `audit` its checkpoint key from `vault`: the stored one, or (first start) the key of a
+/// pre-vault `audit.key_file`, moved in, or a new one. Blocking (SQLite).
+pub fn provide_audit_key(
+    config: &Config,
+    vault: &Vault,
+    audit: &FileAudit,
+) -> Result<(), StartError> {
+    let legacy_file = config.audit.key_file(&config.server.data_dir);
+    audit.provide_key(vault.audit_key_or_create(&legacy_file)?);
+    Ok(())
+}
+
+/// The audit checkpoint key of the vault `config` names, for `audit verify`: opens the vault
+/// (the master key must be available, as for serving) but never creates one or a key, and
+/// audits nothing (verification only reads). `Ok(None)` when the vault holds no audit key yet.
+pub fn audit_key_for_verification(config: &Config) -> Result<Option<AuditKey>, StartError> {
+    let db = Db::open(&config.server.database_path())?;
+    let mut config = config.clone();
+    config.vault.auto_init = false;
+    let deps = AppDeps::production();
+    let vault = open_vault(&config, &db, &deps)?;
+    Ok(vault.audit_key()?)
 }
 
 /// The upstream token keeper (users' Forgejo token sets) over `db`; `serve` and the admin
@@ -157,8 +181,6 @@ pub enum StartError {
     #[error(transparent)]
     Sandbox(#[from] crate::supervisor::sandbox_config::RequirementError),
     #[error(transparent)]
-    AuditKey(#[from] AuditKeyError),
-    #[error(transparent)]
     Audit(#[from] AuditWriterError),
     #[error("forgejo.client_secret: {0}")]
     ClientSecret(String),
@@ -183,7 +205,8 @@ pub enum StartError {
 pub fn sealed_columns() -> Result<SealedRegistry, keystore::registry::RegistryError> {
     SealedRegistry::new()
         .with(crate::upstream::store::SEALED_COLUMNS)?
-        .with(crate::oauth::store::SEALED_COLUMNS)
+        .with(crate::oauth::store::SEALED_COLUMNS)?
+        .with(keystore::audit_key::SEALED_COLUMNS)
 }
 
 /// What other components (the MCP edge, admin verbs, tests) need from the OAuth half.
@@ -287,6 +310,12 @@ pub async fn start_on(
             .map_err(StartError::VaultTask)??
     };
     let vault = Arc::new(vault);
+    if let Some(audit_file) = deps.audit_file.clone() {
+        let (config, vault) = (config.clone(), Arc::clone(&vault));
+        tokio::task::spawn_blocking(move || provide_audit_key(&config, &vault, &audit_file))
+            .await
+            .map_err(StartError::VaultTask)??;
+    }
 
     let metrics = deps.metrics.clone();
     // Routers attach per-IP limits route by route, e.g.

@@ -220,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
-    use forgejo_mcp_broker::keystore::{self, VaultDeps, rotation, source};
+    use forgejo_mcp_broker::keystore::VaultDeps;
     let config_path = match &command {
         VaultCommand::Init { config }
         | VaultCommand::Status { config }
@@ -233,15 +233,39 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let db = forgejo_mcp_broker::store::Db::open(&config.server.database_path())?;
+    let clock: forgejo_mcp_broker::clock::SharedClock =
+        std::sync::Arc::new(forgejo_mcp_broker::clock::SystemClock);
+    // Vault operations go into the audit log beside the serving broker's records. This
+    // command does not hold the checkpoint key (that would take opening the vault once more):
+    // its records are chained at once and covered by the serving broker's next checkpoint.
+    let audit = forgejo_mcp_broker::app::open_file_audit(
+        &config,
+        clock.clone(),
+        forgejo_mcp_broker::metrics::Metrics::new(),
+    )
+    .context("cannot open the audit log")?;
     let deps = VaultDeps {
-        audit: std::sync::Arc::new(forgejo_mcp_broker::audit::TracingAudit),
-        clock: std::sync::Arc::new(forgejo_mcp_broker::clock::SystemClock),
+        audit: audit.clone(),
+        clock,
     };
+    let result = vault_verb(command, &config, &db, &deps);
+    audit.close();
+    result
+}
+
+fn vault_verb(
+    command: VaultCommand,
+    config: &Config,
+    db: &forgejo_mcp_broker::store::Db,
+    deps: &forgejo_mcp_broker::keystore::VaultDeps,
+) -> anyhow::Result<ExitCode> {
+    use forgejo_mcp_broker::keystore::{self, rotation, source};
+    let data_dir = &config.server.data_dir;
     let env = &source::process_env;
     match command {
         VaultCommand::Init { .. } => {
             let registry = forgejo_mcp_broker::app::sealed_columns()?;
-            let report = keystore::init(&db, &config.vault, data_dir, &registry, &deps, env)?;
+            let report = keystore::init(db, &config.vault, data_dir, &registry, deps, env)?;
             println!("vault initialised; master key from {}", report.origin);
             if let Some(path) = report.generated_key_file {
                 println!(
@@ -258,7 +282,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
         }
         VaultCommand::Status { .. } => {
             let registry = forgejo_mcp_broker::app::sealed_columns()?;
-            let report = keystore::status::status(&db, &config.vault, data_dir, &registry, env)?;
+            let report = keystore::status::status(db, &config.vault, data_dir, &registry, env)?;
             print!("{report}");
             if report.initialised && report.key != "ok" {
                 return Ok(ExitCode::FAILURE);
@@ -278,8 +302,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
                     "give exactly one of --new-key-file, --new-passphrase-file, --same-passphrase"
                 ),
             };
-            let report =
-                rotation::rotate_master_key(&db, &config.vault, data_dir, &new, &deps, env)?;
+            let report = rotation::rotate_master_key(db, &config.vault, data_dir, &new, deps, env)?;
             println!(
                 "master key rotated: data key versions {:?} re-wrapped, no row rewritten",
                 report.rewrapped_versions
@@ -310,7 +333,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
             }
         }
         VaultCommand::RotateDataKey { .. } => {
-            let version = rotation::rotate_data_key(&db, &config.vault, data_dir, &deps, env)?;
+            let version = rotation::rotate_data_key(db, &config.vault, data_dir, deps, env)?;
             println!(
                 "data key v{version} added; the serving broker loads it within {} s, seals new writes with it and re-encrypts existing rows in the background (watch `vault status`)",
                 config.vault.rotation_interval_secs

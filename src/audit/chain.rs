@@ -33,11 +33,6 @@ pub enum AuditKeyError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write audit key {path}: {source}")]
-    Write {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error("audit key {path} must hold 64 hex digits (32 bytes)")]
     Malformed { path: std::path::PathBuf },
     #[error("audit key {path} must not be readable by group or others (chmod 600)")]
@@ -48,8 +43,8 @@ pub enum AuditKeyError {
 
 /// The checkpoint HMAC key: 32 bytes, zeroized on drop, never printed.
 ///
-/// Until the vault derives it (a subkey of the vault's root key, so it lives and rotates with
-/// the vault), it is read from a key file, created owner-only on first start.
+/// It lives sealed in the vault (keystore/audit_key.rs), generated once per broker; [`AuditKey::load`]
+/// reads the 0600 key file of brokers from before that, to move it in.
 pub struct AuditKey(SecretBox<[u8; 32]>);
 
 impl std::fmt::Debug for AuditKey {
@@ -69,7 +64,7 @@ impl AuditKey {
         Ok(Self::from_bytes(*bytes))
     }
 
-    /// Reads a key file (64 hex digits); refuses one others can read.
+    /// Reads a pre-vault key file (64 hex digits); refuses one others can read.
     pub fn load(path: &std::path::Path) -> Result<Self, AuditKeyError> {
         use std::os::unix::fs::PermissionsExt;
         let read_error = |source| AuditKeyError::Read {
@@ -92,31 +87,9 @@ impl AuditKey {
         Ok(Self::from_bytes(*bytes))
     }
 
-    /// Reads the key file, or creates it (mode 0600) with a fresh key if it does not exist.
-    pub fn load_or_create(path: &std::path::Path) -> Result<Self, AuditKeyError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt;
-        if path.exists() {
-            return Self::load(path);
-        }
-        let key = Self::generate()?;
-        let write_error = |source| AuditKeyError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(write_error)?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(write_error)?;
-        let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(key.0.expose_secret())));
-        file.write_all(text.as_bytes()).map_err(write_error)?;
-        file.sync_all().map_err(write_error)?;
-        Ok(key)
+    /// The key's bytes, for sealing it into the vault (keystore/audit_key.rs).
+    pub(crate) fn expose_bytes(&self) -> &[u8; 32] {
+        self.0.expose_secret()
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -341,18 +314,24 @@ mod tests {
     }
 
     #[test]
-    fn key_files_are_created_private_and_refused_when_readable() {
+    fn legacy_key_files_are_read_and_refused_when_readable_or_malformed() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.key");
-        let created = AuditKey::load_or_create(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(AuditKey::load(&path).unwrap().key_id(), created.key_id());
+        let key = AuditKey::from_bytes([0x5a; 32]);
+        std::fs::write(&path, format!("{}\n", hex::encode([0x5a; 32]))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(AuditKey::load(&path).unwrap().key_id(), key.key_id());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             AuditKey::load(&path),
             Err(AuditKeyError::Permissions { .. })
+        ));
+        std::fs::write(&path, "not hex").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            AuditKey::load(&path),
+            Err(AuditKeyError::Malformed { .. })
         ));
     }
 

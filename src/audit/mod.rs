@@ -244,9 +244,9 @@ pub struct AuditConfig {
     /// The active JSON Lines file; default `{data_dir}/audit.jsonl`. Rotated files sit beside
     /// it as `audit.<first seq>.jsonl`.
     pub path: Option<PathBuf>,
-    /// The checkpoint HMAC key (64 hex digits, mode 0600); default `{data_dir}/audit.key`,
-    /// created on first start. Keep a copy off the host: whoever holds it can forge
-    /// checkpoints, whoever lacks it cannot verify them.
+    /// Where releases before the key moved into the vault kept the checkpoint key (64 hex
+    /// digits, 0600); default `{data_dir}/audit.key`. Only read to move that key into the vault
+    /// on the first start that finds it, after which the file is removed (docs/operations.md).
     pub key_file: Option<PathBuf>,
     /// Rotate the active file once it reaches this size.
     pub rotate_bytes: u64,

@@ -47,6 +47,8 @@ pub struct AuditFileConfig {
 
 enum Message {
     Event(UnixSeconds, Box<AuditEvent>),
+    /// The checkpoint key, once the vault that holds it is open.
+    Key(AuditKey),
     /// Write a checkpoint if anything is pending, fsync, then answer.
     Flush(SyncSender<()>),
     Close,
@@ -129,6 +131,34 @@ impl FileAudit {
         clock: SharedClock,
         metrics: Metrics,
     ) -> Result<Arc<Self>, AuditWriterError> {
+        Self::open_with(config, Some(key), clock, metrics)
+    }
+
+    /// Opens the log before its checkpoint key is known: the key is in the vault, and opening
+    /// the vault is itself audited. Records are chained and written at once; checkpoints wait
+    /// for [`FileAudit::provide_key`], and the first one then covers everything before it.
+    pub fn open_awaiting_key(
+        config: AuditFileConfig,
+        clock: SharedClock,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, AuditWriterError> {
+        Self::open_with(config, None, clock, metrics)
+    }
+
+    /// Hands the writer its checkpoint key (see [`FileAudit::open_awaiting_key`]); a checkpoint
+    /// follows at once if records are waiting for one.
+    pub fn provide_key(&self, key: AuditKey) {
+        if self.sender.send(Message::Key(key)).is_err() {
+            tracing::error!(target: "audit", "audit writer stopped: checkpoint key not delivered");
+        }
+    }
+
+    fn open_with(
+        config: AuditFileConfig,
+        key: Option<AuditKey>,
+        clock: SharedClock,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, AuditWriterError> {
         let state = WriterState::open(&config, key, clock.clone(), metrics.clone())?;
         let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_capacity.max(1));
         let write_errors = Arc::clone(&state.write_errors);
@@ -207,7 +237,8 @@ impl AuditSink for FileAudit {
 
 struct WriterState {
     config: AuditFileConfig,
-    key: AuditKey,
+    /// `None` until the vault is open; checkpoints wait for it.
+    key: Option<AuditKey>,
     clock: SharedClock,
     metrics: Metrics,
     file: File,
@@ -288,7 +319,7 @@ fn read_ends(file: &File) -> std::io::Result<(Option<String>, Option<String>, u6
 fn chain_position(
     path: &Path,
     file: &File,
-) -> Result<(ChainHead, Option<u64>, u64), AuditWriterError> {
+) -> Result<(ChainHead, Option<u64>, u64, bool), AuditWriterError> {
     let corrupt = |path: &Path| AuditWriterError::Corrupt {
         path: path.to_path_buf(),
     };
@@ -301,33 +332,35 @@ fn chain_position(
         Some(first) => Some(RawLine::parse(&first).map_err(|_| corrupt(path))?.seq),
         None => None,
     };
-    let head_after = |line: &str, path: &Path| -> Result<ChainHead, AuditWriterError> {
+    // The head after `line`, and whether `line` is a checkpoint (nothing left to cover).
+    let head_after = |line: &str, path: &Path| -> Result<(ChainHead, bool), AuditWriterError> {
         let raw = RawLine::parse(line).map_err(|_| corrupt(path))?;
-        Ok(ChainHead {
+        let head = ChainHead {
             next_seq: raw.seq.saturating_add(1),
             prev: line_hash(line),
-        })
+        };
+        Ok((head, raw.checkpoint.is_some()))
     };
-    let head = match last {
+    let (head, covered) = match last {
         Some(last) => head_after(&last, path)?,
         None => match log_files(path).into_iter().rfind(|p| p != path) {
             Some(rotated) => {
                 let rotated_file = File::open(&rotated).map_err(io_error(&rotated))?;
                 match read_ends(&rotated_file).map_err(io_error(&rotated))? {
                     (_, Some(last), _) => head_after(&last, &rotated)?,
-                    _ => ChainHead::genesis(),
+                    _ => (ChainHead::genesis(), true),
                 }
             }
-            None => ChainHead::genesis(),
+            None => (ChainHead::genesis(), true),
         },
     };
-    Ok((head, first_seq, complete))
+    Ok((head, first_seq, complete, covered))
 }
 
 impl WriterState {
     fn open(
         config: &AuditFileConfig,
-        key: AuditKey,
+        key: Option<AuditKey>,
         clock: SharedClock,
         metrics: Metrics,
     ) -> Result<Self, AuditWriterError> {
@@ -377,6 +410,19 @@ impl WriterState {
                         }
                     });
                 }
+                Ok(Message::Key(key)) => {
+                    match &self.key {
+                        Some(held) if held.key_id() != key.key_id() => tracing::error!(
+                            target: "audit",
+                            held = %held.key_id(),
+                            offered = %key.key_id(),
+                            "a second, different audit checkpoint key was offered; keeping the first"
+                        ),
+                        Some(_) => {}
+                        None => self.key = Some(key),
+                    }
+                    self.locked(Self::checkpoint_if_pending);
+                }
                 Ok(Message::Flush(reply)) => {
                     self.locked(Self::checkpoint_if_pending);
                     self.sync();
@@ -385,6 +431,13 @@ impl WriterState {
                 Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => {
                     self.locked(Self::checkpoint_if_pending);
                     self.sync();
+                    if self.key.is_none() && self.since_checkpoint > 0 {
+                        tracing::warn!(
+                            target: "audit",
+                            records = self.since_checkpoint,
+                            "audit records written without a checkpoint: the vault holding the checkpoint key was never opened; the next start's first checkpoint covers them"
+                        );
+                    }
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -448,7 +501,7 @@ impl WriterState {
         if length == self.size {
             return Ok(());
         }
-        let (head, first_seq, complete) = chain_position(&self.config.path, &self.file)?;
+        let (head, first_seq, complete, covered) = chain_position(&self.config.path, &self.file)?;
         if length > complete {
             tracing::warn!(target: "audit", path = %self.config.path.display(), "cutting a torn last line left by a crash");
             self.file.set_len(complete).map_err(open_error)?;
@@ -456,6 +509,11 @@ impl WriterState {
         self.head = head;
         self.first_seq = first_seq;
         self.size = complete;
+        // Records another process (or a crashed or keyless run) left without a checkpoint:
+        // this writer's next checkpoint covers them.
+        if !covered {
+            self.since_checkpoint = self.since_checkpoint.max(1);
+        }
         Ok(())
     }
 
@@ -499,9 +557,12 @@ impl WriterState {
     }
 
     fn checkpoint(&mut self) {
+        let Some(key) = &self.key else {
+            return;
+        };
         let mut head = self.head.clone();
         let now = self.clock.now();
-        if let Ok(line) = head.checkpoint_line(now, &self.key)
+        if let Ok(line) = head.checkpoint_line(now, key)
             && self.write_line(&line)
         {
             self.head = head;

@@ -100,6 +100,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         audit: audit.clone(),
         metrics,
         launcher: None,
+        audit_file: Some(audit.clone()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use forgejo_mcp_broker::audit::AuditKey;
+use forgejo_mcp_broker::app::audit_key_for_verification;
 use forgejo_mcp_broker::audit::chain::parse_time;
 use forgejo_mcp_broker::audit::review::{
     ShowFilter, VerifyPolicy, files_or_default, order_files, render_table, select, verify_files,
@@ -20,11 +20,11 @@ pub enum AuditCommand {
         /// Log files (any order; rotated files are ordered by their first seq). Default: the
         /// configured log and its rotated files.
         files: Vec<PathBuf>,
+        /// The broker's configuration: names the log, and the vault that holds the checkpoint
+        /// key (its master key must be available, as for `serve`). Without it only the hash
+        /// chain is checked, which anyone can recompute.
         #[arg(long, short, env = "FORGEJO_MCP_BROKER_CONFIG")]
         config: Option<PathBuf>,
-        /// The checkpoint key file (default with --config: `audit.key_file`).
-        #[arg(long)]
-        key_file: Option<PathBuf>,
         /// Accept records after the last checkpoint (a log that is still being written).
         #[arg(long)]
         allow_open_tail: bool,
@@ -73,24 +73,27 @@ pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             files,
             config,
-            key_file,
             allow_open_tail,
             allow_partial,
         } => {
             let config = config.map(|path| Config::load(&path)).transpose()?;
             let files = resolve_files(files, config.as_ref())?;
-            let key_file = key_file.or_else(|| {
-                config
-                    .as_ref()
-                    .map(|config| config.audit.key_file(&config.server.data_dir))
-            });
-            let key = key_file
-                .map(|path| AuditKey::load(&path))
-                .transpose()
-                .context("cannot load the audit key")?;
+            let key = match &config {
+                None => None,
+                Some(config) => Some(
+                    audit_key_for_verification(config)
+                        .context("cannot read the audit checkpoint key from the vault")?
+                        .context(
+                            "the vault holds no audit checkpoint key yet: start the broker once (it creates the key), then verify",
+                        )?,
+                ),
+            };
             let report = verify_files(&files, key.as_ref()).context("cannot read the audit log")?;
             for file in &files {
                 println!("file {}", file.display());
+            }
+            if let Some(key) = &key {
+                println!("checkpoint key {} (from the vault)", key.key_id());
             }
             print!("{report}");
             let policy = VerifyPolicy {

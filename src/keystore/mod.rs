@@ -15,6 +15,7 @@
 //! [`VaultCounters::row_authentication_failures`]) and the caller treats it as "this user must
 //! authorize again"; nothing is deleted.
 
+pub mod audit_key;
 pub mod config;
 pub mod registry;
 pub mod rotation;
@@ -75,6 +76,16 @@ const MIGRATIONS: &[&str] = &[
         finished_at INTEGER,
         PRIMARY KEY (table_name, column_name)
     );",
+    // 2: the audit log's checkpoint key, sealed under the data key like any other secret
+    // (audit_key.rs). `user_id` is always 0: it exists for the sealed-column contract.
+    "CREATE TABLE vault_audit_key (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        user_id INTEGER NOT NULL DEFAULT 0 CHECK (user_id = 0),
+        sealed_key BLOB NOT NULL,
+        key_id TEXT NOT NULL,
+        origin TEXT NOT NULL CHECK (origin IN ('generated', 'imported')),
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +137,19 @@ pub enum KeystoreError {
     Store(#[from] StoreError),
     #[error("vault database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error(
+        "the audit checkpoint key stored in the vault cannot be opened: the vault tables are damaged or were tampered with; restore them from a backup"
+    )]
+    AuditKeyUnreadable,
+    #[error(
+        "cannot move the audit checkpoint key from {path} into the vault: {source} (fix or remove the file; removing it starts a new key, and older checkpoints then no longer verify)"
+    )]
+    AuditKeyImport {
+        path: PathBuf,
+        source: crate::audit::AuditKeyError,
+    },
+    #[error("audit checkpoint key: {0}")]
+    AuditKey(#[from] crate::audit::AuditKeyError),
 }
 
 /// What the vault needs from the process besides the database.

@@ -402,3 +402,168 @@ async fn an_unreadable_upstream_grant_means_authorize_again_and_is_kept() {
     assert_ne!(read(), tampered);
     broker.shutdown().await;
 }
+
+/// The audit log's checkpoint key lives in the vault (issue #7): no key file beside the log,
+/// the same key across a data-key rotation (its row re-encrypted like any sealed value) and a
+/// master-key rotation, so `audit verify` passes over every run's checkpoints. Without the
+/// master key it cannot be read, and a tampered key row stops the broker.
+#[tokio::test]
+async fn the_audit_checkpoint_key_lives_in_the_vault_and_survives_both_rotations() {
+    use forgejo_mcp_broker::keystore::rotation::JobHooks;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("broker.toml");
+    std::fs::write(&config_path, config_text(dir.path(), 9, "")).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    // One run of the serving broker with its hash-chained audit file; `work` runs on it.
+    async fn serve_once(config: &Config, work: impl FnOnce(&app::RunningApp)) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (deps, audit) = AppDeps::for_config(config).unwrap();
+        let running = app::start_on(config.clone(), listener, deps).await.unwrap();
+        work(&running);
+        assert!(running.shutdown(Duration::from_secs(5)).await);
+        tokio::task::spawn_blocking(move || audit.close())
+            .await
+            .unwrap();
+    }
+    let sealed_key = |config: &Config| -> Vec<u8> {
+        forgejo_mcp_broker::store::Db::open(&config.server.database_path())
+            .unwrap()
+            .call(|c| {
+                c.query_row("SELECT sealed_key FROM vault_audit_key", [], |row| {
+                    row.get(0)
+                })
+                .map_err(forgejo_mcp_broker::store::StoreError::from)
+            })
+            .unwrap()
+    };
+    let verify = |config_path: &Path| -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_forgejo-mcp-broker"))
+            .args(["audit", "verify", "--config"])
+            .arg(config_path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+
+    serve_once(&config, |_| {}).await;
+    assert!(!config.audit.key_file(dir.path()).exists());
+    let key_id = app::audit_key_for_verification(&config)
+        .unwrap()
+        .unwrap()
+        .key_id();
+    assert_eq!(
+        vault::Keyring::envelope_key_version(&sealed_key(&config)).unwrap(),
+        1
+    );
+
+    let (ok, text) = cli(&config_path, &["rotate-data-key"]);
+    assert!(ok, "{text}");
+    serve_once(&config, |running| {
+        let mut idle = false;
+        for _ in 0..20 {
+            idle = running
+                .vault
+                .reencrypt_step(JobHooks::default())
+                .unwrap()
+                .idle;
+            if idle {
+                break;
+            }
+        }
+        assert!(idle, "the re-encryption job finished");
+    })
+    .await;
+    assert_eq!(
+        vault::Keyring::envelope_key_version(&sealed_key(&config)).unwrap(),
+        2,
+        "the key row was re-encrypted under the new data key"
+    );
+
+    let next = dir.path().join("vault-next.key");
+    let next_arg = next.to_str().unwrap().to_owned();
+    let (ok, text) = cli(
+        &config_path,
+        &["rotate-master-key", "--new-key-file", &next_arg],
+    );
+    assert!(ok, "{text}");
+    std::fs::rename(&next, config.vault.key_file_path(dir.path())).unwrap();
+    serve_once(&config, |_| {}).await;
+    assert_eq!(
+        app::audit_key_for_verification(&config)
+            .unwrap()
+            .unwrap()
+            .key_id(),
+        key_id
+    );
+
+    let (ok, text) = verify(&config_path);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("checkpoint key {key_id} (from the vault)")),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(config.audit.path(dir.path())).unwrap();
+    for action in [
+        "audit_key_created",
+        "data_key_rotated",
+        "master_key_rotated",
+        "data_key_retired",
+    ] {
+        assert!(
+            log.contains(&format!(r#""action":"{action}""#)),
+            "{action} missing from the log"
+        );
+    }
+    assert_eq!(
+        log.matches(r#""event":"config_loaded""#).count(),
+        3,
+        "one per start"
+    );
+
+    // Whoever can read the data directory but not the master key cannot read the key.
+    let real_key = std::fs::read(config.vault.key_file_path(dir.path())).unwrap();
+    let stranger = dir.path().join("stranger.key");
+    std::fs::write(&stranger, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n").unwrap();
+    std::fs::set_permissions(
+        &stranger,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::copy(&stranger, config.vault.key_file_path(dir.path())).unwrap();
+    let (ok, text) = verify(&config_path);
+    assert!(!ok && text.contains("does not open this vault"), "{text}");
+    std::fs::write(config.vault.key_file_path(dir.path()), &real_key).unwrap();
+
+    // A tampered key row stops the broker rather than checkpointing with a key it cannot trust.
+    let mut tampered = sealed_key(&config);
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    forgejo_mcp_broker::store::Db::open(&config.server.database_path())
+        .unwrap()
+        .call(|c| {
+            c.execute("UPDATE vault_audit_key SET sealed_key = ?1", [&tampered])
+                .map_err(forgejo_mcp_broker::store::StoreError::from)
+        })
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (deps, audit) = AppDeps::for_config(&config).unwrap();
+    let error = app::start_on(config.clone(), listener, deps)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    tokio::task::spawn_blocking(move || audit.close())
+        .await
+        .unwrap();
+    assert!(
+        error.contains("audit checkpoint key stored in the vault cannot be opened"),
+        "{error}"
+    );
+}

@@ -5,9 +5,9 @@ use std::process::Command;
 
 use forgejo_mcp_broker::admin::{Admin, AdminError};
 use forgejo_mcp_broker::app::AppDeps;
+use forgejo_mcp_broker::audit::AuditEvent;
 use forgejo_mcp_broker::audit::review::{ShowFilter, VerifyPolicy, select, verify_files};
 use forgejo_mcp_broker::audit::writer::log_files;
-use forgejo_mcp_broker::audit::{AuditEvent, AuditKey};
 use forgejo_mcp_broker::auth::TokenRejection;
 use forgejo_mcp_broker::metrics::Metrics;
 
@@ -19,6 +19,7 @@ fn admin_for(broker: &TestBroker) -> Admin {
         audit: broker.audit.clone(),
         metrics: Metrics::new(),
         launcher: None,
+        audit_file: None,
     };
     Admin::open(&broker.config(), &deps).unwrap()
 }
@@ -169,7 +170,10 @@ async fn the_admin_command_works_beside_the_serving_broker_and_audits_to_the_fil
 
     let data_dir = broker.data_dir.path().to_path_buf();
     let files = log_files(&data_dir.join("audit.jsonl"));
-    let key = AuditKey::load(&data_dir.join("audit.key")).unwrap();
+    assert!(!data_dir.join("audit.key").exists());
+    let key = forgejo_mcp_broker::app::audit_key_for_verification(&broker.config())
+        .unwrap()
+        .unwrap();
     let report = verify_files(&files, Some(&key)).unwrap();
     assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
     let by_admin = select(
@@ -205,6 +209,7 @@ fn admin_over(data_dir: &std::path::Path, url: &str) -> Admin {
         audit: forgejo_mcp_broker::audit::MemoryAudit::new(),
         metrics: Metrics::new(),
         launcher: None,
+        audit_file: None,
     };
     Admin::open(&config, &deps).unwrap()
 }

@@ -548,7 +548,8 @@ fn cli(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-fn key_file(dir: &Path) -> PathBuf {
+/// A pre-vault broker's 0600 checkpoint key file holding [`KEY`].
+fn legacy_key_file(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("audit.key");
     std::fs::write(&path, hex::encode(KEY)).unwrap();
@@ -556,24 +557,75 @@ fn key_file(dir: &Path) -> PathBuf {
     path
 }
 
+/// A broker configuration over `dir` (vault key file and audit log inside it).
+fn config_file(dir: &Path) -> PathBuf {
+    let path = dir.join("broker.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [server]
+            public_url = "http://127.0.0.1:9"
+            data_dir = "{}"
+            [forgejo]
+            url = "http://127.0.0.1:9"
+            client_id = "broker"
+            client_secret = "secret"
+            "#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The log of a broker from before the key moved into the vault: its checkpoints were made
+/// with the key file's key. The first command that opens the vault moves that key in and
+/// removes the file; `audit verify --config` then verifies the old checkpoints with the
+/// vault's key, and catches a deleted line at the right place.
 #[test]
-fn audit_verify_cli_reports_the_first_break_with_file_line_and_seq() {
+fn audit_verify_cli_takes_the_key_from_the_vault_and_reports_the_first_break() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_log(dir.path(), 12);
-    let key = key_file(dir.path());
+    let legacy = legacy_key_file(dir.path());
+    let config = config_file(dir.path());
+    let config = config.to_str().unwrap();
     let log_path = path.to_str().unwrap();
-    let key_path = key.to_str().unwrap();
-    let (ok, out) = cli(&["audit", "verify", log_path, "--key-file", key_path]);
+
+    let (ok, out) = cli(&["vault", "init", "--config", config]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["audit", "verify", log_path, "--config", config]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the vault holds no audit checkpoint key yet"),
+        "{out}"
+    );
+    // Any command that opens the vault for writing moves the key in.
+    let (ok, out) = cli(&["admin", "--config", config, "users", "list"]);
+    assert!(ok, "{out}");
+    assert!(
+        !legacy.exists(),
+        "the key file is removed once the key is in the vault"
+    );
+
+    let (ok, out) = cli(&["audit", "verify", log_path, "--config", config]);
     assert!(ok, "{out}");
     assert!(out.contains("chain intact"), "{out}");
-
+    let key_id = key().key_id();
+    assert!(
+        out.contains(&key_id),
+        "checkpoints verified with the imported key: {out}"
+    );
     let (ok, out) = cli(&["audit", "verify", log_path]);
     assert!(!ok, "without a key the verdict is not a pass: {out}");
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(log.contains(r#""action":"audit_key_imported""#), "{log}");
+    assert!(!log.contains(&hex::encode(KEY)));
 
     let mut log = lines(&path);
     log.remove(8);
     write_lines(&path, &log);
-    let (ok, out) = cli(&["audit", "verify", log_path, "--key-file", key_path]);
+    let (ok, out) = cli(&["audit", "verify", log_path, "--config", config]);
     assert!(!ok);
     assert!(
         out.contains(&format!(
@@ -690,8 +742,9 @@ async fn the_served_broker_writes_a_verifiable_log_without_secrets() {
         .unwrap();
 
     let active = config.audit.path(&config.server.data_dir);
-    let key_path = config.audit.key_file(&config.server.data_dir);
-    let key = AuditKey::load(&key_path).unwrap();
+    // The checkpoint key is in the vault, never in a file beside the log.
+    assert!(!config.audit.key_file(&config.server.data_dir).exists());
+    let key = app::audit_key_for_verification(&config).unwrap().unwrap();
     let report = verify_files(&log_files(&active), Some(&key)).unwrap();
     assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
     let text = std::fs::read_to_string(&active).unwrap();
@@ -704,12 +757,11 @@ async fn the_served_broker_writes_a_verifiable_log_without_secrets() {
     );
     assert!(!text.contains("SECRET"));
     assert!(
-        !text.contains(
-            &std::fs::read_to_string(&key_path)
-                .unwrap()
-                .trim()
-                .to_owned()
-        )
+        text.contains(&format!(
+            r#""action":"audit_key_created","detail":"key_id={}""#,
+            key.key_id()
+        )),
+        "{text}"
     );
 }
 

@@ -101,13 +101,22 @@ pub fn provide_audit_key(
 /// The audit checkpoint key of the vault `config` names, for `audit verify`: opens the vault
 /// (the master key must be available, as for serving) but never creates one or a key, and
 /// audits nothing (verification only reads). `Ok(None)` when the vault holds no audit key yet.
-pub fn audit_key_for_verification(config: &Config) -> Result<Option<AuditKey>, StartError> {
+pub fn audit_key_for_verification(config: &Config) -> Result<Option<AuditKey>, KeystoreError> {
     let db = Db::open(&config.server.database_path())?;
-    let mut config = config.clone();
-    config.vault.auto_init = false;
-    let deps = AppDeps::production();
-    let vault = open_vault(&config, &db, &deps)?;
-    Ok(vault.audit_key()?)
+    let mut vault_config = config.vault.clone();
+    vault_config.auto_init = false;
+    let vault = Vault::open(
+        db,
+        vault_config,
+        &config.server.data_dir,
+        sealed_columns()?,
+        VaultDeps {
+            audit: Arc::new(TracingAudit),
+            clock: Arc::new(SystemClock),
+        },
+        Arc::new(keystore::source::process_env),
+    )?;
+    vault.audit_key()
 }
 
 /// The upstream token keeper (users' Forgejo token sets) over `db`; `serve` and the admin

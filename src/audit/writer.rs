@@ -432,10 +432,12 @@ impl WriterState {
                     self.locked(Self::checkpoint_if_pending);
                     self.sync();
                     if self.key.is_none() && self.since_checkpoint > 0 {
-                        tracing::warn!(
+                        // By design for `vault` commands; after a failed start the start's
+                        // own error says why.
+                        tracing::debug!(
                             target: "audit",
                             records = self.since_checkpoint,
-                            "audit records written without a checkpoint: the vault holding the checkpoint key was never opened; the next start's first checkpoint covers them"
+                            "audit records await a checkpoint: this process never held the checkpoint key (it is in the vault); the serving broker's next checkpoint covers them"
                         );
                     }
                     return;

@@ -159,13 +159,19 @@ impl Registry {
         Ok(shared)
     }
 
-    /// Marks activity: resets the idle timer and slides the expiry (persisted at most once a
-    /// minute, so a busy session does not write on every request).
+    /// Marks activity: resets the idle timer and slides the expiry, persisted at most once a
+    /// minute (a busy session does not write on every request, and one never idle for a
+    /// minute still slides its stored expiry).
     pub fn touch(&self, shared: &SessionShared, now: i64) {
-        let previous = shared.last_activity.swap(now, Ordering::SeqCst);
+        shared.last_activity.store(now, Ordering::SeqCst);
         let expires_at = now.saturating_add(self.ctx.config.session_ttl_secs_i64());
         shared.expires_at.store(expires_at, Ordering::SeqCst);
-        if now - previous >= 60
+        let persisted = shared.persisted_at.load(Ordering::SeqCst);
+        if now - persisted >= 60
+            && shared
+                .persisted_at
+                .compare_exchange(persisted, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
             && let Err(error) = self.ctx.store.touch(&shared.key, now, expires_at)
         {
             tracing::error!(session = %shared.label, %error, "cannot record session activity");
@@ -195,6 +201,7 @@ impl Registry {
                 self.ctx.config.pending_queue_messages,
             )),
             last_activity: AtomicI64::new(record.last_seen),
+            persisted_at: AtomicI64::new(record.last_seen),
             in_flight: AtomicUsize::new(0),
             pid: AtomicU32::new(0),
             negotiated: Mutex::new(negotiated),

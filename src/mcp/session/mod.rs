@@ -39,6 +39,8 @@ pub struct SessionShared {
     pub legacy: bool,
     pub streams: Mutex<StreamTable>,
     pub last_activity: AtomicI64,
+    /// When the sliding expiry was last written to the database.
+    pub persisted_at: AtomicI64,
     pub in_flight: AtomicUsize,
     pub(super) pid: AtomicU32,
     /// Negotiated version and the child's `InitializeResult`, once known.

@@ -126,6 +126,33 @@ async fn an_expired_session_answers_404() {
     broker.stop().await;
 }
 
+/// A session in use slides its expiry, also in its stored record: one used every 30 s for
+/// longer than its TTL is still there after a broker restart.
+#[tokio::test]
+async fn a_session_in_steady_use_slides_its_stored_expiry() {
+    let mut config = test_config(test_child_profile(&[]));
+    config.session_ttl_secs = 3600;
+    let broker = Broker::start(config).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let session = client.session.clone();
+    for id in 0..130 {
+        broker.clock.advance(30);
+        let reply = client
+            .post(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let broker = broker.restart().await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.session = session;
+    let reply = client
+        .post(&json!({"jsonrpc": "2.0", "id": 999, "method": "tools/list"}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn a_revoked_grant_ends_its_sessions() {
     let broker = Broker::start(test_config(test_child_profile(&[]))).await;

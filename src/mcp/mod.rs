@@ -71,6 +71,11 @@ pub struct McpConfig {
     pub pending_queue_messages: usize,
     /// Lines of child stderr logged per second per child; the rest are counted and dropped.
     pub stderr_lines_per_second: u32,
+    /// Checklist item 165: a non-initialize POST without `Mcp-Session-Id` from a caller (same
+    /// user, client and authorization) with exactly one live session goes to that session
+    /// instead of a 400 (clients that lose the header). Never for modern probes (item 133)
+    /// and never when the caller has several sessions (it would be a guess).
+    pub route_sessionless_to_sole_session: bool,
     pub child: ChildProfileConfig,
 }
 
@@ -93,6 +98,7 @@ impl Default for McpConfig {
             replay_buffer_events: 256,
             pending_queue_messages: 256,
             stderr_lines_per_second: 20,
+            route_sessionless_to_sole_session: true,
             child: ChildProfileConfig::default(),
         }
     }

@@ -159,6 +159,39 @@ impl Registry {
         Ok(shared)
     }
 
+    /// Item 165: the caller's only live, initialized session in memory (same user, client and
+    /// authorization), if it has exactly one; touched like a lookup.
+    pub fn sole_session(&self, principal: &Principal) -> Option<Arc<SessionShared>> {
+        let now = self.ctx.clock.now();
+        let owner: OwnerKey = (principal.user_id, principal.client_id.clone());
+        let mut candidates = {
+            let inner = self.inner.lock().ok()?;
+            inner
+                .by_owner
+                .get(&owner)?
+                .values()
+                .filter(|shared| {
+                    !shared.legacy
+                        && owned_by(
+                            &shared.user_id,
+                            &shared.client_id,
+                            &shared.grant_id,
+                            principal,
+                        )
+                        && shared.expires_at.load(Ordering::SeqCst) > now
+                        && shared.protocol_version().is_some()
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        if candidates.len() != 1 {
+            return None;
+        }
+        let shared = candidates.pop()?;
+        self.touch(&shared, now);
+        Some(shared)
+    }
+
     /// Marks activity: resets the idle timer and slides the expiry, persisted at most once a
     /// minute (a busy session does not write on every request, and one never idle for a
     /// minute still slides its stored expiry).

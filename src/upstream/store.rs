@@ -184,14 +184,12 @@ impl GrantStore {
     }
 
     /// True if the user has a stored token set that Forgejo has not refused.
+    /// Every request on `/mcp` runs this: a cached statement, parsed once per connection.
     pub fn is_alive(&self, user_id: UserId) -> Result<bool, StoreError> {
         self.db.call(|connection| {
             connection
-                .query_row(
-                    "SELECT dead_at IS NULL FROM upstream_grants WHERE user_id = ?1",
-                    params![user_id],
-                    |row| row.get::<_, bool>(0),
-                )
+                .prepare_cached("SELECT dead_at IS NULL FROM upstream_grants WHERE user_id = ?1")?
+                .query_row(params![user_id], |row| row.get::<_, bool>(0))
                 .optional()
                 .map(|alive| alive.unwrap_or(false))
                 .map_err(StoreError::from)

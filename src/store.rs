@@ -39,6 +39,13 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// See [`Db::change_stamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeStamp {
+    other_connections: i64,
+    this_connection: u64,
+}
+
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -147,6 +154,22 @@ impl Db {
                 transaction.commit().map_err(migration_error)?;
             }
             Ok(())
+        })
+    }
+
+    /// A value that differs whenever anything was written to the database since it was last
+    /// read: rows changed through this connection (`total_changes`) or a commit by any other
+    /// connection, in this process or another (`PRAGMA data_version`). A verdict derived from
+    /// the database may be reused for as long as this stamp stays the same.
+    pub fn change_stamp(&self) -> Result<ChangeStamp, StoreError> {
+        self.call(|connection| {
+            let version: i64 = connection
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |row| row.get(0))?;
+            Ok(ChangeStamp {
+                other_connections: version,
+                this_connection: connection.total_changes(),
+            })
         })
     }
 

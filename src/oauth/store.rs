@@ -225,6 +225,11 @@ impl OAuthStore {
         Ok(Self { db, access_ended })
     }
 
+    /// See [`Db::change_stamp`].
+    pub fn change_stamp(&self) -> Result<crate::store::ChangeStamp, crate::store::StoreError> {
+        self.db.change_stamp()
+    }
+
     pub(super) fn call<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, OAuthError>,

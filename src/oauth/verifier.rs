@@ -1,7 +1,8 @@
 //! The resource-server side: [`TokenVerifier`] checks a broker access token on every `/mcp`
 //! request (mcp-spec-checklist §3), and [`mcp_unauthorized`] builds the 401 the MCP edge sends.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,13 +12,32 @@ use super::store::OAuthStore;
 use crate::auth::{AccessTokenVerifier, Principal, TokenRejection};
 use crate::clock::SharedClock;
 use crate::secret::{constant_time_eq, hash_token};
+use crate::store::ChangeStamp;
 use crate::upstream::Upstream;
 
 pub struct TokenVerifier {
     store: OAuthStore,
     upstream: Arc<Upstream>,
     clock: SharedClock,
+    verdicts: Mutex<Verdicts>,
 }
+
+/// Tokens found valid, reused only while the database is unchanged since (the verdict is the
+/// database's answer, and nothing that could change it has been written): every revocation,
+/// rotation, dead Forgejo grant or admin command — in this process or another — is a write,
+/// so it takes effect on the very next request, as without the cache. Only successes are kept.
+struct Verdicts {
+    stamp: Option<ChangeStamp>,
+    by_token_hash: HashMap<String, Verdict>,
+}
+
+struct Verdict {
+    principal: Principal,
+    resource: String,
+}
+
+/// Bounds the memory of [`Verdicts`]: past it the map starts again.
+const MAX_VERDICTS: usize = 4096;
 
 impl TokenVerifier {
     pub fn new(store: OAuthStore, upstream: Arc<Upstream>, clock: SharedClock) -> Self {
@@ -25,7 +45,63 @@ impl TokenVerifier {
             store,
             upstream,
             clock,
+            verdicts: Mutex::new(Verdicts {
+                stamp: None,
+                by_token_hash: HashMap::new(),
+            }),
         }
+    }
+
+    /// The database's answer for a token: who it is for, and the resource it was granted for
+    /// (expiry and audience are checked by the caller on every use).
+    fn look_up_uncached(&self, token_hash: &str) -> Result<(Principal, String), TokenRejection> {
+        let found = self
+            .store
+            .find_access(token_hash)
+            .map_err(|_| TokenRejection::Unavailable)?
+            .ok_or(TokenRejection::Unknown)?;
+        if found.revoked || found.grant.revoked {
+            return Err(TokenRejection::Revoked);
+        }
+        match self.upstream.is_alive(found.grant.user_id) {
+            Ok(true) => {}
+            Ok(false) => return Err(TokenRejection::UpstreamGrantDead),
+            Err(_) => return Err(TokenRejection::Unavailable),
+        }
+        let principal = Principal {
+            user_id: found.grant.user_id,
+            username: found.grant.username,
+            client_id: found.grant.client_id,
+            grant_id: found.grant.grant_id,
+            expires_at: found.expires_at,
+        };
+        Ok((principal, found.grant.resource))
+    }
+
+    /// Keeps a verdict reached under `stamp`, unless the database changed meanwhile.
+    fn remember_at(
+        &self,
+        stamp: ChangeStamp,
+        token_hash: &str,
+        principal: &Principal,
+        resource: String,
+    ) {
+        let Ok(mut verdicts) = self.verdicts.lock() else {
+            return;
+        };
+        if verdicts.stamp != Some(stamp) {
+            return;
+        }
+        if verdicts.by_token_hash.len() >= MAX_VERDICTS {
+            verdicts.by_token_hash.clear();
+        }
+        verdicts.by_token_hash.insert(
+            token_hash.to_owned(),
+            Verdict {
+                principal: principal.clone(),
+                resource,
+            },
+        );
     }
 }
 
@@ -37,32 +113,40 @@ impl AccessTokenVerifier for TokenVerifier {
         if token.is_empty() || token.len() > 512 {
             return Err(TokenRejection::Malformed);
         }
-        let found = self
+        let token_hash = hash_token(token);
+        let stamp = self
             .store
-            .find_access(&hash_token(token))
-            .map_err(|_| TokenRejection::Unavailable)?
-            .ok_or(TokenRejection::Unknown)?;
-        if found.revoked || found.grant.revoked {
-            return Err(TokenRejection::Revoked);
-        }
-        if found.expires_at <= self.clock.now() {
+            .change_stamp()
+            .map_err(|_| TokenRejection::Unavailable)?;
+        let cached = {
+            let mut verdicts = self
+                .verdicts
+                .lock()
+                .map_err(|_| TokenRejection::Unavailable)?;
+            if verdicts.stamp != Some(stamp) {
+                verdicts.by_token_hash.clear();
+                verdicts.stamp = Some(stamp);
+            }
+            verdicts
+                .by_token_hash
+                .get(&token_hash)
+                .map(|verdict| (verdict.principal.clone(), verdict.resource.clone()))
+        };
+        let (principal, granted_resource) = match cached {
+            Some(hit) => hit,
+            None => {
+                let found = self.look_up_uncached(&token_hash)?;
+                self.remember_at(stamp, &token_hash, &found.0, found.1.clone());
+                found
+            }
+        };
+        if principal.expires_at <= self.clock.now() {
             return Err(TokenRejection::Expired);
         }
-        if !constant_time_eq(found.grant.resource.as_bytes(), resource.as_bytes()) {
+        if !constant_time_eq(granted_resource.as_bytes(), resource.as_bytes()) {
             return Err(TokenRejection::WrongAudience);
         }
-        match self.upstream.is_alive(found.grant.user_id) {
-            Ok(true) => {}
-            Ok(false) => return Err(TokenRejection::UpstreamGrantDead),
-            Err(_) => return Err(TokenRejection::Unavailable),
-        }
-        Ok(Principal {
-            user_id: found.grant.user_id,
-            username: found.grant.username,
-            client_id: found.grant.client_id,
-            grant_id: found.grant.grant_id,
-            expires_at: found.expires_at,
-        })
+        Ok(principal)
     }
 }
 

@@ -372,6 +372,10 @@ async fn revoke(broker: &TestBroker, client: &TestClient, token: &str, hint: Opt
 async fn revocation_follows_rfc_7009() {
     let broker = TestBroker::start().await;
     let (client, tokens) = broker.login_new_client().await;
+    // Verified twice first: the verifier's reuse of a verdict must not outlive a revocation.
+    for _ in 0..2 {
+        assert!(verify(&broker, &tokens.access_token).await.is_ok());
+    }
     // An access token: only it dies.
     assert_eq!(
         revoke(&broker, &client, &tokens.access_token, Some("access_token")).await,
@@ -384,6 +388,9 @@ async fn revocation_follows_rfc_7009() {
     let (status, body) = broker.refresh(&client, &tokens.refresh_token).await;
     assert_eq!(status, 200);
     let renewed = Tokens::from_body(body);
+    for _ in 0..2 {
+        assert!(verify(&broker, &renewed.access_token).await.is_ok());
+    }
     // A refresh token (with a misleading hint): the family dies.
     assert_eq!(
         revoke(

@@ -45,6 +45,24 @@ pub struct AuditFileConfig {
     pub queue_capacity: usize,
 }
 
+/// Most records one write carries.
+const MAX_BATCH: usize = 256;
+
+/// Lines serialised but not yet written.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    first_seq: Option<u64>,
+    records: u64,
+}
+
+impl Pending {
+    fn push(&mut self, line: &str) {
+        self.bytes.extend_from_slice(line.as_bytes());
+        self.bytes.push(b'\n');
+    }
+}
+
 enum Message {
     Event(UnixSeconds, Box<AuditEvent>),
     /// The checkpoint key, once the vault that holds it is open.
@@ -397,18 +415,29 @@ impl WriterState {
     }
 
     fn run(mut self, receiver: Receiver<Message>) {
+        // A message taken from the queue while gathering a batch, handled next.
+        let mut carried = None;
         loop {
-            match receiver.recv_timeout(self.config.checkpoint_every) {
+            let message = match carried.take() {
+                Some(message) => Ok(message),
+                None => receiver.recv_timeout(self.config.checkpoint_every),
+            };
+            match message {
                 Ok(Message::Event(time, event)) => {
-                    self.locked(|state| {
-                        state.write_event(time, &event);
-                        if state.since_checkpoint >= state.config.checkpoint_every_lines {
-                            state.checkpoint();
+                    // Whatever else is queued already goes in the same locked write: under
+                    // load one lock, one write and one wake-up serve many records.
+                    let mut batch = vec![(time, event)];
+                    while batch.len() < MAX_BATCH {
+                        match receiver.try_recv() {
+                            Ok(Message::Event(time, event)) => batch.push((time, event)),
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
                         }
-                        if state.size >= state.config.rotate_bytes {
-                            state.rotate();
-                        }
-                    });
+                    }
+                    self.locked(|state| state.write_events(&batch));
                 }
                 Ok(Message::Key(key)) => {
                     match &self.key {
@@ -543,18 +572,87 @@ impl WriterState {
         }
     }
 
-    fn write_event(&mut self, time: UnixSeconds, event: &AuditEvent) {
-        // Work on a copy: a failed write must not advance the chain past a line not written.
+    /// Appends `batch` as consecutive records (with a checkpoint wherever one falls due) in as
+    /// few writes as rotation allows: a file is rotated as soon as it reaches its size.
+    fn write_events(&mut self, batch: &[(UnixSeconds, Box<AuditEvent>)]) {
+        let mut pending = Pending::default();
+        // Work on a copy: a failed write must not advance the chain past lines not written.
         let mut head = self.head.clone();
-        match head.event_line(time, event) {
-            Ok(line) => {
-                if self.write_line(&line) {
-                    self.head = head;
-                    self.since_checkpoint += 1;
-                    self.metrics.audit_written();
+        let mut since_checkpoint = self.since_checkpoint;
+        for (time, event) in batch {
+            let seq = head.next_seq;
+            match head.event_line(*time, event) {
+                Ok(line) => {
+                    pending.first_seq.get_or_insert(seq);
+                    pending.push(&line);
+                    pending.records += 1;
+                    since_checkpoint += 1;
+                }
+                Err(error) => {
+                    self.count_error("serialisation", &error);
+                    continue;
                 }
             }
-            Err(error) => self.count_error("serialisation", &error),
+            if since_checkpoint >= self.config.checkpoint_every_lines
+                && let Some(key) = &self.key
+                && let Ok(line) = head.checkpoint_line(self.clock.now(), key)
+            {
+                pending.push(&line);
+                since_checkpoint = 0;
+            }
+            let reached = self
+                .size
+                .saturating_add(u64::try_from(pending.bytes.len()).unwrap_or(u64::MAX));
+            if reached >= self.config.rotate_bytes {
+                let written = self.commit(std::mem::take(&mut pending), &head, since_checkpoint);
+                if !written {
+                    return;
+                }
+                self.rotate();
+                // The new file is not locked yet, and another writer may have begun it:
+                // lock it and continue from where it stands.
+                if let Err(error) = self.lock_active() {
+                    self.count_error("lock", &error);
+                    return;
+                }
+                if let Err(error) = self.resync() {
+                    self.count_error("resync", &error);
+                    return;
+                }
+                head = self.head.clone();
+                since_checkpoint = self.since_checkpoint;
+            }
+        }
+        self.commit(pending, &head, since_checkpoint);
+    }
+
+    /// One write of `pending` on the O_APPEND file, under the lock; on success the chain
+    /// moves to `head`. False if the write failed.
+    fn commit(&mut self, pending: Pending, head: &ChainHead, since_checkpoint: u64) -> bool {
+        if pending.bytes.is_empty() {
+            return true;
+        }
+        match self.file.write_all(&pending.bytes) {
+            Ok(()) => {
+                if self.first_seq.is_none() {
+                    self.first_seq = pending.first_seq;
+                }
+                self.size = self
+                    .size
+                    .saturating_add(u64::try_from(pending.bytes.len()).unwrap_or(0));
+                self.head = head.clone();
+                self.since_checkpoint = since_checkpoint;
+                for _ in 0..pending.records {
+                    self.metrics.audit_written();
+                }
+                true
+            }
+            Err(error) => {
+                self.count_error("write", &error);
+                // What reached the file is unknown: re-read it before the next write.
+                self.size = u64::MAX;
+                false
+            }
         }
     }
 

@@ -182,7 +182,10 @@ impl Actor {
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(self.ctx.config.housekeeping_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let cancel = self.ctx.cancel.clone();
+        // Registered once: a fresh `cancelled()` per turn would lock the token's shared waiter
+        // list twice per message, for every session at once.
+        let cancelled = self.ctx.cancel.clone().cancelled_owned();
+        tokio::pin!(cancelled);
         loop {
             let step = {
                 let child = &mut self.child;
@@ -197,7 +200,7 @@ impl Actor {
                     command = commands.recv() => Step::Command(command),
                     line = child_lines => Step::Line(line),
                     _ = tick.tick() => Step::Tick,
-                    () = cancel.cancelled() => Step::Shutdown,
+                    () = &mut cancelled => Step::Shutdown,
                 }
             };
             match step {

@@ -37,11 +37,17 @@ async fn start(data_dir: &Path, extra: &str) -> Result<app::RunningApp, StartErr
 }
 
 fn cli(config: &Path, args: &[&str]) -> (bool, String) {
+    let config = config.to_str().unwrap();
+    let mut all = vec!["vault"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", config]);
+    broker_command(&all)
+}
+
+/// Runs the broker's binary with `args`; its success and everything it printed.
+fn broker_command(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_forgejo-mcp-broker"))
-        .arg("vault")
         .args(args)
-        .arg("--config")
-        .arg(config)
         .env_remove("FORGEJO_MCP_BROKER_VAULT_KEY")
         .env("RUST_LOG", "warn")
         .output()
@@ -438,18 +444,7 @@ async fn the_audit_checkpoint_key_lives_in_the_vault_and_survives_both_rotations
             .unwrap()
     };
     let verify = |config_path: &Path| -> (bool, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_forgejo-mcp-broker"))
-            .args(["audit", "verify", "--config"])
-            .arg(config_path)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
+        broker_command(&["audit", "verify", "--config", config_path.to_str().unwrap()])
     };
 
     serve_once(&config, |_| {}).await;

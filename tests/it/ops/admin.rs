@@ -191,18 +191,9 @@ async fn the_admin_command_works_beside_the_serving_broker_and_audits_to_the_fil
 
 /// A config for the admin verbs over an MCP-only test broker's data dir.
 fn admin_over(data_dir: &std::path::Path, url: &str) -> Admin {
-    let config = forgejo_mcp_broker::config::Config::from_toml(&format!(
-        r#"
-        [server]
-        public_url = "{url}"
-        data_dir = "{}"
-        [forgejo]
-        url = "http://127.0.0.1:9"
-        client_id = "broker"
-        client_secret = "secret"
-        "#,
-        data_dir.display()
-    ))
+    let config = forgejo_mcp_broker::config::Config::from_toml(
+        &crate::fixtures::minimal_config_toml(url, data_dir),
+    )
     .unwrap();
     let deps = AppDeps {
         clock: std::sync::Arc::new(forgejo_mcp_broker::clock::SystemClock),

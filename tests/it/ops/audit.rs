@@ -562,18 +562,7 @@ fn config_file(dir: &Path) -> PathBuf {
     let path = dir.join("broker.toml");
     std::fs::write(
         &path,
-        format!(
-            r#"
-            [server]
-            public_url = "http://127.0.0.1:9"
-            data_dir = "{}"
-            [forgejo]
-            url = "http://127.0.0.1:9"
-            client_id = "broker"
-            client_secret = "secret"
-            "#,
-            dir.display()
-        ),
+        crate::fixtures::minimal_config_toml("http://127.0.0.1:9", dir),
     )
     .unwrap();
     path

@@ -95,7 +95,16 @@ impl Vault {
     pub fn audit_key_or_create(&self, legacy_file: &Path) -> Result<AuditKey, KeystoreError> {
         if let Some(key) = self.audit_key()? {
             if legacy_file.exists() {
-                remove_legacy_file(legacy_file);
+                // A copy of the vault's key (an earlier removal failed) goes; a different key
+                // still verifies some older log and is left for the operator.
+                match AuditKey::load(legacy_file) {
+                    Ok(old) if old.key_id() == key.key_id() => remove_legacy_file(legacy_file),
+                    _ => tracing::warn!(
+                        target: "audit",
+                        path = %legacy_file.display(),
+                        "an old audit key file that is not the vault's key is still there; it may verify older logs (`audit verify` uses the vault's key); move it off this host"
+                    ),
+                }
             }
             return Ok(key);
         }

@@ -244,16 +244,7 @@ async fn gitea_mcp_under_the_sandbox_in_inject_mode_never_holds_the_forgejo_toke
     if !require_peer(&node()) || !require_peer(&gitea_mcp) {
         return;
     }
-    // The venv's interpreter lives in its base prefix (pyenv, /usr/local, ...).
-    let prefix = std::fs::read_to_string(venv.join("pyvenv.cfg"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("home = "))
-        .map(|home| std::path::PathBuf::from(home.trim()))
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let prefix = super::python_prefix(&venv);
     let Some(broker) = sandboxed_broker(
         "python",
         &[&venv, &prefix],

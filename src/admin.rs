@@ -128,7 +128,7 @@ impl Admin {
         let oauth = OAuthStore::new(db.clone(), access_ended.clone())?;
         // The MCP edge's table, migrated as `serve` would.
         crate::mcp::store::SessionStore::open(db.clone())?;
-        let vault = Arc::new(open_vault(config, &db, deps)?);
+        let vault = Arc::new(open_vault(config, &db, deps).map_err(StartError::from)?);
         if let Some(audit_file) = &deps.audit_file {
             provide_audit_key(config, &vault, audit_file)?;
         }

@@ -103,32 +103,19 @@ pub fn provide_audit_key(
 /// audits nothing (verification only reads). `Ok(None)` when the vault holds no audit key yet.
 pub fn audit_key_for_verification(config: &Config) -> Result<Option<AuditKey>, KeystoreError> {
     let db = Db::open(&config.server.database_path())?;
-    let mut vault_config = config.vault.clone();
-    vault_config.auto_init = false;
-    let vault = Vault::open(
-        db,
-        vault_config,
-        &config.server.data_dir,
-        sealed_columns()?,
-        VaultDeps {
-            audit: Arc::new(TracingAudit),
-            clock: Arc::new(SystemClock),
-        },
-        Arc::new(keystore::source::process_env),
-    )?;
-    vault.audit_key()
+    let mut config = config.clone();
+    config.vault.auto_init = false;
+    open_vault(&config, &db, &AppDeps::production())?.audit_key()
 }
 
-/// The upstream token keeper (users' Forgejo token sets) over `db`; `serve` and the admin
-/// verbs build it the same way.
 /// Opens the vault, refusing (and changing nothing) when the master key is missing or wrong.
 /// Blocking: a passphrase source runs Argon2id.
-pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, StartError> {
+pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, KeystoreError> {
     let vault_deps = VaultDeps {
         audit: Arc::clone(&deps.audit),
         clock: Arc::clone(&deps.clock),
     };
-    let registry = sealed_columns().map_err(KeystoreError::from)?;
+    let registry = sealed_columns()?;
     Ok(Vault::open(
         db.clone(),
         config.vault.clone(),
@@ -140,6 +127,8 @@ pub fn open_vault(config: &Config, db: &Db, deps: &AppDeps) -> Result<Vault, Sta
     .with_metrics(deps.metrics.clone()))
 }
 
+/// The upstream token keeper (users' Forgejo token sets) over `db`; `serve` and the admin
+/// verbs build it the same way.
 pub fn build_upstream(
     config: &Config,
     db: &Db,

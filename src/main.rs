@@ -252,6 +252,14 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
     let db = forgejo_mcp_broker::store::Db::open(&config.server.database_path())?;
     let clock: forgejo_mcp_broker::clock::SharedClock =
         std::sync::Arc::new(forgejo_mcp_broker::clock::SystemClock);
+    if let VaultCommand::Status { .. } = command {
+        // Reads only: nothing to audit.
+        let deps = VaultDeps {
+            audit: std::sync::Arc::new(forgejo_mcp_broker::audit::TracingAudit),
+            clock,
+        };
+        return vault_verb(command, &config, &db, &deps);
+    }
     // Vault operations go into the audit log beside the serving broker's records. This
     // command does not hold the checkpoint key (that would take opening the vault once more):
     // its records are chained at once and covered by the serving broker's next checkpoint.

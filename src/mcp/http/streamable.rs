@@ -78,15 +78,16 @@ pub(super) async fn post_inner(
 /// Item 133: what only a client of the stateless 2026-07-28 revision sends. Such a request
 /// must get the non-modern 400, never be routed to a session.
 fn is_modern(message: &Message) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(rename = "_meta")]
+        meta: Option<std::collections::HashMap<String, serde::de::IgnoredAny>>,
+    }
     message.method() == Some("server/discover")
         || message
             .params()
-            .and_then(|params| {
-                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(params.get())
-                    .ok()
-            })
-            .and_then(|params| params.get("_meta").cloned())
-            .and_then(|meta| meta.as_object().cloned())
+            .and_then(|params| serde_json::from_str::<Params>(params.get()).ok())
+            .and_then(|params| params.meta)
             .is_some_and(|meta| {
                 meta.keys()
                     .any(|key| key.starts_with("io.modelcontextprotocol/"))

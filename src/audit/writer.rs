@@ -332,12 +332,20 @@ fn read_ends(file: &File) -> std::io::Result<(Option<String>, Option<String>, u6
     Ok((Some(first), last, complete))
 }
 
+/// Where the chain stands for an active file.
+struct ChainPosition {
+    head: ChainHead,
+    /// Seq of the active file's first line.
+    first_seq: Option<u64>,
+    /// Length of the file's complete lines (a torn last line is not part of it).
+    complete: u64,
+    /// The last line is a checkpoint (or there is none): no record awaits one.
+    covered: bool,
+}
+
 /// Where the chain stands for the active file `file` at `path`: after its last complete line;
 /// if it has none, after the newest rotated file's last line; else at genesis.
-fn chain_position(
-    path: &Path,
-    file: &File,
-) -> Result<(ChainHead, Option<u64>, u64, bool), AuditWriterError> {
+fn chain_position(path: &Path, file: &File) -> Result<ChainPosition, AuditWriterError> {
     let corrupt = |path: &Path| AuditWriterError::Corrupt {
         path: path.to_path_buf(),
     };
@@ -372,7 +380,12 @@ fn chain_position(
             None => (ChainHead::genesis(), true),
         },
     };
-    Ok((head, first_seq, complete, covered))
+    Ok(ChainPosition {
+        head,
+        first_seq,
+        complete,
+        covered,
+    })
 }
 
 impl WriterState {
@@ -532,7 +545,12 @@ impl WriterState {
         if length == self.size {
             return Ok(());
         }
-        let (head, first_seq, complete, covered) = chain_position(&self.config.path, &self.file)?;
+        let ChainPosition {
+            head,
+            first_seq,
+            complete,
+            covered,
+        } = chain_position(&self.config.path, &self.file)?;
         if length > complete {
             tracing::warn!(target: "audit", path = %self.config.path.display(), "cutting a torn last line left by a crash");
             self.file.set_len(complete).map_err(open_error)?;

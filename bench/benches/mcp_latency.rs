@@ -414,30 +414,58 @@ fn summary(label: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     (p50, p99)
 }
 
-/// Runs `n` calls on each of `clients` concurrently; returns the samples and the wall time.
-async fn concurrent<C, F, Fut>(
-    clients: Vec<C>,
-    n: usize,
-    run: F,
-) -> (Vec<C>, Vec<Duration>, Duration)
-where
-    C: Send + 'static,
-    F: Fn(C, usize) -> Fut,
-    Fut: std::future::Future<Output = (C, Vec<Duration>)> + Send + 'static,
-{
-    let start = Instant::now();
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|client| tokio::spawn(run(client, n)))
-        .collect();
-    let mut back = Vec::new();
-    let mut samples = Vec::new();
-    for task in tasks {
-        let (client, more) = task.await.expect("task");
-        back.push(client);
-        samples.extend(more);
+/// Something that makes sequential `tools/call`s: the direct child or an HTTP session.
+trait Caller: Send + 'static {
+    fn sequential_calls(&mut self, n: usize) -> impl Future<Output = Vec<Duration>> + Send;
+}
+
+impl Caller for Direct {
+    fn sequential_calls(&mut self, n: usize) -> impl Future<Output = Vec<Duration>> + Send {
+        self.calls(n)
     }
-    (back, samples, start.elapsed())
+}
+
+impl Caller for Session {
+    fn sequential_calls(&mut self, n: usize) -> impl Future<Output = Vec<Duration>> + Send {
+        self.calls(n)
+    }
+}
+
+/// One arm of the concurrent comparison: its clients, and what they measured so far.
+struct Arm<C> {
+    clients: Vec<C>,
+    samples: Vec<Duration>,
+    took: Duration,
+}
+
+impl<C: Caller> Arm<C> {
+    fn new(clients: Vec<C>) -> Self {
+        Self {
+            clients,
+            samples: Vec::new(),
+            took: Duration::ZERO,
+        }
+    }
+
+    /// `n` calls on every client at once; adds the samples and the wall time.
+    async fn run(&mut self, n: usize) {
+        let start = Instant::now();
+        let tasks: Vec<_> = std::mem::take(&mut self.clients)
+            .into_iter()
+            .map(|mut client| {
+                tokio::spawn(async move {
+                    let samples = client.sequential_calls(n).await;
+                    (client, samples)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (client, samples) = task.await.expect("task");
+            self.clients.push(client);
+            self.samples.extend(samples);
+        }
+        self.took += start.elapsed();
+    }
 }
 
 async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
@@ -506,38 +534,24 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         to_floor.calls(10).await;
         floors.push(to_floor);
     }
-    let (mut d_all, mut b_all, mut f_all) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut d_time, mut b_time, mut f_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut direct_arm, mut broker_arm, mut floor_arm) =
+        (Arm::new(directs), Arm::new(sessions), Arm::new(floors));
     // Alternating phases, twice, so drift hits each arm alike.
     for _ in 0..2 {
-        let (back, samples, took) = concurrent(directs, plan.calls_each, |mut c, n| async move {
-            let samples = c.calls(n).await;
-            (c, samples)
-        })
-        .await;
-        (directs, d_time) = (back, d_time + took);
-        d_all.extend(samples);
-        let (back, samples, took) = concurrent(sessions, plan.calls_each, |mut c, n| async move {
-            let samples = c.calls(n).await;
-            (c, samples)
-        })
-        .await;
-        (sessions, b_time) = (back, b_time + took);
-        b_all.extend(samples);
-        let (back, samples, took) = concurrent(floors, plan.calls_each, |mut c, n| async move {
-            let samples = c.calls(n).await;
-            (c, samples)
-        })
-        .await;
-        (floors, f_time) = (back, f_time + took);
-        f_all.extend(samples);
+        direct_arm.run(plan.calls_each).await;
+        broker_arm.run(plan.calls_each).await;
+        floor_arm.run(plan.calls_each).await;
     }
     let total = (2 * SESSIONS * plan.calls_each) as f64;
     let rate = |took: Duration| total / took.as_secs_f64();
-    summary("direct stdio", d_all);
-    summary("broker (JSON)", b_all);
-    summary("HTTP floor", f_all);
-    let (direct_rate, broker_rate, floor_rate) = (rate(d_time), rate(b_time), rate(f_time));
+    let (direct_rate, broker_rate, floor_rate) = (
+        rate(direct_arm.took),
+        rate(broker_arm.took),
+        rate(floor_arm.took),
+    );
+    summary("direct stdio", direct_arm.samples);
+    summary("broker (JSON)", broker_arm.samples);
+    summary("HTTP floor", floor_arm.samples);
     println!(
         "  throughput: direct {direct_rate:.0} calls/s, broker {broker_rate:.0} calls/s: {:.1}% of direct",
         100.0 * broker_rate / direct_rate
@@ -550,7 +564,7 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         100.0 * ideal / direct_rate,
         100.0 * broker_rate / ideal
     );
-    drop((directs, sessions, floors));
+    drop((direct_arm.clients, broker_arm.clients, floor_arm.clients));
     broker.stop().await;
 }
 

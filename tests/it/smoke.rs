@@ -10,17 +10,9 @@ async fn broker_serves_health_and_shuts_down() {
     let data_dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let config = Config::from_toml(&format!(
-        r#"
-        [server]
-        public_url = "http://127.0.0.1:{port}"
-        data_dir = "{}"
-        [forgejo]
-        url = "http://127.0.0.1:9"
-        client_id = "broker"
-        client_secret = "secret"
-        "#,
-        data_dir.path().display()
+    let config = Config::from_toml(&crate::fixtures::minimal_config_toml(
+        &format!("http://127.0.0.1:{port}"),
+        data_dir.path(),
     ))
     .unwrap();
     let running = app::start_on(config, listener, AppDeps::production())

@@ -523,18 +523,13 @@ async fn the_audit_checkpoint_key_lives_in_the_vault_and_survives_both_rotations
     );
 
     // Whoever can read the data directory but not the master key cannot read the key.
-    let real_key = std::fs::read(config.vault.key_file_path(dir.path())).unwrap();
-    let stranger = dir.path().join("stranger.key");
-    std::fs::write(&stranger, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n").unwrap();
-    std::fs::set_permissions(
-        &stranger,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    std::fs::copy(&stranger, config.vault.key_file_path(dir.path())).unwrap();
+    // (A well-formed key, written over the real one in place: the file stays 0600.)
+    let key_path = config.vault.key_file_path(dir.path());
+    let real_key = std::fs::read(&key_path).unwrap();
+    std::fs::write(&key_path, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n").unwrap();
     let (ok, text) = verify(&config_path);
     assert!(!ok && text.contains("does not open this vault"), "{text}");
-    std::fs::write(config.vault.key_file_path(dir.path()), &real_key).unwrap();
+    std::fs::write(&key_path, &real_key).unwrap();
 
     // A tampered key row stops the broker rather than checkpointing with a key it cannot trust.
     let mut tampered = sealed_key(&config);

@@ -45,6 +45,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
+/// The broker binary's allocator (`src/main.rs`), so the broker here allocates as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ECHO_CHILD: &str = env!("CARGO_BIN_EXE_bench-echo-child");
 const SESSIONS: usize = 32;
 

@@ -2,19 +2,26 @@
 //! visible order (outermost first), and serves them with the generic caps of issue #7 (header
 //! size and read timeout, body size and read timeout).
 
+use std::convert::Infallible;
+use std::hash::BuildHasher as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower::{Service, ServiceBuilder, ServiceExt as _};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::metrics::Metrics;
@@ -29,33 +36,53 @@ pub struct HttpOptions {
     pub metrics: Metrics,
 }
 
-/// Builds the public router from the components' routers.
-pub fn router(components: impl IntoIterator<Item = Router>, options: &HttpOptions) -> Router {
+/// Builds the public service from the components' routers.
+///
+/// Only what needs the matched route (metrics) and what must answer inside it (body caps) is
+/// a `Router::layer`, combined into one layer so each route carries one stack, not one boxed
+/// service per layer. Request ids and tracing wrap the router once, outside it: axum clones a
+/// route's whole stack on every request, so nothing goes there that need not.
+pub fn router(
+    components: impl IntoIterator<Item = Router>,
+    options: &HttpOptions,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<impl HttpBody<Data = Bytes, Error = axum::Error> + Send + 'static>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send
++ Sync
++ 'static {
     let mut router = Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(|| async { (StatusCode::OK, "ready\n") }));
     for component in components {
         router = router.merge(component);
     }
-    router
-        // Innermost first: body limits, then metrics (sees the matched route and final status),
-        // then tracing, then request ids (outermost).
-        // The length limit sits inside the timeout so its error reaches the extractors
-        // unwrapped and becomes 413 (a wrapped one would be a generic 400).
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            options.limits.max_body_bytes,
-        ))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            options.limits.body_read_timeout(),
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            options.metrics.clone(),
-            crate::metrics::track_requests,
-        ))
+    // Outermost first: metrics (sees the matched route and the final status, a 413 included),
+    // the body read timeout, then the length limit, which sits inside the timeout so its error
+    // reaches the extractors unwrapped and becomes 413 (a wrapped one would be a generic 400).
+    let router = router.layer(
+        ServiceBuilder::new()
+            .layer(crate::metrics::TrackRequestsLayer::new(
+                options.metrics.clone(),
+            ))
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                options.limits.body_read_timeout(),
+            ))
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                options.limits.max_body_bytes,
+            ))
+            .map_request(|request: Request<_>| request.map(Body::new)),
+    );
+    ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new()))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             // Spans carry method, path and request id only: never headers, queries or bodies
             // (tokens, codes and verifiers travel in them).
-            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
                 let request_id = request
                     .headers()
                     .get(REQUEST_ID)
@@ -69,8 +96,33 @@ pub fn router(components: impl IntoIterator<Item = Router>, options: &HttpOption
                 )
             }),
         )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .service(router)
+}
+
+/// Request ids: unique within the process and unguessable (a counter run through SipHash
+/// under a random key), so they neither repeat nor tell a client how many requests others
+/// made; no system call per request, unlike a random UUID.
+#[derive(Clone)]
+struct RequestIds(Arc<(std::hash::RandomState, AtomicU64)>);
+
+impl RequestIds {
+    fn new() -> Self {
+        Self(Arc::new((std::hash::RandomState::new(), AtomicU64::new(0))))
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let (keys, counter) = &*self.0;
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        // Two keyed hashes of the counter: 128 bits, like the UUID it replaces.
+        let id = format!(
+            "{:016x}{:016x}",
+            keys.hash_one((n, 0u8)),
+            keys.hash_one((n, 1u8))
+        );
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets open requests finish
@@ -79,13 +131,22 @@ pub fn router(components: impl IntoIterator<Item = Router>, options: &HttpOption
 /// hyper's connection builder rather than `axum::serve`: only it has a header read timeout, so a
 /// client that trickles its request head (slowloris) is dropped instead of holding a connection
 /// and a task forever. Each request gets the peer address as `ConnectInfo<SocketAddr>`.
-pub async fn serve(
+pub async fn serve<S, B>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     limits: &HttpLimitsConfig,
     shutdown: CancellationToken,
     drain: Duration,
-) {
+) where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout())
@@ -116,11 +177,11 @@ pub async fn serve(
         }
         let router = router.clone();
         let service =
-            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 request
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
-                router.clone().oneshot(request.map(axum::body::Body::new))
+                router.clone().oneshot(request.map(Body::new))
             });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         connections.spawn(async move {

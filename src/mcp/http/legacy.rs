@@ -18,7 +18,7 @@ use axum::extract::{Query, State};
 
 // ---- legacy HTTP+SSE (2024-11-05) ---------------------------------------------------------
 
-pub(super) async fn get_legacy_sse(State(edge): State<Edge>, headers: HeaderMap) -> Response {
+pub(super) async fn get_legacy_sse(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
     let principal = match admit(&edge, &headers).await {
         Ok(principal) => principal,
         Err(response) => return response,
@@ -76,7 +76,7 @@ pub(super) struct LegacyQuery {
 }
 
 pub(super) async fn post_legacy_message(
-    State(edge): State<Edge>,
+    State(edge): State<Arc<Edge>>,
     Query(query): Query<LegacyQuery>,
     headers: HeaderMap,
     body: Body,

@@ -98,7 +98,7 @@ impl McpHandle {
     }
 }
 
-#[derive(Clone)]
+/// The handlers' state, behind one `Arc`: axum clones the state for every request.
 struct Edge {
     registry: Arc<Registry>,
     verifier: Arc<dyn AccessTokenVerifier>,
@@ -163,7 +163,7 @@ pub fn router(
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
         .route("/sse", get(get_legacy_sse))
         .route("/messages", post(post_legacy_message))
-        .with_state(edge);
+        .with_state(Arc::new(edge));
     if let Some(limiter) = &rate_limiter {
         // Inside CORS, so a 429 still carries the CORS headers a browser client needs.
         router = router.layer(crate::ratelimit::layer(

@@ -18,7 +18,11 @@ use axum::extract::State;
 
 // ---- POST /mcp ----------------------------------------------------------------------------
 
-pub(super) async fn post_mcp(State(edge): State<Edge>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn post_mcp(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let principal = match admit(&edge, &headers).await {
         Ok(principal) => principal,
         Err(response) => return response,
@@ -330,7 +334,7 @@ pub(super) fn with_session<'a>(
 
 // ---- GET /mcp, DELETE /mcp ----------------------------------------------------------------
 
-pub(super) async fn get_mcp(State(edge): State<Edge>, headers: HeaderMap) -> Response {
+pub(super) async fn get_mcp(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
     let principal = match admit(&edge, &headers).await {
         Ok(principal) => principal,
         Err(response) => return response,
@@ -385,7 +389,7 @@ pub(super) fn get_inner(
     ))
 }
 
-pub(super) async fn delete_mcp(State(edge): State<Edge>, headers: HeaderMap) -> Response {
+pub(super) async fn delete_mcp(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
     let principal = match admit(&edge, &headers).await {
         Ok(principal) => principal,
         Err(response) => return response,

@@ -1,7 +1,8 @@
 //! Added latency and throughput of `tools/call` through the broker (issue #3 "Measure"), against
 //! the same child driven directly over stdio in the same run. Run with
 //! `cargo bench -p bench --bench mcp_latency` (add `-- --quick` for a short run, `--echo-only`
-//! to skip the Node child).
+//! to skip the Node child, `--broker-only` to run nothing but the broker's concurrent arm, for
+//! a profiler).
 //!
 //! The broker is the production stack, started as `serve` starts it: the public router with
 //! its layers (request ids, tracing, metrics, body limits, CORS, per-IP and per-user rate
@@ -57,6 +58,8 @@ struct Plan {
     calls_one: usize,
     calls_each: usize,
     rounds: usize,
+    /// `--broker-only`: the broker's concurrent arm alone, for a profiler.
+    broker_only: bool,
 }
 
 /// What a child is and how to call its echo tool.
@@ -476,6 +479,26 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
     println!("== {}", child.label);
     let data_dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start(data_dir.path(), child).await;
+    if plan.broker_only {
+        // For a profiler: only the broker's concurrent arm, long enough to sample.
+        let mut sessions = Vec::new();
+        for user in 0..SESSIONS {
+            let token = broker.mint_token(100 + user as i64);
+            sessions.push(Session::start(broker.address, &token, "application/json").await);
+        }
+        let mut arm = Arm::new(sessions);
+        for _ in 0..20 {
+            arm.run(plan.calls_each).await;
+        }
+        let total = (20 * SESSIONS * plan.calls_each) as f64;
+        println!(
+            "  broker only: {:.0} calls/s",
+            total / arm.took.as_secs_f64()
+        );
+        drop(arm.clients);
+        broker.stop().await;
+        return;
+    }
 
     println!("-- 1 session, sequential tools/call");
     let mut direct = Direct::start(child).await;
@@ -585,12 +608,14 @@ fn server_everything() -> Option<Child> {
 
 async fn run() {
     let quick = std::env::args().any(|arg| arg == "--quick");
+    let broker_only = std::env::args().any(|arg| arg == "--broker-only");
     let plan = if quick {
         Plan {
             warmup: 100,
             calls_one: 1_000,
             calls_each: 100,
             rounds: 5,
+            broker_only,
         }
     } else {
         Plan {
@@ -598,6 +623,7 @@ async fn run() {
             calls_one: 3_000,
             calls_each: 300,
             rounds: 10,
+            broker_only,
         }
     };
     let floor = start_http_floor().await;

@@ -51,6 +51,82 @@ pub struct ChangeStamp {
 pub struct Db {
     connection: Arc<Mutex<Connection>>,
     path: Option<PathBuf>,
+    /// Writes to the database's files by any connection, as inotify reports them; `None` for
+    /// an in-memory database, or where the files cannot be watched.
+    watch: Option<Arc<Mutex<FileWatch>>>,
+}
+
+/// Counts writes to the database file and its WAL without asking SQLite: one non-blocking
+/// `read` of an inotify descriptor, instead of a read transaction (shared-memory locks and
+/// their system calls) per question.
+struct FileWatch {
+    inotify: nix::sys::inotify::Inotify,
+    generation: i64,
+    /// Set for good once the watch cannot be trusted.
+    broken: bool,
+}
+
+impl FileWatch {
+    /// Watches `database` and its `-wal` file (both must exist: the WAL does once a WAL
+    /// database has been written).
+    fn new(database: &Path) -> nix::Result<Self> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        for file in [database.as_os_str(), wal.as_os_str()] {
+            inotify.add_watch(
+                file,
+                AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DELETE_SELF,
+            )?;
+        }
+        Ok(Self {
+            inotify,
+            generation: 0,
+            broken: false,
+        })
+    }
+
+    /// Whether anything was written since the last call. `None`, from then on, once the
+    /// watch cannot be trusted (a watched file was removed, or reading the descriptor failed).
+    fn written(&mut self) -> Option<bool> {
+        use nix::sys::inotify::AddWatchFlags;
+        if self.broken {
+            return None;
+        }
+        let mut written = false;
+        // Drain: a burst of writes leaves many events, and they all mean the same.
+        for _ in 0..64 {
+            match self.inotify.read_events() {
+                Ok(events) if events.is_empty() => break,
+                Ok(events) => {
+                    written = true;
+                    if events.iter().any(|event| {
+                        event
+                            .mask
+                            .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_IGNORED)
+                    }) {
+                        self.fail("a watched database file was removed");
+                        return None;
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(error) => {
+                    self.fail(&error.to_string());
+                    return None;
+                }
+            }
+        }
+        Some(written)
+    }
+
+    fn fail(&mut self, why: &str) {
+        self.broken = true;
+        tracing::warn!(
+            reason = why,
+            "the database files' watch broke; every token check now asks SQLite whether they changed"
+        );
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -101,9 +177,18 @@ impl Db {
                 version INTEGER NOT NULL
             );",
         )?;
+        // After the first write, so the WAL file exists.
+        let watch = path.as_deref().and_then(|path| match FileWatch::new(path) {
+            Ok(watch) => Some(Arc::new(Mutex::new(watch))),
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "cannot watch the database files; every token check will ask SQLite whether they changed");
+                None
+            }
+        });
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             path,
+            watch,
         })
     }
 
@@ -159,15 +244,44 @@ impl Db {
 
     /// A value that differs whenever anything was written to the database since it was last
     /// read: rows changed through this connection (`total_changes`) or a commit by any other
-    /// connection, in this process or another (`PRAGMA data_version`). A verdict derived from
-    /// the database may be reused for as long as this stamp stays the same.
+    /// connection, in this process or another. A verdict derived from the database may be
+    /// reused for as long as this stamp stays the same.
+    ///
+    /// Other connections' commits are seen through the inotify watch on the database's files:
+    /// a write to them bumps a generation. A commit's last write comes a moment before SQLite
+    /// makes it visible, so after a write the stamp changes only once no writer holds the
+    /// database (`BEGIN IMMEDIATE; ROLLBACK` waits for it): what is read under the new stamp
+    /// includes the commit. Without a watch, `PRAGMA data_version` answers, at the cost of a
+    /// read transaction per call.
     pub fn change_stamp(&self) -> Result<ChangeStamp, StoreError> {
         self.call(|connection| {
-            let version: i64 = connection
-                .prepare_cached("PRAGMA data_version")?
-                .query_row([], |row| row.get(0))?;
+            let watched = match &self.watch {
+                None => None,
+                Some(watch) => {
+                    let mut watch = watch.lock().map_err(|_| StoreError::Poisoned)?;
+                    match watch.written() {
+                        Some(true) => {
+                            connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+                            watch.generation += 1;
+                            Some(watch.generation)
+                        }
+                        Some(false) => Some(watch.generation),
+                        None => None,
+                    }
+                }
+            };
+            let other_connections = match watched {
+                Some(generation) => generation,
+                None => {
+                    let version: i64 = connection
+                        .prepare_cached("PRAGMA data_version")?
+                        .query_row([], |row| row.get(0))?;
+                    // Negative: never equal to a generation.
+                    -1 - version
+                }
+            };
             Ok(ChangeStamp {
-                other_connections: version,
+                other_connections,
                 this_connection: connection.total_changes(),
             })
         })
@@ -202,6 +316,54 @@ fn restrict_permissions(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_through(db: &Db, value: i64) {
+        db.call(|c| {
+            c.execute("INSERT INTO t (a) VALUES (?1)", [value])
+                .map_err(StoreError::from)
+        })
+        .unwrap();
+    }
+
+    /// Two connections to one file: each sees the other's commits in its stamp, and a
+    /// stamp stays put while nothing is written.
+    fn assert_stamps_follow_other_connections(watching: &Db, writer: &Db) {
+        let before = watching.change_stamp().unwrap();
+        assert_eq!(watching.change_stamp().unwrap(), before, "nothing written");
+        write_through(writer, 1);
+        let after = watching.change_stamp().unwrap();
+        assert_ne!(after, before, "another connection's commit");
+        assert_eq!(watching.change_stamp().unwrap(), after);
+        write_through(watching, 2);
+        assert_ne!(watching.change_stamp().unwrap(), after, "its own commit");
+    }
+
+    #[test]
+    fn the_change_stamp_sees_every_connections_commits_through_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.db");
+        let first = Db::open(&path).unwrap();
+        first.migrate("test", &["CREATE TABLE t (a INTEGER);"]).unwrap();
+        let second = Db::open(&path).unwrap();
+        assert!(first.watch.is_some() && second.watch.is_some());
+        assert_stamps_follow_other_connections(&first, &second);
+        assert_stamps_follow_other_connections(&second, &first);
+    }
+
+    #[test]
+    fn a_broken_watch_falls_back_to_sqlite_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.db");
+        let watching = Db::open(&path).unwrap();
+        watching.migrate("test", &["CREATE TABLE t (a INTEGER);"]).unwrap();
+        let writer = Db::open(&path).unwrap();
+        let watched = watching.change_stamp().unwrap();
+        if let Some(watch) = &watching.watch {
+            watch.lock().unwrap().fail("test");
+        }
+        assert_ne!(watching.change_stamp().unwrap(), watched, "no longer the watch's");
+        assert_stamps_follow_other_connections(&watching, &writer);
+    }
 
     #[test]
     fn migrations_apply_once_and_in_order() {

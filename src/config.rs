@@ -283,6 +283,24 @@ impl Default for LogConfig {
     }
 }
 
+/// Installs the process's log subscriber: `filter` (unless `RUST_LOG` says otherwise), in
+/// `format`, to `writer` (the broker's is standard error; the benchmarks' a sink, so they pay
+/// for logging as the broker does).
+pub fn init_logging<W>(format: LogFormat, filter: &str, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigLoadError {
     #[error("cannot read {path}: {source}")]

@@ -15,7 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use forgejo_mcp_broker::app::{self, AppDeps};
-use forgejo_mcp_broker::config::{Config, LogFormat};
+use forgejo_mcp_broker::config::{Config, LogFormat, init_logging};
 use forgejo_mcp_broker::supervisor::sandbox_config::SandboxConfig;
 
 #[derive(Parser)]
@@ -159,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            init_logging(config.log.format, &config.log.filter);
+            init_logging(config.log.format, &config.log.filter, std::io::stderr);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("broker")
@@ -188,7 +188,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => cli::audit::run(command),
         Command::Admin(args) => cli::admin::run(args),
         Command::Demo { listen, data_dir } => {
-            init_logging(LogFormat::Human, "warn,forgejo_mcp_broker=info");
+            init_logging(
+                LogFormat::Human,
+                "warn,forgejo_mcp_broker=info",
+                std::io::stderr,
+            );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("broker-demo")
@@ -251,7 +255,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
         | VaultCommand::RotateDataKey { config } => config.clone(),
     };
     let config = Config::load(&config_path)?;
-    init_logging(config.log.format, &config.log.filter);
+    init_logging(config.log.format, &config.log.filter, std::io::stderr);
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -398,17 +402,5 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
     }
 }

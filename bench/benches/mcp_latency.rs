@@ -1,12 +1,12 @@
 //! Added latency and throughput of `tools/call` through the broker (issue #3 "Measure"), against
 //! the same child driven directly over stdio in the same run. Run with
 //! `cargo bench -p bench --bench mcp_latency` (add `-- --quick` for a short run, `--echo-only`
-//! to skip the Node child, `--broker-only` to run nothing but the broker's concurrent arm, for
+//! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run nothing but the broker's concurrent arm, for
 //! a profiler).
 //!
 //! The broker is the production stack, started as `serve` starts it: the public router with
-//! its layers (request ids, tracing, metrics, body limits, CORS, per-IP and per-user rate
-//! limits), the real token verifier over SQLite (a bearer token checked on every request), the
+//! its layers (request ids, tracing under the default `info` subscriber, metrics, body limits,
+//! CORS, per-IP and per-user rate limits), the broker's allocator, the real token verifier over SQLite (a bearer token checked on every request), the
 //! vault, and the hash-chained audit file (every `tools/call` is an audit record). Only the
 //! sandbox is off (its cost is `bench/benches/sandbox.rs`); the tokens are minted into the
 //! database directly instead of through a browser login.
@@ -496,6 +496,20 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
             total / arm.took.as_secs_f64()
         );
         drop(arm.clients);
+        if std::env::var_os("BENCH_DIRECT_TOO").is_some() {
+            let mut directs = Vec::new();
+            for _ in 0..SESSIONS {
+                directs.push(Direct::start(child).await);
+            }
+            let mut arm = Arm::new(directs);
+            for _ in 0..20 {
+                arm.run(plan.calls_each).await;
+            }
+            println!(
+                "  direct only: {:.0} calls/s",
+                total / arm.took.as_secs_f64()
+            );
+        }
         broker.stop().await;
         return;
     }
@@ -632,7 +646,9 @@ async fn run() {
         program: ECHO_CHILD.into(),
         args: Vec::new(),
     };
-    bench_child(&echo, &plan, floor).await;
+    if !std::env::args().any(|arg| arg == "--skip-echo") {
+        bench_child(&echo, &plan, floor).await;
+    }
     if std::env::args().any(|arg| arg == "--echo-only") {
         return;
     }
@@ -645,6 +661,10 @@ async fn run() {
 }
 
 fn main() {
+    // The broker's default logging (`[log]` unset: human format, `info`), written to a sink:
+    // every request's span is created and formatted as in production.
+    let defaults = forgejo_mcp_broker::config::LogConfig::default();
+    forgejo_mcp_broker::config::init_logging(defaults.format, &defaults.filter, std::io::sink);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -343,7 +343,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.db");
         let first = Db::open(&path).unwrap();
-        first.migrate("test", &["CREATE TABLE t (a INTEGER);"]).unwrap();
+        first
+            .migrate("test", &["CREATE TABLE t (a INTEGER);"])
+            .unwrap();
         let second = Db::open(&path).unwrap();
         assert!(first.watch.is_some() && second.watch.is_some());
         assert_stamps_follow_other_connections(&first, &second);
@@ -355,13 +357,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.db");
         let watching = Db::open(&path).unwrap();
-        watching.migrate("test", &["CREATE TABLE t (a INTEGER);"]).unwrap();
+        watching
+            .migrate("test", &["CREATE TABLE t (a INTEGER);"])
+            .unwrap();
         let writer = Db::open(&path).unwrap();
         let watched = watching.change_stamp().unwrap();
         if let Some(watch) = &watching.watch {
             watch.lock().unwrap().fail("test");
         }
-        assert_ne!(watching.change_stamp().unwrap(), watched, "no longer the watch's");
+        assert_ne!(
+            watching.change_stamp().unwrap(),
+            watched,
+            "no longer the watch's"
+        );
         assert_stamps_follow_other_connections(&watching, &writer);
     }
 

@@ -2,7 +2,7 @@
 //! the same child driven directly over stdio in the same run. Run with
 //! `cargo bench -p bench --bench mcp_latency` (add `-- --quick` for a short run, `--echo-only`
 //! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run nothing but the broker's concurrent arm, for
-//! a profiler).
+//! a profiler, and `--and-direct` with it to run the direct arm alone after it).
 //!
 //! The broker is the production stack, started as `serve` starts it: the public router with
 //! its layers (request ids, tracing under the default `info` subscriber, metrics, body limits,
@@ -496,7 +496,8 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
             total / arm.took.as_secs_f64()
         );
         drop(arm.clients);
-        if std::env::var_os("BENCH_DIRECT_TOO").is_some() {
+        if std::env::args().any(|arg| arg == "--and-direct") {
+            // The same load on the child alone, with no broker children idling beside it.
             let mut directs = Vec::new();
             for _ in 0..SESSIONS {
                 directs.push(Direct::start(child).await);

@@ -1,8 +1,9 @@
 //! Added latency and throughput of `tools/call` through the broker (issue #3 "Measure"), against
 //! the same child driven directly over stdio in the same run. Run with
 //! `cargo bench -p bench --bench mcp_latency` (add `-- --quick` for a short run, `--echo-only`
-//! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run nothing but the broker's concurrent arm, for
-//! a profiler, and `--and-direct` with it to run the direct arm alone after it).
+//! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run
+//! nothing but the broker's concurrent arm, for a profiler, and `--and-direct` with it to run
+//! the direct arm alone after it).
 //!
 //! The broker is the production stack, started as `serve` starts it: the public router with
 //! its layers (request ids, tracing under the default `info` subscriber, metrics, body limits,

@@ -6,17 +6,17 @@ use std::time::Duration;
 
 mod cli;
 
-/// mimalloc in its secure mode (guard pages, randomised allocation, encoded free lists): it
-/// hardens the heap the broker's parsers write into, and costs less than glibc's malloc even
-/// so: `bench/benches/mcp_latency.rs` measured 21% more calls per second than with glibc's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use forgejo_mcp_broker::app::{self, AppDeps};
 use forgejo_mcp_broker::config::{Config, LogFormat, init_logging};
 use forgejo_mcp_broker::supervisor::sandbox_config::SandboxConfig;
+
+/// mimalloc in its secure mode (guard pages, randomised allocation, encoded free lists): it
+/// hardens the heap the broker's parsers write into, and costs less than glibc's malloc even
+/// so: `bench/benches/mcp_latency.rs` measured 21% more calls per second than with glibc's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "forgejo-mcp-broker", version, about)]

@@ -158,20 +158,22 @@ pub fn router(
         spawn_access_ended_listener(registry.clone(), receiver, cancel.clone());
     }
     let cors = cors_layer(&allowed_origins)?;
-    let rate_limiter = edge.rate_limiter.clone();
-    let mut router = Router::new()
+    let rate_limit = edge
+        .rate_limiter
+        .as_ref()
+        .map(|limiter| crate::ratelimit::layer(limiter, crate::ratelimit::EndpointClass::Mcp));
+    let router = Router::new()
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
         .route("/sse", get(get_legacy_sse))
         .route("/messages", post(post_legacy_message))
-        .with_state(Arc::new(edge));
-    if let Some(limiter) = &rate_limiter {
-        // Inside CORS, so a 429 still carries the CORS headers a browser client needs.
-        router = router.layer(crate::ratelimit::layer(
-            limiter,
-            crate::ratelimit::EndpointClass::Mcp,
-        ));
-    }
-    let router = router.layer(cors);
+        .with_state(Arc::new(edge))
+        // One stack per route (axum clones it per request). The rate limit is inside CORS, so
+        // a 429 still carries the CORS headers a browser client needs.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(cors)
+                .option_layer(rate_limit),
+        );
     Ok((router, McpHandle { registry, cancel }))
 }
 

@@ -16,10 +16,13 @@
 //! session), the same for the broker and for the HTTP floor: client and broker share this
 //! machine's two cores, so a heavy client would be charged to the broker.
 //!
-//! Three figures per child:
+//! Four figures per child:
 //! - *direct*: the child over stdio, no HTTP;
 //! - *HTTP floor*: the same client against a server that echoes the body at once (no MCP, no
 //!   child): what any HTTP bridge costs at the least;
+//! - *bare bridge*: hyper and one child per connection, each body written to the child and its
+//!   answer returned, nothing else (no authentication, sessions, routing or audit): the most
+//!   any stdio bridge can do here, measured rather than computed;
 //! - *broker*.
 //!
 //! Two children: the project's echo child (answers in a few µs: the broker's cost laid bare)
@@ -403,6 +406,56 @@ async fn start_http_floor() -> SocketAddr {
     address
 }
 
+/// The least any stdio bridge can be: hyper, one child per connection (started with the
+/// connection), each POST body written to the child as a line and the first line that answers
+/// it returned as the body. No authentication, no sessions, no routing, no audit. Unlike the
+/// HTTP floor plus the direct figure, this measures the child as a bridge drives it: woken
+/// once per HTTP round trip, not once per pipe round trip.
+async fn start_bare_bridge(child: Child) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            stream.set_nodelay(true).expect("nodelay");
+            let child = child.clone();
+            tokio::spawn(async move {
+                let direct = Arc::new(tokio::sync::Mutex::new(Direct::start(&child).await));
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let direct = direct.clone();
+                        async move {
+                            let body = request.into_body().collect().await?.to_bytes();
+                            let line = String::from_utf8_lossy(&body).into_owned();
+                            let mut direct = direct.lock().await;
+                            let answer = if line.contains("\"id\"") {
+                                direct.round_trip(&line).await
+                            } else {
+                                direct.send(&line).await;
+                                String::new()
+                            };
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(answer)))
+                                    .expect("response"),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
 // ---- measuring --------------------------------------------------------------------------------
 
 fn micros(d: Duration) -> f64 {
@@ -527,23 +580,29 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
     )
     .await;
     let mut to_floor = Session::connect(floor, "none", "application/json").await;
+    let bare = start_bare_bridge(child.clone()).await;
+    let mut to_bare = Session::connect(bare, "none", "application/json").await;
     direct.calls(plan.warmup).await;
     via_json.calls(plan.warmup).await;
     via_sse.calls(plan.warmup).await;
     to_floor.calls(plan.warmup).await;
+    to_bare.calls(plan.warmup).await;
     // Interleaved in rounds so drift in machine load hits all equally.
-    let (mut d, mut j, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut d, mut j, mut s, mut f, mut b) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let per_round = plan.calls_one / plan.rounds;
     for _ in 0..plan.rounds {
         f.extend(to_floor.calls(per_round).await);
         d.extend(direct.calls(per_round).await);
         j.extend(via_json.calls(per_round).await);
         s.extend(via_sse.calls(per_round).await);
+        b.extend(to_bare.calls(per_round).await);
     }
     let (d50, d99) = summary("direct stdio", d);
     let (j50, j99) = summary("broker, JSON response", j);
     let (s50, s99) = summary("broker, SSE response", s);
     let (f50, _) = summary("HTTP floor (no MCP, no child)", f);
+    let (b50, _) = summary("bare bridge (HTTP to stdio, nothing else)", b);
     println!(
         "  added by the broker over direct: JSON p50 {:.1} µs (p99 {:.1}); SSE p50 {:.1} µs (p99 {:.1})",
         micros(j50) - micros(d50),
@@ -556,7 +615,12 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         micros(f50),
         micros(j50) - micros(d50) - micros(f50)
     );
-    drop((direct, via_json, via_sse, to_floor));
+    println!(
+        "  added by the bare bridge: {:.1} µs; the broker adds {:.1} µs more",
+        micros(b50) - micros(d50),
+        micros(j50) - micros(b50)
+    );
+    drop((direct, via_json, via_sse, to_floor, to_bare));
 
     println!(
         "-- {SESSIONS} sessions, concurrent, {} calls each",
@@ -565,6 +629,7 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
     let mut directs = Vec::new();
     let mut sessions = Vec::new();
     let mut floors = Vec::new();
+    let mut bares = Vec::new();
     for user in 0..SESSIONS {
         let mut direct = Direct::start(child).await;
         direct.calls(10).await;
@@ -576,25 +641,35 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         let mut to_floor = Session::connect(floor, "none", "application/json").await;
         to_floor.calls(10).await;
         floors.push(to_floor);
+        let mut to_bare = Session::connect(bare, "none", "application/json").await;
+        to_bare.calls(10).await;
+        bares.push(to_bare);
     }
-    let (mut direct_arm, mut broker_arm, mut floor_arm) =
-        (Arm::new(directs), Arm::new(sessions), Arm::new(floors));
+    let (mut direct_arm, mut broker_arm, mut floor_arm, mut bare_arm) = (
+        Arm::new(directs),
+        Arm::new(sessions),
+        Arm::new(floors),
+        Arm::new(bares),
+    );
     // Alternating phases, twice, so drift hits each arm alike.
     for _ in 0..2 {
         direct_arm.run(plan.calls_each).await;
         broker_arm.run(plan.calls_each).await;
         floor_arm.run(plan.calls_each).await;
+        bare_arm.run(plan.calls_each).await;
     }
     let total = (2 * SESSIONS * plan.calls_each) as f64;
     let rate = |took: Duration| total / took.as_secs_f64();
-    let (direct_rate, broker_rate, floor_rate) = (
+    let (direct_rate, broker_rate, floor_rate, bare_rate) = (
         rate(direct_arm.took),
         rate(broker_arm.took),
         rate(floor_arm.took),
+        rate(bare_arm.took),
     );
     summary("direct stdio", direct_arm.samples);
     summary("broker (JSON)", broker_arm.samples);
     summary("HTTP floor", floor_arm.samples);
+    summary("bare bridge", bare_arm.samples);
     println!(
         "  throughput: direct {direct_rate:.0} calls/s, broker {broker_rate:.0} calls/s: {:.1}% of direct",
         100.0 * broker_rate / direct_rate
@@ -607,7 +682,17 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         100.0 * ideal / direct_rate,
         100.0 * broker_rate / ideal
     );
-    drop((direct_arm.clients, broker_arm.clients, floor_arm.clients));
+    println!(
+        "  bare bridge {bare_rate:.0} calls/s = {:.1}% of direct; the broker reaches {:.1}% of the bare bridge",
+        100.0 * bare_rate / direct_rate,
+        100.0 * broker_rate / bare_rate
+    );
+    drop((
+        direct_arm.clients,
+        broker_arm.clients,
+        floor_arm.clients,
+        bare_arm.clients,
+    ));
     broker.stop().await;
 }
 

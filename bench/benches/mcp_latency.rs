@@ -7,8 +7,8 @@
 //!
 //! The broker is the production stack, started as `serve` starts it: the public router with
 //! its layers (request ids, tracing under the default `info` subscriber, metrics, body limits,
-//! CORS, per-IP and per-user rate limits), the broker's allocator, the real token verifier over SQLite (a bearer token checked on every request), the
-//! vault, and the hash-chained audit file (every `tools/call` is an audit record). Only the
+//! CORS, per-IP and per-user rate limits), the broker's allocator, the real token verifier over
+//! SQLite (a bearer token checked on every request), the vault, and the hash-chained audit file (every `tools/call` is an audit record). Only the
 //! sandbox is off (its cost is `bench/benches/sandbox.rs`); the tokens are minted into the
 //! database directly instead of through a browser login.
 //!
@@ -529,42 +529,40 @@ impl<C: Caller> Arm<C> {
     }
 }
 
+/// `--broker-only`: the broker's concurrent arm alone, long enough for a profiler to sample;
+/// with `--and-direct`, then the same load on the child alone, with no broker children idling
+/// beside it.
+async fn profile(child: &Child, plan: &Plan, broker: &Broker) {
+    const ROUNDS: usize = 20;
+    async fn rate<C: Caller>(label: &str, clients: Vec<C>, plan: &Plan) {
+        let mut arm = Arm::new(clients);
+        for _ in 0..ROUNDS {
+            arm.run(plan.calls_each).await;
+        }
+        let total = (ROUNDS * SESSIONS * plan.calls_each) as f64;
+        println!("  {label}: {:.0} calls/s", total / arm.took.as_secs_f64());
+    }
+    let mut sessions = Vec::new();
+    for user in 0..SESSIONS {
+        let token = broker.mint_token(100 + user as i64);
+        sessions.push(Session::start(broker.address, &token, "application/json").await);
+    }
+    rate("broker only", sessions, plan).await;
+    if std::env::args().any(|arg| arg == "--and-direct") {
+        let mut directs = Vec::new();
+        for _ in 0..SESSIONS {
+            directs.push(Direct::start(child).await);
+        }
+        rate("direct only", directs, plan).await;
+    }
+}
+
 async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
     println!("== {}", child.label);
     let data_dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start(data_dir.path(), child).await;
     if plan.broker_only {
-        // For a profiler: only the broker's concurrent arm, long enough to sample.
-        let mut sessions = Vec::new();
-        for user in 0..SESSIONS {
-            let token = broker.mint_token(100 + user as i64);
-            sessions.push(Session::start(broker.address, &token, "application/json").await);
-        }
-        let mut arm = Arm::new(sessions);
-        for _ in 0..20 {
-            arm.run(plan.calls_each).await;
-        }
-        let total = (20 * SESSIONS * plan.calls_each) as f64;
-        println!(
-            "  broker only: {:.0} calls/s",
-            total / arm.took.as_secs_f64()
-        );
-        drop(arm.clients);
-        if std::env::args().any(|arg| arg == "--and-direct") {
-            // The same load on the child alone, with no broker children idling beside it.
-            let mut directs = Vec::new();
-            for _ in 0..SESSIONS {
-                directs.push(Direct::start(child).await);
-            }
-            let mut arm = Arm::new(directs);
-            for _ in 0..20 {
-                arm.run(plan.calls_each).await;
-            }
-            println!(
-                "  direct only: {:.0} calls/s",
-                total / arm.took.as_secs_f64()
-            );
-        }
+        profile(child, plan, &broker).await;
         broker.stop().await;
         return;
     }

@@ -115,6 +115,39 @@ async fn oversized_bodies_get_413() {
         .await
         .unwrap();
     assert_eq!(streamed.status(), 413);
+    // The metrics layer sits outside the body caps: both refusals are counted on their route.
+    let metrics = server.metrics.encode();
+    assert!(
+        metrics.contains(
+            r#"forgejo_mcp_broker_http_requests_total{route="/echo",method="POST",status="413"} 2"#
+        ),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_response_carries_a_fresh_request_id_or_the_clients_own() {
+    let server = TestServer::start(echo(), limits()).await;
+    let client = reqwest::Client::new();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let response = client.get(server.url("/healthz")).send().await.unwrap();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert!(seen.insert(id), "a request id repeated");
+    }
+    let response = client
+        .get(server.url("/healthz"))
+        .header("x-request-id", "client-chose-this")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-chose-this");
     server.stop().await;
 }
 

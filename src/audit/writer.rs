@@ -50,9 +50,9 @@ const MAX_BATCH: usize = 256;
 
 /// Writes are paced at most one per this interval (group commit). An event that follows a
 /// write by less waits out the rest of it, so under load one wake-up, lock and write serve
-/// every record of the interval instead of one each; an isolated event is written at once.
-/// Records are not durable before the next checkpoint's fsync anyway, so the wait costs no
-/// durability.
+/// every record of the interval instead of one each; an isolated event is written at once, and
+/// a backlog (a full batch) without pause. Records are not durable before the next
+/// checkpoint's fsync anyway, so the wait costs no durability.
 const WRITE_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Lines serialised but not yet written.
@@ -437,6 +437,8 @@ impl WriterState {
     fn run(mut self, receiver: Receiver<Message>) {
         // A message taken from the queue while gathering a batch, handled next.
         let mut carried = None;
+        // When the last write was, if it left the queue empty (a full batch means a backlog,
+        // which is written without pause).
         let mut last_write: Option<std::time::Instant> = None;
         loop {
             let message = match carried.take() {
@@ -465,7 +467,7 @@ impl WriterState {
                         }
                     }
                     self.locked(|state| state.write_events(&batch));
-                    last_write = Some(std::time::Instant::now());
+                    last_write = (batch.len() < MAX_BATCH).then(std::time::Instant::now);
                 }
                 Ok(Message::Key(key)) => {
                     match &self.key {

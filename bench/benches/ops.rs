@@ -5,7 +5,9 @@
 //!   mutex-guarded Vec (`MemoryAudit`);
 //! - the writer's cost per event (serialise, hash-chain, append, checkpoint every 100), vs
 //!   serialising and appending the bare event line to a file;
-//! - `audit verify` per line, vs parsing each line as JSON only.
+//! - `audit verify` per line, vs parsing each line as JSON only;
+//! - the database change stamp every token check reads (an inotify watch on the database's
+//!   files), vs the `PRAGMA data_version` read transaction it replaced.
 //!
 //! Run: `cargo bench -p bench --bench ops`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -49,6 +51,8 @@ fn per_item(total: Duration, items: u64) -> Duration {
 }
 
 fn main() {
+    change_stamp();
+
     // Rate limiting.
     let config: RateLimitConfig = toml_like_unlimited();
     let limiter = RateLimiter::new(&config, &[], Metrics::new(), MemoryAudit::new());
@@ -184,6 +188,33 @@ fn main() {
         &verify_samples,
         &parse_samples,
         "JSON parse",
+    );
+}
+
+/// The verifier's question "did the database change?", answered by the watch, against the
+/// SQLite read transaction that answered it before (a second connection, so nothing is cached).
+fn change_stamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.db");
+    let db = forgejo_mcp_broker::store::Db::open(&path).unwrap();
+    db.migrate("bench", &["CREATE TABLE t (a INTEGER);"])
+        .unwrap();
+    let stamps = sample(100_000, || {
+        db.change_stamp().unwrap();
+    });
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let pragma = sample(100_000, || {
+        let _: i64 = connection
+            .prepare_cached("PRAGMA data_version")
+            .unwrap()
+            .query_row([], |row| row.get(0))
+            .unwrap();
+    });
+    report(
+        "database change stamp (inotify watch)",
+        &stamps,
+        &pragma,
+        "PRAGMA data_version",
     );
 }
 

@@ -285,8 +285,9 @@ impl Default for LogConfig {
 
 /// Installs the process's log subscriber: `filter` (unless `RUST_LOG` says otherwise), in
 /// `format`, to `writer` (the broker's is standard error; the benchmarks' a sink, so they pay
-/// for logging as the broker does).
-pub fn init_logging<W>(format: LogFormat, filter: &str, writer: W)
+/// for logging as the broker does). Colours only when `terminal`: a journal or a log file gets
+/// plain text, not escape sequences.
+pub fn init_logging<W>(format: LogFormat, filter: &str, writer: W, terminal: bool)
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -294,6 +295,7 @@ where
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(terminal)
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -159,7 +159,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            init_logging(config.log.format, &config.log.filter, std::io::stderr);
+            init_logging(
+                config.log.format,
+                &config.log.filter,
+                std::io::stderr,
+                stderr_is_terminal(),
+            );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("broker")
@@ -192,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 LogFormat::Human,
                 "warn,forgejo_mcp_broker=info",
                 std::io::stderr,
+                stderr_is_terminal(),
             );
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -255,7 +261,12 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
         | VaultCommand::RotateDataKey { config } => config.clone(),
     };
     let config = Config::load(&config_path)?;
-    init_logging(config.log.format, &config.log.filter, std::io::stderr);
+    init_logging(
+        config.log.format,
+        &config.log.filter,
+        std::io::stderr,
+        stderr_is_terminal(),
+    );
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -403,4 +414,8 @@ async fn wait_for_signal() {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+fn stderr_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
 }

@@ -749,7 +749,12 @@ fn main() {
     // The broker's default logging (`[log]` unset: human format, `info`), written to a sink:
     // every request's span is created and formatted as in production.
     let defaults = forgejo_mcp_broker::config::LogConfig::default();
-    forgejo_mcp_broker::config::init_logging(defaults.format, &defaults.filter, std::io::sink);
+    forgejo_mcp_broker::config::init_logging(
+        defaults.format,
+        &defaults.filter,
+        std::io::sink,
+        false,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -557,3 +557,28 @@ async fn the_audit_checkpoint_key_lives_in_the_vault_and_survives_both_rotations
         "{error}"
     );
 }
+
+/// Logs to a pipe (a journal, a file) are plain text: no colour escape sequences.
+#[test]
+fn logs_written_to_a_pipe_carry_no_escape_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, config_text(dir.path(), 9, "")).unwrap();
+    let (ok, text) = cli(&config, &["init"]);
+    assert!(ok, "{text}");
+    let output = Command::new(env!("CARGO_BIN_EXE_forgejo-mcp-broker"))
+        .args([
+            "vault",
+            "rotate-data-key",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env_remove("FORGEJO_MCP_BROKER_VAULT_KEY")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{logs}");
+    assert!(logs.contains("DEBUG"), "a log line was written: {logs}");
+    assert!(!logs.contains('\x1b'), "escape sequences in {logs:?}");
+}

@@ -159,12 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            init_logging(
-                config.log.format,
-                &config.log.filter,
-                std::io::stderr,
-                stderr_is_terminal(),
-            );
+            log_to_stderr(config.log.format, &config.log.filter);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("broker")
@@ -193,12 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => cli::audit::run(command),
         Command::Admin(args) => cli::admin::run(args),
         Command::Demo { listen, data_dir } => {
-            init_logging(
-                LogFormat::Human,
-                "warn,forgejo_mcp_broker=info",
-                std::io::stderr,
-                stderr_is_terminal(),
-            );
+            log_to_stderr(LogFormat::Human, "warn,forgejo_mcp_broker=info");
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("broker-demo")
@@ -261,12 +251,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
         | VaultCommand::RotateDataKey { config } => config.clone(),
     };
     let config = Config::load(&config_path)?;
-    init_logging(
-        config.log.format,
-        &config.log.filter,
-        std::io::stderr,
-        stderr_is_terminal(),
-    );
+    log_to_stderr(config.log.format, &config.log.filter);
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -416,6 +401,8 @@ async fn wait_for_signal() {
     }
 }
 
-fn stderr_is_terminal() -> bool {
-    std::io::IsTerminal::is_terminal(&std::io::stderr())
+/// The broker's logs go to standard error, coloured only if that is a terminal.
+fn log_to_stderr(format: LogFormat, filter: &str) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    init_logging(format, filter, std::io::stderr, terminal);
 }

@@ -338,8 +338,8 @@ mod tests {
         assert_ne!(watching.change_stamp().unwrap(), after, "its own commit");
     }
 
-    #[test]
-    fn the_change_stamp_sees_every_connections_commits_through_the_watch() {
+    /// Two connections to one new database file with a table `t` (and the directory holding it).
+    fn two_connections() -> (tempfile::TempDir, Db, Db) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.db");
         let first = Db::open(&path).unwrap();
@@ -347,6 +347,12 @@ mod tests {
             .migrate("test", &["CREATE TABLE t (a INTEGER);"])
             .unwrap();
         let second = Db::open(&path).unwrap();
+        (dir, first, second)
+    }
+
+    #[test]
+    fn the_change_stamp_sees_every_connections_commits_through_the_watch() {
+        let (_dir, first, second) = two_connections();
         assert!(first.watch.is_some() && second.watch.is_some());
         assert_stamps_follow_other_connections(&first, &second);
         assert_stamps_follow_other_connections(&second, &first);
@@ -354,13 +360,7 @@ mod tests {
 
     #[test]
     fn a_broken_watch_falls_back_to_sqlite_for_good() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broker.db");
-        let watching = Db::open(&path).unwrap();
-        watching
-            .migrate("test", &["CREATE TABLE t (a INTEGER);"])
-            .unwrap();
-        let writer = Db::open(&path).unwrap();
+        let (_dir, watching, writer) = two_connections();
         let watched = watching.change_stamp().unwrap();
         if let Some(watch) = &watching.watch {
             watch.lock().unwrap().fail("test");

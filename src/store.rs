@@ -49,11 +49,16 @@ pub struct ChangeStamp {
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Db {
-    connection: Arc<Mutex<Connection>>,
+    inner: Arc<Mutex<Inner>>,
     path: Option<PathBuf>,
+}
+
+/// What the one mutex guards.
+struct Inner {
+    connection: Connection,
     /// Writes to the database's files by any connection, as inotify reports them; `None` for
     /// an in-memory database, or where the files cannot be watched.
-    watch: Option<Arc<Mutex<FileWatch>>>,
+    watch: Option<FileWatch>,
 }
 
 /// Counts writes to the database file and its WAL without asking SQLite: one non-blocking
@@ -85,6 +90,21 @@ impl FileWatch {
             generation: 0,
             broken: false,
         })
+    }
+
+    /// The generation of the files' writes: moved on by any write since the last call, once
+    /// `connection` has waited out the writer (see [`Db::change_stamp`]). `None` once the
+    /// watch cannot be trusted.
+    fn generation(&mut self, connection: &Connection) -> Result<Option<i64>, StoreError> {
+        match self.written() {
+            Some(true) => {
+                connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+                self.generation += 1;
+                Ok(Some(self.generation))
+            }
+            Some(false) => Ok(Some(self.generation)),
+            None => Ok(None),
+        }
     }
 
     /// Whether anything was written since the last call. `None`, from then on, once the
@@ -179,16 +199,15 @@ impl Db {
         )?;
         // After the first write, so the WAL file exists.
         let watch = path.as_deref().and_then(|path| match FileWatch::new(path) {
-            Ok(watch) => Some(Arc::new(Mutex::new(watch))),
+            Ok(watch) => Some(watch),
             Err(error) => {
                 tracing::warn!(%error, path = %path.display(), "cannot watch the database files; every token check will ask SQLite whether they changed");
                 None
             }
         });
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
+            inner: Arc::new(Mutex::new(Inner { connection, watch })),
             path,
-            watch,
         })
     }
 
@@ -254,36 +273,25 @@ impl Db {
     /// includes the commit. Without a watch, `PRAGMA data_version` answers, at the cost of a
     /// read transaction per call.
     pub fn change_stamp(&self) -> Result<ChangeStamp, StoreError> {
-        self.call(|connection| {
-            let watched = match &self.watch {
-                None => None,
-                Some(watch) => {
-                    let mut watch = watch.lock().map_err(|_| StoreError::Poisoned)?;
-                    match watch.written() {
-                        Some(true) => {
-                            connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
-                            watch.generation += 1;
-                            Some(watch.generation)
-                        }
-                        Some(false) => Some(watch.generation),
-                        None => None,
-                    }
-                }
-            };
-            let other_connections = match watched {
-                Some(generation) => generation,
-                None => {
-                    let version: i64 = connection
-                        .prepare_cached("PRAGMA data_version")?
-                        .query_row([], |row| row.get(0))?;
-                    // Negative: never equal to a generation.
-                    -1 - version
-                }
-            };
-            Ok(ChangeStamp {
-                other_connections,
-                this_connection: connection.total_changes(),
-            })
+        let mut inner = self.lock::<StoreError>()?;
+        let Inner { connection, watch } = &mut *inner;
+        let watched = match watch {
+            Some(watch) => watch.generation(connection)?,
+            None => None,
+        };
+        let other_connections = match watched {
+            Some(generation) => generation,
+            None => {
+                let version: i64 = connection
+                    .prepare_cached("PRAGMA data_version")?
+                    .query_row([], |row| row.get(0))?;
+                // Negative: never equal to a generation.
+                -1 - version
+            }
+        };
+        Ok(ChangeStamp {
+            other_connections,
+            this_connection: connection.total_changes(),
         })
     }
 
@@ -292,11 +300,11 @@ impl Db {
     where
         E: From<StoreError>,
     {
-        let mut guard = self
-            .connection
-            .lock()
-            .map_err(|_| E::from(StoreError::Poisoned))?;
-        f(&mut guard)
+        f(&mut self.lock::<E>()?.connection)
+    }
+
+    fn lock<E: From<StoreError>>(&self) -> Result<std::sync::MutexGuard<'_, Inner>, E> {
+        self.inner.lock().map_err(|_| E::from(StoreError::Poisoned))
     }
 }
 
@@ -353,7 +361,8 @@ mod tests {
     #[test]
     fn the_change_stamp_sees_every_connections_commits_through_the_watch() {
         let (_dir, first, second) = two_connections();
-        assert!(first.watch.is_some() && second.watch.is_some());
+        assert!(first.lock::<StoreError>().unwrap().watch.is_some());
+        assert!(second.lock::<StoreError>().unwrap().watch.is_some());
         assert_stamps_follow_other_connections(&first, &second);
         assert_stamps_follow_other_connections(&second, &first);
     }
@@ -362,8 +371,8 @@ mod tests {
     fn a_broken_watch_falls_back_to_sqlite_for_good() {
         let (_dir, watching, writer) = two_connections();
         let watched = watching.change_stamp().unwrap();
-        if let Some(watch) = &watching.watch {
-            watch.lock().unwrap().fail("test");
+        if let Some(watch) = &mut watching.lock::<StoreError>().unwrap().watch {
+            watch.fail("test");
         }
         assert_ne!(
             watching.change_stamp().unwrap(),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::chain::{AuditKey, ChainHead, RawLine, line_hash};
 use super::{AuditEvent, AuditSink};
@@ -439,7 +439,7 @@ impl WriterState {
         let mut carried = None;
         // When the last write was, if it left the queue empty (a full batch means a backlog,
         // which is written without pause).
-        let mut last_write: Option<std::time::Instant> = None;
+        let mut last_write: Option<Instant> = None;
         loop {
             let message = match carried.take() {
                 Some(message) => Ok(message),
@@ -449,9 +449,8 @@ impl WriterState {
                 Ok(Message::Event(time, event)) => {
                     // Whatever else is queued goes in the same locked write; under load, what
                     // arrives until the pacing interval is over does too.
-                    if let Some(wait) = last_write
-                        .and_then(|at| WRITE_INTERVAL.checked_sub(at.elapsed()))
-                        .filter(|wait| !wait.is_zero())
+                    if let Some(wait) =
+                        last_write.and_then(|at| WRITE_INTERVAL.checked_sub(at.elapsed()))
                     {
                         std::thread::sleep(wait);
                     }
@@ -467,7 +466,7 @@ impl WriterState {
                         }
                     }
                     self.locked(|state| state.write_events(&batch));
-                    last_write = (batch.len() < MAX_BATCH).then(std::time::Instant::now);
+                    last_write = (batch.len() < MAX_BATCH).then(Instant::now);
                 }
                 Ok(Message::Key(key)) => {
                     match &self.key {

@@ -53,7 +53,7 @@ struct RequestLabels {
 }
 
 /// Put on a response by the OAuth error conversion: the RFC error code, counted in
-/// `oauth_outcomes_total` by [`track_requests`].
+/// `oauth_outcomes_total` by [`TrackRequestsLayer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OAuthOutcome(pub &'static str);
 

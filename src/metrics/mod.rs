@@ -7,7 +7,7 @@
 //! the registry's are bounded.
 //!
 //! `/metrics` is served on `metrics.listen`, a separate address, so the public listener never
-//! exposes it ([`serve`]).
+//! exposes it ([`router`], served by `app`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -297,8 +297,6 @@ impl Broker {
             per_user = "100000000/min"
             [rate_limits.mcp_session]
             per_user = "off"
-            [log]
-            filter = "error"
             "#,
             data_dir = data_dir.display(),
             program = child.program.display(),

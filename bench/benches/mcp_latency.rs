@@ -13,8 +13,9 @@
 //! database directly instead of through a browser login.
 //!
 //! The client is a lean HTTP/1.1 client (hyper's connection API, one keep-alive connection per
-//! session), the same for the broker and for the HTTP floor: client and broker share this
-//! machine's two cores, so a heavy client would be charged to the broker.
+//! session; request lines and headers built before the timing), the same for the broker and
+//! for the HTTP floor: client and broker share this machine's two cores, so a heavy client
+//! would be charged to the broker.
 //!
 //! Four figures per child:
 //! - *direct*: the child over stdio, no HTTP;
@@ -24,6 +25,11 @@
 //!   answer returned, nothing else (no authentication, sessions, routing or audit): the most
 //!   any stdio bridge can do here, measured rather than computed;
 //! - *broker*.
+//!
+//! For each arm of the concurrent run the bench also prints the CPU time per call, split
+//! between this process (the client, and the broker or bridge) and the children, from the
+//! kernel's per-thread accounting, and how busy the two cores were. On a saturated machine
+//! throughput is cores ÷ CPU per call, so these say where a gap in calls/s comes from.
 //!
 //! Two children: the project's echo child (answers in a few µs: the broker's cost laid bare)
 //! and `@modelcontextprotocol/server-everything` (a real MCP server, Node), when the peers are
@@ -36,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench::quantile;
+use bench::{CpuTime, quantile};
 use bytes::Bytes;
 use forgejo_mcp_broker::app::{self, AppDeps};
 use forgejo_mcp_broker::config::Config;
@@ -46,6 +52,7 @@ use forgejo_mcp_broker::supervisor::plain::PlainLauncher;
 use forgejo_mcp_broker::upstream::{GrantStore, TokenSet};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderValue};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -74,11 +81,25 @@ struct Child {
     args: Vec<String>,
 }
 
-fn call_line(id: usize) -> String {
-    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"message": "hello from the benchmark"}}})
-    .to_string()
+/// The `tools/call` line with id `id`, built once per id before any timing, so that the client
+/// spends nothing per call on building it (the client shares the broker's cores).
+fn call_line(id: usize) -> &'static str {
+    static LINES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        (0..=MAX_CALLS)
+            .map(|id| {
+                let line = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"message": "hello from the benchmark"}}})
+                .to_string();
+                &*Box::leak(line.into_boxed_str())
+            })
+            .collect()
+    });
+    lines.get(id).copied().expect("an id within MAX_CALLS")
 }
+
+/// The most calls one client makes in one go (`Plan::calls_*`, `warmup`).
+const MAX_CALLS: usize = 3_000;
 
 fn initialize_line() -> String {
     json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
@@ -142,7 +163,7 @@ impl Direct {
         for id in 0..n {
             let line = call_line(id + 1);
             let start = Instant::now();
-            let answer = self.round_trip(&line).await;
+            let answer = self.round_trip(line).await;
             samples.push(start.elapsed());
             assert!(answer.contains("hello from the benchmark"), "{answer}");
         }
@@ -155,15 +176,22 @@ impl Direct {
 struct Session {
     sender: SendRequest<Full<Bytes>>,
     address: SocketAddr,
-    authority: String,
-    token: String,
-    session: Option<String>,
-    accept: &'static str,
+    /// The request's headers, built once: per call the client only clones them.
+    host: HeaderValue,
+    authorization: HeaderValue,
+    accept: HeaderValue,
+    session: Option<HeaderValue>,
 }
 
 struct Answer {
-    session: Option<String>,
-    body: String,
+    session: Option<HeaderValue>,
+    body: Bytes,
+}
+
+impl Answer {
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("a UTF-8 body")
+    }
 }
 
 impl Session {
@@ -183,53 +211,58 @@ impl Session {
         Self {
             sender: Self::open(address).await,
             address,
-            authority: address.to_string(),
-            token: token.to_owned(),
+            host: HeaderValue::from_str(&address.to_string()).expect("host"),
+            authorization: HeaderValue::from_str(&format!("Bearer {token}")).expect("token"),
+            accept: HeaderValue::from_static(accept),
             session: None,
-            accept,
         }
     }
 
-    async fn post(&mut self, body: String) -> Answer {
-        let mut request = hyper::Request::post("/mcp")
-            .header("host", &self.authority)
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("accept", self.accept)
-            .header("content-type", "application/json");
+    async fn post(&mut self, body: Bytes) -> Answer {
+        let mut request = hyper::Request::new(Full::new(body));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = hyper::Uri::from_static("/mcp");
+        let headers = request.headers_mut();
+        headers.reserve(5);
+        headers.insert(header::HOST, self.host.clone());
+        headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        headers.insert(header::ACCEPT, self.accept.clone());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(session) = &self.session {
-            request = request.header("mcp-session-id", session);
+            headers.insert("mcp-session-id", session.clone());
         }
-        let request = request.body(Full::new(Bytes::from(body))).expect("request");
         // The broker closes keep-alive connections idle past its header read timeout (while
         // other phases run); reconnect as a client's pool would.
         if self.sender.ready().await.is_err() {
             self.sender = Self::open(self.address).await;
         }
         let response = self.sender.send_request(request).await.expect("send");
-        let session = response
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let session = response.headers().get("mcp-session-id").cloned();
         let body = response
             .into_body()
             .collect()
             .await
             .expect("body")
             .to_bytes();
-        Answer {
-            session,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        Answer { session, body }
     }
 
     /// Connects and runs `initialize` + `initialized` as a client would.
     async fn start(address: SocketAddr, token: &str, accept: &'static str) -> Self {
         let mut session = Self::connect(address, token, accept).await;
-        let answer = session.post(initialize_line()).await;
-        assert!(answer.body.contains("protocolVersion"), "{}", answer.body);
+        let answer = session.post(Bytes::from(initialize_line())).await;
+        assert!(
+            answer.text().contains("protocolVersion"),
+            "{}",
+            answer.text()
+        );
         session.session = Some(answer.session.expect("Mcp-Session-Id"));
-        session.post(INITIALIZED.to_owned()).await;
+        session
+            .post(Bytes::from_static(INITIALIZED.as_bytes()))
+            .await;
         session
     }
 
@@ -238,12 +271,12 @@ impl Session {
         for id in 0..n {
             let line = call_line(id + 1);
             let start = Instant::now();
-            let answer = self.post(line).await;
+            let answer = self.post(Bytes::from_static(line.as_bytes())).await;
             samples.push(start.elapsed());
             assert!(
-                answer.body.contains("hello from the benchmark"),
+                answer.text().contains("hello from the benchmark"),
                 "{}",
-                answer.body
+                answer.text()
             );
         }
         samples
@@ -495,6 +528,7 @@ struct Arm<C> {
     clients: Vec<C>,
     samples: Vec<Duration>,
     took: Duration,
+    cpu: CpuTime,
 }
 
 impl<C: Caller> Arm<C> {
@@ -503,11 +537,13 @@ impl<C: Caller> Arm<C> {
             clients,
             samples: Vec::new(),
             took: Duration::ZERO,
+            cpu: CpuTime::default(),
         }
     }
 
     /// `n` calls on every client at once; adds the samples and the wall time.
     async fn run(&mut self, n: usize) {
+        let cpu = CpuTime::now();
         let start = Instant::now();
         let tasks: Vec<_> = std::mem::take(&mut self.clients)
             .into_iter()
@@ -524,6 +560,20 @@ impl<C: Caller> Arm<C> {
             self.samples.extend(samples);
         }
         self.took += start.elapsed();
+        self.cpu += CpuTime::now().since(cpu);
+    }
+
+    /// CPU per call, in µs: in the bench process (client, and broker or bridge), in the children.
+    fn cpu_line(&self, label: &str) {
+        let calls = self.samples.len().max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        println!(
+            "  CPU per call, {label:<12} bench process {:6.1} µs, children {:6.1} µs; cores busy {:5.1}%",
+            micros(self.cpu.own) / calls,
+            micros(self.cpu.descendants) / calls,
+            100.0 * (self.cpu.own + self.cpu.descendants).as_secs_f64()
+                / (self.took.as_secs_f64() * cores)
+        );
     }
 }
 
@@ -539,6 +589,7 @@ async fn profile(child: &Child, plan: &Plan, broker: &Broker) {
         }
         let total = (ROUNDS * SESSIONS * plan.calls_each) as f64;
         println!("  {label}: {:.0} calls/s", total / arm.took.as_secs_f64());
+        arm.cpu_line(label);
     }
     let mut sessions = Vec::new();
     for user in 0..SESSIONS {
@@ -662,10 +713,14 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         rate(floor_arm.took),
         rate(bare_arm.took),
     );
-    summary("direct stdio", direct_arm.samples);
-    summary("broker (JSON)", broker_arm.samples);
-    summary("HTTP floor", floor_arm.samples);
-    summary("bare bridge", bare_arm.samples);
+    summary("direct stdio", direct_arm.samples.clone());
+    summary("broker (JSON)", broker_arm.samples.clone());
+    summary("HTTP floor", floor_arm.samples.clone());
+    summary("bare bridge", bare_arm.samples.clone());
+    direct_arm.cpu_line("direct");
+    broker_arm.cpu_line("broker");
+    floor_arm.cpu_line("HTTP floor");
+    bare_arm.cpu_line("bare bridge");
     println!(
         "  throughput: direct {direct_rate:.0} calls/s, broker {broker_rate:.0} calls/s: {:.1}% of direct",
         100.0 * broker_rate / direct_rate

@@ -25,3 +25,73 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     let index = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted.get(index).copied().unwrap_or_default()
 }
+
+/// CPU time spent so far, from the kernel's per-thread accounting (`/proc/<pid>/task/*/schedstat`,
+/// nanoseconds on a CPU): by this process's threads, and by every process descended from it.
+/// Read before and after a phase, it splits the phase's cost between the bench process (the
+/// client, and the broker when it runs in-process) and the children it drives.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTime {
+    pub own: Duration,
+    pub descendants: Duration,
+}
+
+impl CpuTime {
+    pub fn now() -> Self {
+        let own = std::process::id();
+        let mut descendants = Duration::ZERO;
+        let mut queue = children_of(own);
+        while let Some(pid) = queue.pop() {
+            descendants += threads_time(pid);
+            queue.extend(children_of(pid));
+        }
+        Self {
+            own: threads_time(own),
+            descendants,
+        }
+    }
+
+    /// The time spent between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            own: self.own.saturating_sub(earlier.own),
+            descendants: self.descendants.saturating_sub(earlier.descendants),
+        }
+    }
+}
+
+impl std::ops::AddAssign for CpuTime {
+    fn add_assign(&mut self, other: Self) {
+        self.own += other.own;
+        self.descendants += other.descendants;
+    }
+}
+
+/// The direct children of `pid` (from every one of its threads' `children` lists).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The CPU time of all of `pid`'s live threads.
+fn threads_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}

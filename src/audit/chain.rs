@@ -104,7 +104,7 @@ impl AuditKey {
         let mut mac = self.mac();
         mac.update(KEY_ID_CONTEXT.as_bytes());
         let digest = mac.finalize().into_bytes();
-        hex::encode(digest.get(..8).unwrap_or_default())
+        crate::secret::to_hex(digest.get(..8).unwrap_or_default())
     }
 
     fn checkpoint_mac(&self, seq: u64, time: &str, prev: &str) -> Hmac<Sha256> {
@@ -114,7 +114,7 @@ impl AuditKey {
     }
 
     pub fn sign_checkpoint(&self, seq: u64, time: &str, prev: &str) -> String {
-        hex::encode(self.checkpoint_mac(seq, time, prev).finalize().into_bytes())
+        crate::secret::to_hex(&self.checkpoint_mac(seq, time, prev).finalize().into_bytes())
     }
 
     /// Constant-time check of a checkpoint's HMAC. Only the canonical spelling (64 lowercase
@@ -141,7 +141,7 @@ fn unreachable_hmac() -> Hmac<Sha256> {
 
 /// Hex SHA-256 of a line's bytes (without the newline): the next line's `prev`.
 pub fn line_hash(line: &str) -> String {
-    hex::encode(Sha256::digest(line.as_bytes()))
+    crate::secret::to_hex(&Sha256::digest(line.as_bytes()))
 }
 
 /// RFC 3339 UTC with second precision.

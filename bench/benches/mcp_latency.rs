@@ -2,8 +2,8 @@
 //! the same child driven directly over stdio in the same run. Run with
 //! `cargo bench -p bench --bench mcp_latency` (add `-- --quick` for a short run, `--echo-only`
 //! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run
-//! nothing but the broker's concurrent arm, for a profiler, and `--and-direct` with it to run
-//! the direct arm alone after it).
+//! nothing but the broker's concurrent arm, for a profiler, and `--and-bare`, `--and-direct`
+//! with it to run the bare bridge's and the direct arm alone after it).
 //!
 //! The broker is the production stack, started as `serve` starts it: the public router with
 //! its layers (request ids, tracing under the default `info` subscriber, metrics, body limits,
@@ -568,8 +568,9 @@ impl<C: Caller> Arm<C> {
         let calls = self.samples.len().max(1) as f64;
         let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         println!(
-            "  CPU per call, {label:<12} bench process {:6.1} µs, children {:6.1} µs; cores busy {:5.1}%",
+            "  CPU per call, {label:<12} bench process {:6.1} µs ({:.2} thread wake-ups), children {:6.1} µs; cores busy {:5.1}%",
             micros(self.cpu.own) / calls,
+            self.cpu.own_slices as f64 / calls,
             micros(self.cpu.descendants) / calls,
             100.0 * (self.cpu.own + self.cpu.descendants).as_secs_f64()
                 / (self.took.as_secs_f64() * cores)
@@ -578,8 +579,8 @@ impl<C: Caller> Arm<C> {
 }
 
 /// `--broker-only`: the broker's concurrent arm alone, long enough for a profiler to sample;
-/// with `--and-direct`, then the same load on the child alone, with no broker children idling
-/// beside it.
+/// with `--and-bare`, then the same load through the bare bridge, and with `--and-direct`, on
+/// the child alone, with no broker children idling beside either.
 async fn profile(child: &Child, plan: &Plan, broker: &Broker) {
     const ROUNDS: usize = 20;
     async fn rate<C: Caller>(label: &str, clients: Vec<C>, plan: &Plan) {
@@ -597,6 +598,14 @@ async fn profile(child: &Child, plan: &Plan, broker: &Broker) {
         sessions.push(Session::start(broker.address, &token, "application/json").await);
     }
     rate("broker only", sessions, plan).await;
+    if std::env::args().any(|arg| arg == "--and-bare") {
+        let bare = start_bare_bridge(child.clone()).await;
+        let mut bares = Vec::new();
+        for _ in 0..SESSIONS {
+            bares.push(Session::connect(bare, "none", "application/json").await);
+        }
+        rate("bare only", bares, plan).await;
+    }
     if std::env::args().any(|arg| arg == "--and-direct") {
         let mut directs = Vec::new();
         for _ in 0..SESSIONS {

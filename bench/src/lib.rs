@@ -34,6 +34,9 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 pub struct CpuTime {
     pub own: Duration,
     pub descendants: Duration,
+    /// How many times this process's threads were put on a CPU (each one a wake-up after a
+    /// wait, or a return after preemption).
+    pub own_slices: u64,
 }
 
 impl CpuTime {
@@ -42,12 +45,14 @@ impl CpuTime {
         let mut descendants = Duration::ZERO;
         let mut queue = children_of(own);
         while let Some(pid) = queue.pop() {
-            descendants += threads_time(pid);
+            descendants += threads_time(pid).0;
             queue.extend(children_of(pid));
         }
+        let (own, own_slices) = threads_time(own);
         Self {
-            own: threads_time(own),
+            own,
             descendants,
+            own_slices,
         }
     }
 
@@ -56,6 +61,7 @@ impl CpuTime {
         Self {
             own: self.own.saturating_sub(earlier.own),
             descendants: self.descendants.saturating_sub(earlier.descendants),
+            own_slices: self.own_slices.saturating_sub(earlier.own_slices),
         }
     }
 }
@@ -64,6 +70,7 @@ impl std::ops::AddAssign for CpuTime {
     fn add_assign(&mut self, other: Self) {
         self.own += other.own;
         self.descendants += other.descendants;
+        self.own_slices += other.own_slices;
     }
 }
 
@@ -83,15 +90,21 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The CPU time of all of `pid`'s live threads.
-fn threads_time(pid: u32) -> Duration {
+/// The CPU time of all of `pid`'s live threads, and how many times they were put on a CPU
+/// (`schedstat`'s first and third fields).
+fn threads_time(pid: u32) -> (Duration, u64) {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
+        return (Duration::ZERO, 0);
     };
-    let nanos: u64 = tasks
+    let (nanos, slices) = tasks
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(nanos)
+        .filter_map(|stat| {
+            let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+            let nanos = fields.next()?.ok()?;
+            let slices = fields.nth(1)?.ok()?;
+            Some((nanos, slices))
+        })
+        .fold((0, 0), |(n, s), (nanos, slices)| (n + nanos, s + slices));
+    (Duration::from_nanos(nanos), slices)
 }

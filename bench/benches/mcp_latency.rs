@@ -3,7 +3,8 @@
 //! `cargo bench -p bench --bench mcp_latency` (add `-- --quick` for a short run, `--echo-only`
 //! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run
 //! nothing but the broker's concurrent arm, for a profiler, and `--and-bare`, `--and-direct`
-//! with it to run the bare bridge's and the direct arm alone after it).
+//! with it to run the bare bridge's and the direct arm alone after it; `--message-bytes N`
+//! makes every answer carry N bytes).
 //!
 //! The broker is the production stack, started as `serve` starts it: the public router with
 //! its layers (request ids, tracing under the default `info` subscriber, metrics, body limits,
@@ -86,16 +87,29 @@ struct Child {
 fn call_line(id: usize) -> &'static str {
     static LINES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     let lines = LINES.get_or_init(|| {
+        let message = message();
         (0..=MAX_CALLS)
             .map(|id| {
                 let line = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                    "params": {"name": "echo", "arguments": {"message": "hello from the benchmark"}}})
+                    "params": {"name": "echo", "arguments": {"message": message}}})
                 .to_string();
                 &*Box::leak(line.into_boxed_str())
             })
             .collect()
     });
     lines.get(id).copied().expect("an id within MAX_CALLS")
+}
+
+/// The echo tool's argument: "hello from the benchmark", or with `--message-bytes N` that
+/// padded to N bytes, so that the answer carries N bytes (a large tool result).
+fn message() -> String {
+    const GREETING: &str = "hello from the benchmark";
+    let bytes = std::env::args()
+        .skip_while(|arg| arg != "--message-bytes")
+        .nth(1)
+        .map(|n| n.parse::<usize>().expect("--message-bytes N"))
+        .unwrap_or(0);
+    format!("{GREETING}{}", "x".repeat(bytes.saturating_sub(GREETING.len())))
 }
 
 /// The most calls one client makes in one go (`Plan::calls_*`, `warmup`).

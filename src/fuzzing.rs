@@ -79,6 +79,27 @@ pub fn jsonrpc_oracle(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The bridge's fast path for responses agrees with the full parse: a borrowed response is
+    // exactly a parsed response, and splicing a new id in gives the same message with that id.
+    if let Ok(raw) = crate::mcp::jsonrpc::RawMessage::parse(text) {
+        let borrowed = crate::mcp::jsonrpc::ResponseRef::of(text, &raw);
+        let parsed = Message::parse(text);
+        assert_eq!(
+            borrowed.is_some(),
+            matches!(parsed, Ok(Message::Response { .. })),
+            "the fast path and the full parse disagree on what is a response"
+        );
+        if let (Some(response), Ok(message)) = (borrowed, parsed) {
+            let new_id = crate::mcp::jsonrpc::Id::string("client-\u{e9}\"1");
+            let spliced = response.with_id(&new_id).expect("the id is borrowed from the line");
+            let reparsed = Message::parse(&spliced).expect("a spliced response parses");
+            assert_eq!(
+                reparsed.to_line_with_id(None),
+                message.to_line_with_id(Some(&new_id)),
+                "splicing changed more than the id"
+            );
+        }
+    }
     let Ok(message) = Message::parse(text) else {
         return;
     };

@@ -109,7 +109,10 @@ fn message() -> String {
         .nth(1)
         .map(|n| n.parse::<usize>().expect("--message-bytes N"))
         .unwrap_or(0);
-    format!("{GREETING}{}", "x".repeat(bytes.saturating_sub(GREETING.len())))
+    format!(
+        "{GREETING}{}",
+        "x".repeat(bytes.saturating_sub(GREETING.len()))
+    )
 }
 
 /// The most calls one client makes in one go (`Plan::calls_*`, `warmup`).

@@ -53,6 +53,69 @@ pub struct RawMessage<'a> {
     pub error: Option<&'a RawValue>,
 }
 
+impl<'a> RawMessage<'a> {
+    /// Parses (and so validates) a whole message without copying any of it.
+    pub fn parse(text: &'a str) -> Result<Self, EnvelopeError> {
+        serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)
+    }
+}
+
+/// A response as the peer wrote it, borrowed from its line: what the bridge needs to forward
+/// it with only its id replaced ([`ResponseRef::with_id`]), without copying its result.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseRef<'a> {
+    line: &'a str,
+    id: &'a RawValue,
+    pub is_error: bool,
+}
+
+impl<'a> ResponseRef<'a> {
+    /// `raw` (parsed from `line`) as a response, if it is a valid one: the same rules as
+    /// [`Message`]'s (`jsonrpc: "2.0"`, a string or integer id, exactly one of result and
+    /// error, no method).
+    pub fn of(line: &'a str, raw: &RawMessage<'a>) -> Option<Self> {
+        if raw.jsonrpc.map(RawValue::get) != Some("\"2.0\"") || raw.method.is_some() {
+            return None;
+        }
+        let is_error = match (raw.result, raw.error) {
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            _ => return None,
+        };
+        let id = raw.id.filter(|id| valid_id(id))?;
+        Some(Self { line, id, is_error })
+    }
+
+    /// The whole line.
+    pub fn line(&self) -> &'a str {
+        self.line
+    }
+
+    /// The id, if it is an integer (the broker's ids towards the child are).
+    pub fn id_i64(&self) -> Option<i64> {
+        serde_json::from_str(self.id.get()).ok()
+    }
+
+    /// The line with its id replaced by `new_id` and everything else as the peer wrote it;
+    /// `None` if the id is not where the parser saw it (then re-serialise instead).
+    pub fn with_id(&self, new_id: &Id) -> Option<String> {
+        let id = self.id.get();
+        // The parser borrows the id from the line: its place in the line is its address's
+        // distance from the line's start, checked below against the bytes themselves.
+        let start = id.as_ptr().addr().checked_sub(self.line.as_ptr().addr())?;
+        let end = start.checked_add(id.len())?;
+        if self.line.get(start..end)? != id {
+            return None;
+        }
+        let (head, tail) = (self.line.get(..start)?, self.line.get(end..)?);
+        let mut out = String::with_capacity(head.len() + new_id.key().len() + tail.len());
+        out.push_str(head);
+        out.push_str(new_id.key());
+        out.push_str(tail);
+        Some(out)
+    }
+}
+
 /// Keeps an explicit `"id": null` distinguishable from an absent id.
 fn present_raw<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
 where
@@ -74,18 +137,19 @@ impl PartialEq for Id {
 
 impl Eq for Id {}
 
+/// Whether a raw id is one JSON-RPC allows here: a string or an integer. A raw value is valid
+/// JSON, so one that starts with a quote is a string.
+fn valid_id(raw: &RawValue) -> bool {
+    let text = raw.get();
+    text.starts_with('"') || serde_json::from_str::<i64>(text).is_ok()
+}
+
 impl Id {
     fn parse(raw: &RawValue) -> Result<Self, EnvelopeError> {
-        let text = raw.get();
-        let valid = if text.starts_with('"') {
-            serde_json::from_str::<String>(text).is_ok()
-        } else {
-            serde_json::from_str::<i64>(text).is_ok()
-        };
-        if !valid {
+        if !valid_id(raw) {
             return Err(EnvelopeError::InvalidId);
         }
-        RawValue::from_string(text.to_owned())
+        RawValue::from_string(raw.get().to_owned())
             .map(Self)
             .map_err(|_| EnvelopeError::InvalidId)
     }
@@ -153,8 +217,7 @@ pub enum Outcome {
 
 impl Message {
     pub fn parse(text: &str) -> Result<Self, EnvelopeError> {
-        let raw: RawMessage<'_> = serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)?;
-        Self::try_from(raw)
+        Self::try_from(RawMessage::parse(text)?)
     }
 
     pub fn method(&self) -> Option<&str> {
@@ -398,6 +461,62 @@ mod tests {
             panic!()
         };
         assert_eq!(id.as_i64(), Some(42));
+    }
+
+    #[test]
+    fn a_borrowed_response_gets_its_id_replaced_and_nothing_else() {
+        let text = r#"{ "result" : {"content":[{"type":"text","text":"id: 7"}]}, "jsonrpc":"2.0","id" : 7 ,"extra":1}"#;
+        let raw = RawMessage::parse(text).unwrap();
+        let response = ResponseRef::of(text, &raw).unwrap();
+        assert_eq!(response.id_i64(), Some(7));
+        assert!(!response.is_error);
+        assert_eq!(
+            response.with_id(&Id::string("client-7")).unwrap(),
+            r#"{ "result" : {"content":[{"type":"text","text":"id: 7"}]}, "jsonrpc":"2.0","id" : "client-7" ,"extra":1}"#
+        );
+        let error = r#"{"jsonrpc":"2.0","id":"s-1","error":{"code":-1,"message":"x"}}"#;
+        let raw = RawMessage::parse(error).unwrap();
+        let response = ResponseRef::of(error, &raw).unwrap();
+        assert!(response.is_error);
+        assert_eq!(response.id_i64(), None);
+        assert_eq!(
+            response.with_id(&Id::number(3)).unwrap(),
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn only_valid_responses_are_borrowed() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","method":"x"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"result":{}}"#,
+            r#"{"id":1,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"error":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":[1],"result":{}}"#,
+        ] {
+            let raw = RawMessage::parse(text).unwrap();
+            assert!(ResponseRef::of(text, &raw).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_response_not_borrowed_from_its_line_is_not_spliced() {
+        let text = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        let raw = RawMessage::parse(text).unwrap();
+        let response = ResponseRef::of(text, &raw).unwrap();
+        let copy = text.to_owned();
+        let elsewhere = ResponseRef {
+            line: &copy,
+            ..response
+        };
+        // Same bytes, another string: the id's address is not inside it.
+        assert_eq!(elsewhere.with_id(&Id::number(2)), None);
+        assert!(response.with_id(&Id::number(2)).is_some());
     }
 
     #[test]

@@ -302,24 +302,33 @@ pub(super) fn single_message_response(line: String, answer: Answer) -> Response 
 pub(super) async fn json_response(mut receiver: mpsc::Receiver<Frame>, batch: bool) -> Response {
     let mut lines = Vec::new();
     while let Some(Frame::Message { json, .. }) = receiver.recv().await {
-        lines.push(json);
+        if !json.is_empty() {
+            lines.push(json);
+        }
     }
-    let body = if batch {
-        format!(
+    let body = match lines.as_slice() {
+        [] => return StatusCode::ACCEPTED.into_response(),
+        // One answer: the body is the delivered line itself, not a copy of it.
+        [line] if !batch => Body::from(bytes::Bytes::from_owner(SharedLine(line.clone()))),
+        lines => Body::from(format!(
             "[{}]",
             lines
                 .iter()
                 .map(|l| l.as_ref())
                 .collect::<Vec<_>>()
                 .join(",")
-        )
-    } else {
-        lines.first().map(|l| l.to_string()).unwrap_or_default()
+        )),
     };
-    if body.is_empty() {
-        return StatusCode::ACCEPTED.into_response();
-    }
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A delivered line as a response body's bytes.
+struct SharedLine(Arc<str>);
+
+impl AsRef<[u8]> for SharedLine {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 pub(super) fn with_session<'a>(

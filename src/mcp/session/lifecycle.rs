@@ -44,7 +44,7 @@ impl Actor {
         self.pending
             .insert(init_id, Pending::Internal { initialize: true });
         let params_raw = RawValue::from_string(params).ok();
-        self.write_line(&jsonrpc::request_line(
+        self.write_line(jsonrpc::request_line(
             init_id,
             "initialize",
             params_raw.as_deref(),
@@ -90,7 +90,7 @@ impl Actor {
             // The spec has no way to renegotiate mid-session (item 141): keep going, loudly.
             tracing::warn!(session = %self.shared.label, "respawned child negotiated a different protocol version");
         }
-        self.write_line(&jsonrpc::notification_line(
+        self.write_line(jsonrpc::notification_line(
             "notifications/initialized",
             None,
         ))
@@ -101,7 +101,7 @@ impl Actor {
                 .insert(id, Pending::Internal { initialize: false });
             let params = serde_json::json!({ "uri": uri }).to_string();
             let raw = RawValue::from_string(params).ok();
-            self.write_line(&jsonrpc::request_line(
+            self.write_line(jsonrpc::request_line(
                 id,
                 "resources/subscribe",
                 raw.as_deref(),
@@ -113,7 +113,7 @@ impl Actor {
             self.pending
                 .insert(id, Pending::Internal { initialize: false });
             let raw = RawValue::from_string(serde_json::json!({ "level": level }).to_string()).ok();
-            self.write_line(&jsonrpc::request_line(
+            self.write_line(jsonrpc::request_line(
                 id,
                 "logging/setLevel",
                 raw.as_deref(),
@@ -224,7 +224,7 @@ impl Actor {
                     "notifications/cancelled",
                     Some(&serde_json::json!({"requestId": broker_id, "reason": "timeout"})),
                 );
-                self.write_line(&line).await;
+                self.write_line(line).await;
             }
         }
         let idle_for = self.ctx.clock.now() - self.shared.last_activity.load(Ordering::SeqCst);

@@ -404,7 +404,7 @@ impl Actor {
         );
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
         let line = message.to_line_with_id(Some(&Id::number(broker_id)));
-        self.write_line(&line).await;
+        self.write_line(line).await;
     }
 
     /// Subscriptions and the log level are child state the client set up once; a respawned
@@ -475,10 +475,10 @@ impl Actor {
                     &serde_json::json!({"requestId": broker_id, "reason": "cancelled by the client"}),
                 ),
             );
-            self.write_line(&line).await;
+            self.write_line(line).await;
             return;
         }
-        self.write_line(&message.to_line()).await;
+        self.write_line(message.to_line()).await;
     }
 
     async fn forward_response(&mut self, message: Message) {
@@ -490,7 +490,7 @@ impl Actor {
             return;
         };
         if self.child.is_some() {
-            self.write_line(&message.to_line_with_id(Some(&child_id)))
+            self.write_line(message.to_line_with_id(Some(&child_id)))
                 .await;
         }
     }
@@ -515,17 +515,15 @@ impl Actor {
         self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
-    async fn write_line(&mut self, line: &str) {
+    async fn write_line(&mut self, mut line: String) {
         let Some(child) = self.child.as_mut() else {
             return;
         };
         let timeout = self.ctx.config.write_timeout();
         // One write per message: the line and its newline together (stdin is unbuffered).
-        let mut framed = Vec::with_capacity(line.len() + 1);
-        framed.extend_from_slice(line.as_bytes());
-        framed.push(b'\n');
+        line.push('\n');
         let write = async {
-            child.stdin.write_all(&framed).await?;
+            child.stdin.write_all(line.as_bytes()).await?;
             child.stdin.flush().await
         };
         match tokio::time::timeout(timeout, write).await {
@@ -556,7 +554,21 @@ impl Actor {
             tracing::warn!(session = %self.shared.label, "child wrote a line that is not UTF-8; ignored");
             return;
         };
-        let message = match Message::parse(text) {
+        let message = match jsonrpc::RawMessage::parse(text) {
+            Ok(raw) => {
+                // The common case, the answer to a client's request, is forwarded as the child
+                // wrote it with only the id replaced: its result is neither copied into a
+                // message nor serialised again.
+                if let Some(response) = jsonrpc::ResponseRef::of(text, &raw)
+                    && self.answer_client(&response)
+                {
+                    return;
+                }
+                Message::try_from(raw)
+            }
+            Err(error) => Err(error),
+        };
+        let message = match message {
             Ok(message) => message,
             Err(error) => {
                 // Item 139: only MCP messages belong on stdout. Tolerate stray output rather
@@ -633,27 +645,67 @@ impl Actor {
                 tool,
                 ..
             } => {
-                self.finish_client_request(progress_token.as_deref());
-                if let Some(tool) = tool {
-                    let outcome = match &message {
-                        Message::Response {
-                            outcome: Outcome::Result(_),
-                            ..
-                        } => "ok",
-                        _ => "error",
-                    };
-                    self.ctx.audit.record(AuditEvent::ToolCalled {
-                        session: self.shared.label.clone(),
-                        user_id: self.shared.user_id,
-                        tool,
-                        outcome: outcome.to_owned(),
-                    });
-                }
+                let is_error = !matches!(
+                    &message,
+                    Message::Response {
+                        outcome: Outcome::Result(_),
+                        ..
+                    }
+                );
                 let line = message.to_line_with_id(Some(&client_id));
-                if let Ok(mut streams) = self.shared.streams.lock() {
-                    streams.deliver_response(stream, Arc::from(line));
-                }
+                self.deliver_answer(stream, progress_token, tool, is_error, line);
             }
+        }
+    }
+
+    /// Answers a client's request with `response` if it is the answer to one (then `true`).
+    fn answer_client(&mut self, response: &jsonrpc::ResponseRef<'_>) -> bool {
+        let Some(broker_id) = response.id_i64() else {
+            return false;
+        };
+        if !matches!(self.pending.get(&broker_id), Some(Pending::Client { .. })) {
+            return false;
+        }
+        let Some(Pending::Client {
+            client_id,
+            stream,
+            progress_token,
+            tool,
+            ..
+        }) = self.pending.remove(&broker_id)
+        else {
+            return false;
+        };
+        let line = response.with_id(&client_id).unwrap_or_else(|| {
+            // The parser did not borrow the id from the line (it always does): re-serialise.
+            Message::parse(response.line())
+                .map(|message| message.to_line_with_id(Some(&client_id)))
+                .unwrap_or_default()
+        });
+        self.deliver_answer(stream, progress_token, tool, response.is_error, line);
+        true
+    }
+
+    /// The end of a client's request: its bookkeeping, its audit record, its answer.
+    fn deliver_answer(
+        &mut self,
+        stream: StreamId,
+        progress_token: Option<String>,
+        tool: Option<String>,
+        is_error: bool,
+        line: String,
+    ) {
+        self.finish_client_request(progress_token.as_deref());
+        if let Some(tool) = tool {
+            self.ctx.audit.record(AuditEvent::ToolCalled {
+                session: self.shared.label.clone(),
+                user_id: self.shared.user_id,
+                tool,
+                outcome: if is_error { "error" } else { "ok" }.to_owned(),
+            });
+        }
+        if let Ok(mut streams) = self.shared.streams.lock() {
+            streams.deliver_response(stream, Arc::from(line));
         }
     }
 }

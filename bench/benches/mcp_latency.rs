@@ -585,10 +585,12 @@ impl<C: Caller> Arm<C> {
         let calls = self.samples.len().max(1) as f64;
         let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         println!(
-            "  CPU per call, {label:<12} bench process {:6.1} µs ({:.2} thread wake-ups), children {:6.1} µs; cores busy {:5.1}%",
+            "  CPU per call, {label:<12} bench process {:6.1} µs ({:.2} thread wake-ups), children {:6.1} µs (main threads {:.1} µs; {:.2} thread wake-ups); cores busy {:5.1}%",
             micros(self.cpu.own) / calls,
             self.cpu.own_slices as f64 / calls,
             micros(self.cpu.descendants) / calls,
+            micros(self.cpu.descendants_main) / calls,
+            self.cpu.descendant_slices as f64 / calls,
             100.0 * (self.cpu.own + self.cpu.descendants).as_secs_f64()
                 / (self.took.as_secs_f64() * cores)
         );

@@ -37,15 +37,24 @@ pub struct CpuTime {
     /// How many times this process's threads were put on a CPU (each one a wake-up after a
     /// wait, or a return after preemption).
     pub own_slices: u64,
+    /// Of `descendants`, the time of their main threads (for a Node child: the event loop;
+    /// the rest is V8's helper threads, garbage collection and compilation).
+    pub descendants_main: Duration,
+    pub descendant_slices: u64,
 }
 
 impl CpuTime {
     pub fn now() -> Self {
         let own = std::process::id();
         let mut descendants = Duration::ZERO;
+        let mut descendants_main = Duration::ZERO;
+        let mut descendant_slices = 0;
         let mut queue = children_of(own);
         while let Some(pid) = queue.pop() {
-            descendants += threads_time(pid).0;
+            let (time, slices) = threads_time(pid);
+            descendants += time;
+            descendant_slices += slices;
+            descendants_main += thread_time(pid, pid).0;
             queue.extend(children_of(pid));
         }
         let (own, own_slices) = threads_time(own);
@@ -53,6 +62,8 @@ impl CpuTime {
             own,
             descendants,
             own_slices,
+            descendants_main,
+            descendant_slices,
         }
     }
 
@@ -62,6 +73,12 @@ impl CpuTime {
             own: self.own.saturating_sub(earlier.own),
             descendants: self.descendants.saturating_sub(earlier.descendants),
             own_slices: self.own_slices.saturating_sub(earlier.own_slices),
+            descendants_main: self
+                .descendants_main
+                .saturating_sub(earlier.descendants_main),
+            descendant_slices: self
+                .descendant_slices
+                .saturating_sub(earlier.descendant_slices),
         }
     }
 }
@@ -71,6 +88,8 @@ impl std::ops::AddAssign for CpuTime {
         self.own += other.own;
         self.descendants += other.descendants;
         self.own_slices += other.own_slices;
+        self.descendants_main += other.descendants_main;
+        self.descendant_slices += other.descendant_slices;
     }
 }
 
@@ -99,12 +118,24 @@ fn threads_time(pid: u32) -> (Duration, u64) {
     let (nanos, slices) = tasks
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| {
-            let mut fields = stat.split_whitespace().map(str::parse::<u64>);
-            let nanos = fields.next()?.ok()?;
-            let slices = fields.nth(1)?.ok()?;
-            Some((nanos, slices))
-        })
+        .filter_map(|stat| parse_schedstat(&stat))
         .fold((0, 0), |(n, s), (nanos, slices)| (n + nanos, s + slices));
     (Duration::from_nanos(nanos), slices)
+}
+
+/// The CPU time of one thread `tid` of `pid`, and how many times it was put on a CPU.
+fn thread_time(pid: u32, tid: u32) -> (Duration, u64) {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|stat| parse_schedstat(&stat))
+        .map_or((Duration::ZERO, 0), |(nanos, slices)| {
+            (Duration::from_nanos(nanos), slices)
+        })
+}
+
+fn parse_schedstat(stat: &str) -> Option<(u64, u64)> {
+    let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+    let nanos = fields.next()?.ok()?;
+    let slices = fields.nth(1)?.ok()?;
+    Some((nanos, slices))
 }

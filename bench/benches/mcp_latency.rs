@@ -546,6 +546,11 @@ struct Arm<C> {
     samples: Vec<Duration>,
     took: Duration,
     cpu: CpuTime,
+    /// Calls completed while every client was still calling (until the first one finished
+    /// its `n`), and that time: the rate with all sessions in flight, without the ramp-down
+    /// at the end of a phase when fewer and fewer clients are left.
+    full_calls: usize,
+    full_time: Duration,
 }
 
 impl<C: Caller> Arm<C> {
@@ -555,7 +560,14 @@ impl<C: Caller> Arm<C> {
             samples: Vec::new(),
             took: Duration::ZERO,
             cpu: CpuTime::default(),
+            full_calls: 0,
+            full_time: Duration::ZERO,
         }
+    }
+
+    /// Calls per second with every client in flight.
+    fn full_rate(&self) -> f64 {
+        self.full_calls as f64 / self.full_time.as_secs_f64()
     }
 
     /// `n` calls on every client at once; adds the samples and the wall time.
@@ -571,12 +583,35 @@ impl<C: Caller> Arm<C> {
                 })
             })
             .collect();
+        let mut runs = Vec::new();
         for task in tasks {
             let (client, samples) = task.await.expect("task");
             self.clients.push(client);
+            runs.push(samples.clone());
             self.samples.extend(samples);
         }
         self.took += start.elapsed();
+        // A client's calls run back to back from the start: each one ends at the sum of the
+        // durations so far (the gaps between them are a few instructions).
+        let first_done = runs
+            .iter()
+            .map(|samples| samples.iter().sum::<Duration>())
+            .min()
+            .unwrap_or_default();
+        self.full_time += first_done;
+        self.full_calls += runs
+            .iter()
+            .map(|samples| {
+                samples
+                    .iter()
+                    .scan(Duration::ZERO, |end, sample| {
+                        *end += *sample;
+                        Some(*end)
+                    })
+                    .take_while(|end| *end <= first_done)
+                    .count()
+            })
+            .sum::<usize>();
         self.cpu += CpuTime::now().since(cpu);
     }
 
@@ -608,7 +643,11 @@ async fn profile(child: &Child, plan: &Plan, broker: &Broker) {
             arm.run(plan.calls_each).await;
         }
         let total = (ROUNDS * SESSIONS * plan.calls_each) as f64;
-        println!("  {label}: {:.0} calls/s", total / arm.took.as_secs_f64());
+        println!(
+            "  {label}: {:.0} calls/s ({:.0} with all sessions in flight)",
+            total / arm.took.as_secs_f64(),
+            arm.full_rate()
+        );
         arm.cpu_line(label);
     }
     let mut sessions = Vec::new();
@@ -765,6 +804,17 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         "  bare bridge {bare_rate:.0} calls/s = {:.1}% of direct; the broker reaches {:.1}% of the bare bridge",
         100.0 * bare_rate / direct_rate,
         100.0 * broker_rate / bare_rate
+    );
+    let (direct_full, broker_full, bare_full) = (
+        direct_arm.full_rate(),
+        broker_arm.full_rate(),
+        bare_arm.full_rate(),
+    );
+    println!(
+        "  with all {SESSIONS} sessions in flight (each phase's ramp-down left out): direct {direct_full:.0}, broker {broker_full:.0} calls/s = {:.1}% of direct; bare bridge {bare_full:.0} = {:.1}% of direct; broker / bare bridge {:.1}%",
+        100.0 * broker_full / direct_full,
+        100.0 * bare_full / direct_full,
+        100.0 * broker_full / bare_full
     );
     drop((
         direct_arm.clients,

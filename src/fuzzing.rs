@@ -91,7 +91,9 @@ pub fn jsonrpc_oracle(data: &[u8]) {
         );
         if let (Some(response), Ok(message)) = (borrowed, parsed) {
             let new_id = crate::mcp::jsonrpc::Id::string("client-\u{e9}\"1");
-            let spliced = response.with_id(&new_id).expect("the id is borrowed from the line");
+            let spliced = response
+                .with_id(&new_id)
+                .expect("the id is borrowed from the line");
             let reparsed = Message::parse(&spliced).expect("a spliced response parses");
             assert_eq!(
                 reparsed.to_line_with_id(None),

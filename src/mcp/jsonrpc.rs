@@ -62,7 +62,8 @@ impl<'a> RawMessage<'a> {
 
 /// A response as the peer wrote it, borrowed from its line: what the bridge needs to forward
 /// it with only its id replaced ([`ResponseRef::with_id`]), without copying its result.
-#[derive(Debug, Clone, Copy)]
+/// No `Debug`: it would print the whole line, a tool's answer included.
+#[derive(Clone, Copy)]
 pub struct ResponseRef<'a> {
     line: &'a str,
     id: &'a RawValue,

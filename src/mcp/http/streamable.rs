@@ -309,7 +309,7 @@ pub(super) async fn json_response(mut receiver: mpsc::Receiver<Frame>, batch: bo
     let body = match lines.as_slice() {
         [] => return StatusCode::ACCEPTED.into_response(),
         // One answer: the body is the delivered line itself, not a copy of it.
-        [line] if !batch => Body::from(bytes::Bytes::from_owner(SharedLine(line.clone()))),
+        [line, ..] if !batch => Body::from(bytes::Bytes::from_owner(SharedLine(line.clone()))),
         lines => Body::from(format!(
             "[{}]",
             lines

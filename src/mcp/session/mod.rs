@@ -678,9 +678,16 @@ impl Actor {
         };
         let line = response.with_id(&client_id).unwrap_or_else(|| {
             // The parser did not borrow the id from the line (it always does): re-serialise.
-            Message::parse(response.line())
-                .map(|message| message.to_line_with_id(Some(&client_id)))
-                .unwrap_or_default()
+            Message::parse(response.line()).map_or_else(
+                |_| {
+                    jsonrpc::error_line(
+                        Some(&client_id),
+                        codes::INTERNAL_ERROR,
+                        "the MCP server's answer could not be forwarded",
+                    )
+                },
+                |message| message.to_line_with_id(Some(&client_id)),
+            )
         });
         self.deliver_answer(stream, progress_token, tool, response.is_error, line);
         true

@@ -8,6 +8,8 @@
 //!   denylist must not let new syscalls through by default — sandbox-notes.md §1.7).
 //! - `profiles/profiles.toml`: what each kind of child may see (bind mounts and landlock
 //!   rules), see [`Profile`].
+//! - `upstream/forgejo-api.toml`: what a child may ask of Forgejo through the egress proxy,
+//!   see [`UpstreamPolicy`].
 #![forbid(unsafe_code)]
 #![cfg_attr(
     test,
@@ -20,6 +22,9 @@
 )]
 
 use std::collections::BTreeMap;
+
+mod upstream;
+pub use upstream::{UpstreamPolicy, Verdict};
 
 pub use seccompiler::{BpfProgram, sock_filter};
 use serde::Deserialize;
@@ -43,6 +48,8 @@ pub enum PolicyError {
     Profiles(String),
     #[error("unknown child profile {0:?}")]
     UnknownProfile(String),
+    #[error("upstream API policy: {0}")]
+    Upstream(String),
 }
 
 /// CPU architectures with a reviewed policy.

@@ -1,0 +1,364 @@
+//! The upstream API policy (`upstream/forgejo-api.toml`): which method and path a child may ask
+//! of Forgejo through the egress proxy. See the file's header for the rules' meaning.
+
+use serde::Deserialize;
+
+use crate::PolicyError;
+
+const BUILTIN: &str = include_str!("../upstream/forgejo-api.toml");
+
+/// A parsed policy: rules in order, the first match decides, no match refuses.
+#[derive(Debug, Clone)]
+pub struct UpstreamPolicy {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    allow: bool,
+    pattern: Vec<Segment>,
+    /// Upper-case method names; empty means every method.
+    methods: Vec<String>,
+    why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `*`: any one segment.
+    One,
+    /// A final `**`: the rest of the path, nothing included.
+    Rest,
+}
+
+/// What the policy says of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Refused, with the reason the matching rule gives (or why no rule could match).
+    Refused(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    allow: Option<String>,
+    deny: Option<String>,
+    methods: Vec<String>,
+    why: String,
+}
+
+impl UpstreamPolicy {
+    /// The reviewed policy shipped with the broker.
+    pub fn builtin() -> Result<Self, PolicyError> {
+        Self::from_toml(BUILTIN)
+    }
+
+    /// A policy in the builtin's format (an operator's own file).
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let file: File =
+            toml::from_str(text).map_err(|error| PolicyError::Upstream(error.to_string()))?;
+        let rules = file
+            .rule
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                Rule::parse(raw).map_err(|message| {
+                    PolicyError::Upstream(format!("rule {}: {message}", index + 1))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { rules })
+    }
+
+    /// The verdict on `method` of `path`: the path as Forgejo will route it (absolute, dot
+    /// segments already resolved), still percent-encoded.
+    pub fn decide(&self, method: &str, path: &str) -> Verdict {
+        let Some(segments) = decoded_segments(path) else {
+            return Verdict::Refused("the path is not in canonical form".to_owned());
+        };
+        for rule in &self.rules {
+            let method_matches =
+                rule.methods.is_empty() || rule.methods.iter().any(|allowed| allowed == method);
+            if method_matches && matches(&rule.pattern, &segments) {
+                return if rule.allow {
+                    Verdict::Allowed
+                } else {
+                    Verdict::Refused(rule.why.clone())
+                };
+            }
+        }
+        Verdict::Refused("no rule allows it".to_owned())
+    }
+}
+
+impl Rule {
+    fn parse(raw: RawRule) -> Result<Self, String> {
+        let (allow, pattern) = match (raw.allow, raw.deny) {
+            (Some(pattern), None) => (true, pattern),
+            (None, Some(pattern)) => (false, pattern),
+            _ => return Err("needs exactly one of `allow` and `deny`".to_owned()),
+        };
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return Err(format!("{pattern:?} does not start with /"));
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let last = parts.len().saturating_sub(1);
+        let pattern = parts
+            .iter()
+            .enumerate()
+            .map(|(index, part)| match *part {
+                "" => Err(format!("{pattern:?} has an empty segment")),
+                "*" => Ok(Segment::One),
+                "**" if index == last => Ok(Segment::Rest),
+                "**" => Err(format!("{pattern:?}: ** only at the end")),
+                literal if literal.contains('*') => {
+                    Err(format!("{pattern:?}: * only as a whole segment"))
+                }
+                literal => Ok(Segment::Literal(literal.to_owned())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if raw.methods.is_empty() {
+            return Err("`methods` is empty (use [\"*\"] for every method)".to_owned());
+        }
+        let methods = if raw.methods.iter().any(|method| method == "*") {
+            Vec::new()
+        } else {
+            raw.methods.iter().map(|m| m.to_ascii_uppercase()).collect()
+        };
+        Ok(Self {
+            allow,
+            pattern,
+            methods,
+            why: raw.why,
+        })
+    }
+}
+
+/// The path's segments, percent-decoded; `None` unless the path is absolute and canonical: no
+/// `.`/`..` segments, no empty segment but a trailing one, and no segment that decodes to
+/// something containing `/` or that is not UTF-8 (each would let a request name one route to
+/// the policy and reach another in Forgejo).
+fn decoded_segments(path: &str) -> Option<Vec<String>> {
+    let rest = path.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let last = parts.len().saturating_sub(1);
+    let mut segments = Vec::with_capacity(parts.len());
+    for (index, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            if index == last {
+                break;
+            }
+            return None;
+        }
+        let decoded = percent_decode(part)?;
+        if decoded == "." || decoded == ".." || decoded.contains('/') || decoded.contains('\\') {
+            return None;
+        }
+        segments.push(decoded);
+    }
+    Some(segments)
+}
+
+/// `%XX` decoding of one segment; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while let Some(&byte) = bytes.get(index) {
+        if byte == b'%' {
+            let hex = segment.get(index + 1..index + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            out.push(byte);
+            index += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn matches(pattern: &[Segment], path: &[String]) -> bool {
+    match pattern.split_first() {
+        None => path.is_empty(),
+        Some((Segment::Rest, _)) => true,
+        Some((head, pattern_rest)) => match path.split_first() {
+            None => false,
+            Some((segment, path_rest)) => {
+                let here = match head {
+                    Segment::Literal(literal) => literal == segment,
+                    Segment::One | Segment::Rest => true,
+                };
+                here && matches(pattern_rest, path_rest)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(method: &str, path: &str) -> Verdict {
+        UpstreamPolicy::builtin().unwrap().decide(method, path)
+    }
+
+    #[test]
+    fn the_builtin_policy_keeps_the_work_and_refuses_the_keys_to_the_kingdom() {
+        for (method, path) in [
+            ("GET", "/api/v1/version"),
+            ("GET", "/api/v1/user"),
+            ("GET", "/api/v1/user/repos"),
+            ("GET", "/api/v1/repos/alice/notes"),
+            ("GET", "/api/v1/repos/alice/notes/contents/docs/a%20b.md"),
+            ("POST", "/api/v1/repos/alice/notes/issues"),
+            ("PATCH", "/api/v1/repos/alice/notes/issues/1"),
+            ("POST", "/api/v1/repos/alice/notes/pulls"),
+            ("DELETE", "/api/v1/repos/alice/notes/contents/old.md"),
+            ("GET", "/api/v1/repos/alice/notes/collaborators"),
+            ("GET", "/api/v1/notifications"),
+            ("GET", "/api/v1/repos/search/"),
+        ] {
+            assert_eq!(verdict(method, path), Verdict::Allowed, "{method} {path}");
+        }
+        for (method, path, why) in [
+            ("GET", "/api/v1/admin/users", "site administration"),
+            (
+                "POST",
+                "/api/v1/admin/users/bob/orgs",
+                "site administration",
+            ),
+            ("GET", "/api/v1/admin", "site administration"),
+            (
+                "POST",
+                "/api/v1/users/alice/tokens",
+                "access tokens outlive the session",
+            ),
+            ("POST", "/api/v1/user/keys", "SSH keys are credentials"),
+            (
+                "POST",
+                "/api/v1/user/applications/oauth2",
+                "OAuth2 applications are credentials",
+            ),
+            (
+                "POST",
+                "/api/v1/repos/alice/notes/hooks",
+                "webhooks send data elsewhere",
+            ),
+            (
+                "GET",
+                "/api/v1/repos/alice/notes/keys",
+                "deploy keys are credentials",
+            ),
+            (
+                "PUT",
+                "/api/v1/repos/alice/notes/actions/secrets/X",
+                "CI secrets",
+            ),
+            (
+                "POST",
+                "/api/v1/repos/alice/notes/transfer",
+                "a transfer gives the repository away",
+            ),
+            (
+                "PUT",
+                "/api/v1/repos/alice/notes/collaborators/mallory",
+                "granting access to others",
+            ),
+            (
+                "DELETE",
+                "/api/v1/repos/alice/notes",
+                "deleting a repository",
+            ),
+            ("PATCH", "/api/v1/user/settings", "account settings"),
+            ("GET", "/login/oauth/authorize", "no rule allows it"),
+            (
+                "GET",
+                "/alice/notes/raw/branch/main/secret",
+                "no rule allows it",
+            ),
+            ("GET", "/", "no rule allows it"),
+        ] {
+            assert_eq!(
+                verdict(method, path),
+                Verdict::Refused(why.to_owned()),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn encodings_that_name_another_route_are_refused() {
+        // Percent-decoding happens before matching: Forgejo's router decodes too.
+        assert_eq!(
+            verdict("GET", "/api/v1/%61dmin/users"),
+            Verdict::Refused("site administration".to_owned())
+        );
+        for path in [
+            "/api/v1/repos/alice%2Fnotes/x/hooks",
+            "/api/v1/repos/a/b/../../admin/users",
+            "/api/v1/./admin/users",
+            "/api/v1//admin/users",
+            "/api/v1/%2e%2e/admin",
+            "/api/v1/repos/%zz",
+            "/api/v1/repos/%ff",
+            "/api/v1/repos/a\\b",
+            "api/v1/user",
+        ] {
+            assert_eq!(
+                verdict("GET", path),
+                Verdict::Refused("the path is not in canonical form".to_owned()),
+                "{path}"
+            );
+        }
+        // Case matters as it does to Forgejo's router: an unknown spelling is no route.
+        assert_eq!(
+            verdict("GET", "/API/v1/admin/users"),
+            Verdict::Refused("no rule allows it".to_owned())
+        );
+        // A trailing slash is the same route.
+        assert_eq!(
+            verdict("GET", "/api/v1/admin/"),
+            Verdict::Refused("site administration".to_owned())
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_rule_named() {
+        for (text, expected) in [
+            (
+                "[[rule]]\nallow = \"/a\"\ndeny = \"/b\"\nmethods = [\"*\"]\nwhy = \"x\"",
+                "rule 1",
+            ),
+            (
+                "[[rule]]\nallow = \"a\"\nmethods = [\"*\"]\nwhy = \"x\"",
+                "does not start with /",
+            ),
+            (
+                "[[rule]]\nallow = \"/a/**/b\"\nmethods = [\"*\"]\nwhy = \"x\"",
+                "only at the end",
+            ),
+            (
+                "[[rule]]\nallow = \"/a*\"\nmethods = [\"*\"]\nwhy = \"x\"",
+                "whole segment",
+            ),
+            (
+                "[[rule]]\nallow = \"/a\"\nmethods = []\nwhy = \"x\"",
+                "is empty",
+            ),
+            (
+                "[[rule]]\nallow = \"/a\"\nmethods = [\"*\"]\nwhy = \"x\"\nextra = 1",
+                "unknown field",
+            ),
+        ] {
+            let error = UpstreamPolicy::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+}

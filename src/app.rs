@@ -192,6 +192,8 @@ pub enum StartError {
     Vault(#[from] KeystoreError),
     #[error(transparent)]
     Egress(#[from] crate::egress::EgressError),
+    #[error("sandbox.upstream_policy: {0}")]
+    UpstreamPolicy(String),
     #[error("cannot set up the sandbox: {0}")]
     SandboxSetup(#[from] crate::supervisor::sandboxed::SandboxSetupError),
     #[error("refusing to start: the vault could not be opened: {0}")]
@@ -345,10 +347,20 @@ pub async fn start_on(
     let launcher: Arc<dyn crate::supervisor::ChildLauncher> = match deps.launcher.clone() {
         Some(launcher) => launcher,
         None if config.sandbox.enabled => {
+            let policy = config
+                .sandbox
+                .upstream_policy()
+                .map_err(StartError::UpstreamPolicy)?;
+            if policy.is_none() {
+                tracing::warn!(
+                    "sandbox.upstream_policy = \"unrestricted\": children may call every Forgejo API path with the user's token, site administration included"
+                );
+            }
             let egress = Arc::new(crate::egress::Egress::new(
                 config.forgejo.url.clone(),
                 auth.upstream.clone(),
                 deps.audit.clone(),
+                policy,
             )?);
             Arc::new(
                 crate::supervisor::sandboxed::SandboxLauncher::new(

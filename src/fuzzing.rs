@@ -115,6 +115,48 @@ pub fn jsonrpc_oracle(data: &[u8]) {
     assert_eq!(reparsed.to_line_with_id(None), line, "not a fixpoint");
 }
 
+/// Requests a sandboxed child sends the egress proxy (`METHOD path`, one line): the builtin
+/// upstream API policy decides every one without panicking, and spelling a character of the
+/// path as a `%XX` escape never changes the verdict (Forgejo's router decodes escapes, so a
+/// verdict that changed would be a way around a rule). Paths with the proxy's own resolution
+/// applied are what reach the policy; the oracle also feeds it raw ones.
+pub fn upstream_path_oracle(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (method, path) = text.split_once(' ').unwrap_or(("GET", text));
+    let policy = builtin_upstream_policy();
+    let verdict = policy.decide(method, path);
+    // Escape the first plain alphanumeric character after the leading slash.
+    let bytes = path.as_bytes();
+    let mut index = 1;
+    while let Some(&byte) = bytes.get(index) {
+        if byte == b'%' {
+            index += 3;
+            continue;
+        }
+        if byte.is_ascii_alphanumeric() {
+            let escaped = format!(
+                "{}%{byte:02X}{}",
+                path.get(..index).unwrap_or_default(),
+                path.get(index + 1..).unwrap_or_default()
+            );
+            assert_eq!(
+                policy.decide(method, &escaped),
+                verdict,
+                "{path:?} and {escaped:?} are decided differently"
+            );
+            break;
+        }
+        index += 1;
+    }
+}
+
+fn builtin_upstream_policy() -> &'static policies::UpstreamPolicy {
+    static POLICY: std::sync::OnceLock<policies::UpstreamPolicy> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| policies::UpstreamPolicy::builtin().expect("the builtin policy parses"))
+}
+
 /// An oracle: panics when its property does not hold for the input.
 pub type Oracle = fn(&[u8]);
 
@@ -125,6 +167,7 @@ pub const TARGETS: &[(&str, Oracle)] = &[
     ("authorize_query", authorize_query_oracle),
     ("token_request", token_request_oracle),
     ("jsonrpc", jsonrpc_oracle),
+    ("upstream_path", upstream_path_oracle),
 ];
 
 #[cfg(test)]

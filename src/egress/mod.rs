@@ -12,9 +12,11 @@
 //!   restart and the real token never enters the sandbox.
 //! - `pipe` mode: the child holds the real token; the proxy only forwards.
 //!
-//! Every call is audited (method, path, status; never headers or bodies). The method + path
-//! allowlist of `policies/` is the next step (issue: upstream API policy); until then every
-//! Forgejo API path is forwarded.
+//! Every request is checked against the upstream API policy (`policies/upstream/`, method and
+//! path, after the path is resolved against Forgejo's URL) before the user's token is even
+//! fetched; a refused one gets `403` and an `upstream_api_denied` audit record, and never
+//! reaches Forgejo. Every forwarded call is audited (method, path, status; never headers or
+//! bodies).
 
 use std::sync::Arc;
 
@@ -50,6 +52,8 @@ pub struct Egress {
     credentials: Arc<dyn UpstreamCredentials>,
     audit: SharedAudit,
     client: reqwest::Client,
+    /// `None`: `sandbox.upstream_policy = "unrestricted"`.
+    policy: Option<policies::UpstreamPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,7 @@ impl Egress {
         forgejo: url::Url,
         credentials: Arc<dyn UpstreamCredentials>,
         audit: SharedAudit,
+        policy: Option<policies::UpstreamPolicy>,
     ) -> Result<Self, EgressError> {
         let client = reqwest::Client::builder()
             // A redirect from Forgejo goes back to the child as is; the proxy never follows one
@@ -89,6 +94,7 @@ impl Egress {
             credentials,
             audit,
             client,
+            policy,
         })
     }
 
@@ -149,43 +155,99 @@ impl Egress {
     ) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let response = self.forward_inner(session, request).await;
-        let status = response.status().as_u16();
-        self.audit.record(AuditEvent::UpstreamApiCall {
-            session: session.session_label.clone(),
-            user_id: session.user_id,
-            method: method.to_string(),
-            path,
-            status,
-        });
-        response
+        match self.forward_inner(session, request).await {
+            Ok(response) => {
+                self.audit.record(AuditEvent::UpstreamApiCall {
+                    session: session.session_label.clone(),
+                    user_id: session.user_id,
+                    method: method.to_string(),
+                    path,
+                    status: response.status().as_u16(),
+                });
+                response
+            }
+            Err(Refused(why)) => {
+                tracing::warn!(session = %session.session_label, %method, %path, reason = %why, "egress: refused by the upstream API policy");
+                self.audit.record(AuditEvent::UpstreamApiDenied {
+                    session: session.session_label.clone(),
+                    user_id: session.user_id,
+                    method: method.to_string(),
+                    path,
+                });
+                let mut response = Response::new(Body::from(format!(
+                    "egress: {method} refused by the broker's upstream API policy: {why}\n"
+                )));
+                *response.status_mut() = StatusCode::FORBIDDEN;
+                response
+            }
+        }
+    }
+
+    /// The policy's verdict on `method` of `target` (already resolved against Forgejo's URL).
+    fn check_policy(&self, method: &http::Method, target: &url::Url) -> Result<(), Refused> {
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        // The policy speaks of Forgejo's own paths: below the configured URL's path (Forgejo
+        // may live under a prefix), which a resolved `..` must not have left.
+        let base = self.forgejo.path().trim_end_matches('/');
+        let Some(path) = target
+            .path()
+            .strip_prefix(base)
+            .filter(|path| path.starts_with('/'))
+        else {
+            return Err(Refused("outside Forgejo's URL".to_owned()));
+        };
+        match policy.decide(method.as_str(), path) {
+            policies::Verdict::Allowed => Ok(()),
+            policies::Verdict::Refused(why) => Err(Refused(why)),
+        }
     }
 
     async fn forward_inner(
         &self,
         session: &EgressSession,
         request: Request<hyper::body::Incoming>,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Refused> {
         let (parts, body) = request.into_parts();
+        if let SessionCredential::Placeholder(placeholder) = &session.credential {
+            let presented = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| {
+                    value
+                        .strip_prefix("token ")
+                        .or_else(|| value.strip_prefix("Bearer "))
+                        .or_else(|| value.strip_prefix("bearer "))
+                })
+                .unwrap_or_default();
+            if !constant_time_eq(presented.as_bytes(), placeholder.expose_secret().as_bytes()) {
+                return Ok(plain(
+                    StatusCode::UNAUTHORIZED,
+                    "egress: unknown session credential",
+                ));
+            }
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        // The child may only reach Forgejo's own origin: a path, never an absolute URL.
+        if !path_and_query.starts_with('/') || path_and_query.starts_with("//") {
+            return Ok(plain(
+                StatusCode::BAD_REQUEST,
+                "egress: origin-form requests only",
+            ));
+        }
+        let Ok(target) = self.forgejo.join(path_and_query.trim_start_matches('/')) else {
+            return Ok(plain(StatusCode::BAD_REQUEST, "egress: bad path"));
+        };
+        // Before the token is fetched (a refused call must not even refresh it).
+        self.check_policy(&parts.method, &target)?;
         let authorization = match &session.credential {
-            SessionCredential::Placeholder(placeholder) => {
-                let presented = parts
-                    .headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| {
-                        value
-                            .strip_prefix("token ")
-                            .or_else(|| value.strip_prefix("Bearer "))
-                            .or_else(|| value.strip_prefix("bearer "))
-                    })
-                    .unwrap_or_default();
-                if !constant_time_eq(presented.as_bytes(), placeholder.expose_secret().as_bytes()) {
-                    return plain(
-                        StatusCode::UNAUTHORIZED,
-                        "egress: unknown session credential",
-                    );
-                }
+            SessionCredential::Placeholder(_) => {
                 match self.credentials.access_token(session.user_id).await {
                     Ok(token) => {
                         match HeaderValue::from_str(&format!("token {}", token.expose_secret())) {
@@ -194,31 +256,22 @@ impl Egress {
                                 Some(value)
                             }
                             Err(_) => {
-                                return plain(StatusCode::BAD_GATEWAY, "egress: unusable token");
+                                return Ok(plain(
+                                    StatusCode::BAD_GATEWAY,
+                                    "egress: unusable token",
+                                ));
                             }
                         }
                     }
                     Err(_) => {
-                        return plain(
+                        return Ok(plain(
                             StatusCode::UNAUTHORIZED,
                             "egress: the user must authorize again",
-                        );
+                        ));
                     }
                 }
             }
             SessionCredential::PassThrough => parts.headers.get(header::AUTHORIZATION).cloned(),
-        };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        // The child may only reach Forgejo's own origin: a path, never an absolute URL.
-        if !path_and_query.starts_with('/') || path_and_query.starts_with("//") {
-            return plain(StatusCode::BAD_REQUEST, "egress: origin-form requests only");
-        }
-        let Ok(target) = self.forgejo.join(path_and_query.trim_start_matches('/')) else {
-            return plain(StatusCode::BAD_REQUEST, "egress: bad path");
         };
         let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
             body,
@@ -227,7 +280,12 @@ impl Egress {
         .await
         {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "egress: body too large"),
+            Err(_) => {
+                return Ok(plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "egress: body too large",
+                ));
+            }
         };
         let mut outgoing = self.client.request(parts.method, target).body(body);
         for (name, value) in &parts.headers {
@@ -240,7 +298,12 @@ impl Egress {
         }
         let upstream = match outgoing.send().await {
             Ok(upstream) => upstream,
-            Err(_) => return plain(StatusCode::BAD_GATEWAY, "egress: Forgejo unreachable"),
+            Err(_) => {
+                return Ok(plain(
+                    StatusCode::BAD_GATEWAY,
+                    "egress: Forgejo unreachable",
+                ));
+            }
         };
         let mut response = Response::builder().status(upstream.status());
         for (name, value) in upstream.headers() {
@@ -248,11 +311,14 @@ impl Egress {
                 response = response.header(name, value);
             }
         }
-        response
+        Ok(response
             .body(Body::from_stream(upstream.bytes_stream()))
-            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "egress: bad upstream response"))
+            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "egress: bad upstream response")))
     }
 }
+
+/// A request the upstream API policy refuses, and the policy's reason.
+struct Refused(String);
 
 fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::from(message));

@@ -34,6 +34,10 @@ pub struct SandboxConfig {
     /// Pick a range no real account uses.
     pub host_id_base: u32,
     pub host_id_count: u32,
+    /// What a child may ask of Forgejo through the egress proxy (`policies/upstream/`):
+    /// `"builtin"` (the reviewed policy, the default), the absolute path of an operator's own
+    /// policy file in the same format, or `"unrestricted"` (every path; warned at start).
+    pub upstream_policy: String,
 }
 
 impl Default for SandboxConfig {
@@ -51,6 +55,7 @@ impl Default for SandboxConfig {
             file_size_limit_mib: 64,
             host_id_base: 1_500_000_000,
             host_id_count: 65_536,
+            upstream_policy: "builtin".to_owned(),
         }
     }
 }
@@ -86,6 +91,9 @@ impl Validate for SandboxConfig {
                 "the range host_id_base..host_id_base+host_id_count must be above 0 and fit in 32 bits",
             );
         }
+        if let Err(error) = self.upstream_policy() {
+            errors.push("sandbox.upstream_policy", error);
+        }
         for path in &self.extra_read_only {
             if !path.is_absolute() {
                 errors.push(
@@ -93,6 +101,28 @@ impl Validate for SandboxConfig {
                     format!("{} is not absolute", path.display()),
                 );
             }
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The upstream API policy the egress proxy enforces; `None` when `unrestricted`.
+    pub fn upstream_policy(&self) -> Result<Option<policies::UpstreamPolicy>, String> {
+        match self.upstream_policy.as_str() {
+            "builtin" => policies::UpstreamPolicy::builtin()
+                .map(Some)
+                .map_err(|error| error.to_string()),
+            "unrestricted" => Ok(None),
+            path if std::path::Path::new(path).is_absolute() => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| format!("cannot read {path}: {error}"))?;
+                policies::UpstreamPolicy::from_toml(&text)
+                    .map(Some)
+                    .map_err(|error| format!("{path}: {error}"))
+            }
+            other => Err(format!(
+                "{other:?} is neither \"builtin\", \"unrestricted\" nor an absolute path"
+            )),
         }
     }
 }
@@ -170,6 +200,53 @@ mod tests {
         assert!(text.contains("tin-foil"), "{text}");
         assert!(text.contains("cobol"), "{text}");
         assert!(!text.contains("\"seccomp\""), "{text}");
+    }
+
+    #[test]
+    fn the_upstream_policy_is_the_builtin_an_operators_file_or_unrestricted() {
+        let with = |policy: &str| SandboxConfig {
+            upstream_policy: policy.to_owned(),
+            ..SandboxConfig::default()
+        };
+        let builtin = SandboxConfig::default().upstream_policy().unwrap().unwrap();
+        assert_eq!(
+            builtin.decide("GET", "/api/v1/admin/users"),
+            policies::Verdict::Refused("site administration".to_owned())
+        );
+        assert!(with("unrestricted").upstream_policy().unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("policy.toml");
+        std::fs::write(
+            &own,
+            "[[rule]]\nallow = \"/api/v1/version\"\nmethods = [\"GET\"]\nwhy = \"probe\"\n",
+        )
+        .unwrap();
+        let own_policy = with(own.to_str().unwrap())
+            .upstream_policy()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            own_policy.decide("GET", "/api/v1/version"),
+            policies::Verdict::Allowed
+        );
+        assert_ne!(
+            own_policy.decide("GET", "/api/v1/user"),
+            policies::Verdict::Allowed
+        );
+        std::fs::write(&own, "[[rule]]\nallow = \"nope\"\n").unwrap();
+        for (value, expected) in [
+            ("relative/policy.toml", "neither"),
+            ("/nonexistent/policy.toml", "cannot read"),
+            (own.to_str().unwrap(), "policy.toml"),
+        ] {
+            let mut errors = ConfigErrors::default();
+            with(value).validate(&mut errors);
+            let text = errors.to_string();
+            assert!(
+                text.contains("sandbox.upstream_policy") && text.contains(expected),
+                "{value}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! print `skipped: <reason>` and return when the host lacks it; CI runs as root and has them.
 
 mod children;
+mod egress_policy;
 mod hostile;
 mod pipe_mode;
 

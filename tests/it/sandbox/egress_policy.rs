@@ -61,6 +61,29 @@ async fn recording_forgejo() -> (std::net::SocketAddr, Seen) {
     (address, seen)
 }
 
+/// One session's egress proxy towards `forgejo`, on a fresh local port (a test needs no
+/// network namespace to speak to it); its address and what stops it.
+fn start_proxy(
+    forgejo: &str,
+    credentials: Arc<Credentials>,
+    audit: Arc<MemoryAudit>,
+    policy: Option<policies::UpstreamPolicy>,
+    credential: SessionCredential,
+) -> (std::net::SocketAddr, CancellationToken) {
+    let egress =
+        Arc::new(Egress::new(forgejo.parse().unwrap(), credentials, audit, policy).unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let session = EgressSession {
+        user_id: 7,
+        session_label: "s-policy".to_owned(),
+        credential,
+    };
+    egress.serve(listener, session, cancel.clone()).unwrap();
+    (proxy, cancel)
+}
+
 /// One request as the child's HTTP client would write it, the path exactly as given (no
 /// client-side normalisation); the status and body.
 async fn raw_request(
@@ -93,31 +116,13 @@ async fn the_upstream_api_policy_refuses_before_forgejo_or_the_token_is_reached(
     let (forgejo, seen) = recording_forgejo().await;
     let credentials = Arc::new(Credentials::default());
     let audit = MemoryAudit::new();
-    let egress = Arc::new(
-        Egress::new(
-            format!("http://{forgejo}/forgejo/").parse().unwrap(),
-            credentials.clone(),
-            audit.clone(),
-            Some(policies::UpstreamPolicy::builtin().unwrap()),
-        )
-        .unwrap(),
+    let (proxy, cancel) = start_proxy(
+        &format!("http://{forgejo}/forgejo/"),
+        credentials.clone(),
+        audit.clone(),
+        Some(policies::UpstreamPolicy::builtin().unwrap()),
+        SessionCredential::Placeholder(SecretString::from(PLACEHOLDER.to_owned())),
     );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let cancel = CancellationToken::new();
-    egress
-        .serve(
-            listener,
-            EgressSession {
-                user_id: 7,
-                session_label: "s-policy".to_owned(),
-                credential: SessionCredential::Placeholder(SecretString::from(
-                    PLACEHOLDER.to_owned(),
-                )),
-            },
-            cancel.clone(),
-        )
-        .unwrap();
 
     // Allowed: forwarded under Forgejo's prefix, with the real token instead of the placeholder.
     let (status, _) = raw_request(
@@ -209,29 +214,13 @@ async fn the_upstream_api_policy_refuses_before_forgejo_or_the_token_is_reached(
 #[tokio::test]
 async fn an_unrestricted_proxy_forwards_what_the_policy_would_refuse() {
     let (forgejo, seen) = recording_forgejo().await;
-    let egress = Arc::new(
-        Egress::new(
-            format!("http://{forgejo}/").parse().unwrap(),
-            Arc::new(Credentials::default()),
-            MemoryAudit::new(),
-            None,
-        )
-        .unwrap(),
+    let (proxy, cancel) = start_proxy(
+        &format!("http://{forgejo}/"),
+        Arc::new(Credentials::default()),
+        MemoryAudit::new(),
+        None,
+        SessionCredential::PassThrough,
     );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = listener.local_addr().unwrap();
-    let cancel = CancellationToken::new();
-    egress
-        .serve(
-            listener,
-            EgressSession {
-                user_id: 7,
-                session_label: "s-open".to_owned(),
-                credential: SessionCredential::PassThrough,
-            },
-            cancel.clone(),
-        )
-        .unwrap();
     let (status, _) = raw_request(proxy, "GET", "/api/v1/admin/users", REAL_TOKEN).await;
     assert_eq!(status, 200);
     assert_eq!(seen.lock().unwrap().len(), 1);

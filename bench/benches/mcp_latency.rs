@@ -587,10 +587,10 @@ impl<C: Caller> Arm<C> {
         for task in tasks {
             let (client, samples) = task.await.expect("task");
             self.clients.push(client);
-            runs.push(samples.clone());
-            self.samples.extend(samples);
+            runs.push(samples);
         }
         self.took += start.elapsed();
+        self.cpu += CpuTime::now().since(cpu);
         // A client's calls run back to back from the start: each one ends at the sum of the
         // durations so far (the gaps between them are a few instructions).
         let first_done = runs
@@ -612,7 +612,7 @@ impl<C: Caller> Arm<C> {
                     .count()
             })
             .sum::<usize>();
-        self.cpu += CpuTime::now().since(cpu);
+        self.samples.extend(runs.into_iter().flatten());
     }
 
     /// CPU per call, in µs: in the bench process (client, and broker or bridge), in the children.

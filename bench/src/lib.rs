@@ -51,17 +51,17 @@ impl CpuTime {
         let mut descendant_slices = 0;
         let mut queue = children_of(own);
         while let Some(pid) = queue.pop() {
-            let (time, slices) = threads_time(pid);
-            descendants += time;
-            descendant_slices += slices;
-            descendants_main += thread_time(pid, pid).0;
+            let threads = threads_time(pid);
+            descendants += threads.all;
+            descendant_slices += threads.slices;
+            descendants_main += threads.main;
             queue.extend(children_of(pid));
         }
-        let (own, own_slices) = threads_time(own);
+        let threads = threads_time(own);
         Self {
-            own,
+            own: threads.all,
             descendants,
-            own_slices,
+            own_slices: threads.slices,
             descendants_main,
             descendant_slices,
         }
@@ -109,28 +109,40 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The CPU time of all of `pid`'s live threads, and how many times they were put on a CPU
-/// (`schedstat`'s first and third fields).
-fn threads_time(pid: u32) -> (Duration, u64) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (Duration::ZERO, 0);
-    };
-    let (nanos, slices) = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| parse_schedstat(&stat))
-        .fold((0, 0), |(n, s), (nanos, slices)| (n + nanos, s + slices));
-    (Duration::from_nanos(nanos), slices)
+/// What `pid`'s live threads have used, from each one's `schedstat` (its first and third
+/// fields), read once.
+struct Threads {
+    all: Duration,
+    /// The thread whose id is the process's: its main thread.
+    main: Duration,
+    /// How many times they were put on a CPU.
+    slices: u64,
 }
 
-/// The CPU time of one thread `tid` of `pid`, and how many times it was put on a CPU.
-fn thread_time(pid: u32, tid: u32) -> (Duration, u64) {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
-        .ok()
-        .and_then(|stat| parse_schedstat(&stat))
-        .map_or((Duration::ZERO, 0), |(nanos, slices)| {
-            (Duration::from_nanos(nanos), slices)
-        })
+fn threads_time(pid: u32) -> Threads {
+    let mut threads = Threads {
+        all: Duration::ZERO,
+        main: Duration::ZERO,
+        slices: 0,
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Some((nanos, slices)) = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|stat| parse_schedstat(&stat))
+        else {
+            continue;
+        };
+        let time = Duration::from_nanos(nanos);
+        threads.all += time;
+        threads.slices += slices;
+        if task.file_name().to_str() == Some(pid.to_string().as_str()) {
+            threads.main = time;
+        }
+    }
+    threads
 }
 
 fn parse_schedstat(stat: &str) -> Option<(u64, u64)> {

@@ -41,7 +41,7 @@ pub fn hash_token(token: &str) -> String {
 /// every request hashes its token and its session id).
 pub fn to_hex(bytes: &[u8]) -> String {
     let mut out = vec![0; bytes.len() * 2];
-    // The buffer is exactly twice the input, the only length `encode_to_slice` refuses.
+    // The buffer is exactly twice the input, the one length `encode_to_slice` accepts.
     let _ = hex::encode_to_slice(bytes, &mut out);
     String::from_utf8(out).unwrap_or_default()
 }

@@ -167,6 +167,8 @@ fn decoded_segments(path: &str) -> Option<Vec<String>> {
 }
 
 /// `%XX` decoding of one segment; `None` for a malformed escape or a result that is not UTF-8.
+/// (The `percent-encoding` crate keeps a malformed escape as literal text; a policy should not
+/// guess what Forgejo makes of one, so it is refused here instead.)
 fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -245,6 +245,18 @@ pub(crate) fn read_meta(
     }))
 }
 
+/// The vault's metadata and its active wrapped data keys, from one snapshot. Read apart, a
+/// master-key rotation committing in between would pair the old key check (which this
+/// process's master key passes) with data keys already wrapped under the new master key.
+pub(crate) fn read_key_state(
+    connection: &mut rusqlite::Connection,
+) -> Result<(Option<StoredMeta>, Vec<(u32, Vec<u8>)>), KeystoreError> {
+    let transaction = connection.transaction()?;
+    let state = (read_meta(&transaction)?, read_active_keys(&transaction)?);
+    transaction.commit()?;
+    Ok(state)
+}
+
 /// Active wrapped data keys, oldest first.
 pub(crate) fn read_active_keys(
     connection: &rusqlite::Connection,
@@ -442,7 +454,7 @@ impl Vault {
         env: SharedEnv,
     ) -> Result<Self, KeystoreError> {
         db.migrate(COMPONENT, MIGRATIONS)?;
-        let mut meta = db.call(|connection| read_meta(connection))?;
+        let (mut meta, mut active) = db.call(read_key_state)?;
         // A database without vault metadata holds no sealed value, so creating a vault in it
         // cannot make anything unreadable; a database with one is never re-initialised.
         if meta.is_none() && config.auto_init {
@@ -453,7 +465,7 @@ impl Vault {
                 generated_key_file = ?report.generated_key_file,
                 "initialised a new vault (first start); back the master key up separately from the database — without it the stored Forgejo tokens cannot be read (docs/vault.md)"
             );
-            meta = db.call(|connection| read_meta(connection))?;
+            (meta, active) = db.call(read_key_state)?;
         }
         let Some(meta) = meta else {
             return Err(KeystoreError::NotInitialised {
@@ -474,7 +486,7 @@ impl Vault {
             );
         }
         let mut keyring = Keyring::new();
-        for (version, wrapped) in db.call(|connection| read_active_keys(connection))? {
+        for (version, wrapped) in active {
             let key = master
                 .unwrap_data_key(version, &wrapped)
                 .map_err(|_| KeystoreError::DataKeyUnreadable { version })?;
@@ -591,9 +603,7 @@ impl Vault {
     /// operator may have replaced the key file in place), and otherwise keeps serving with the
     /// keys it has and warns: a restart with the new key picks them up.
     pub fn refresh_keys(&self) -> Result<(), KeystoreError> {
-        let (meta, active) = self.db.call(|connection| {
-            Ok::<_, KeystoreError>((read_meta(connection)?, read_active_keys(connection)?))
-        })?;
+        let (meta, active) = self.db.call(read_key_state)?;
         let Some(meta) = meta else {
             return Ok(());
         };

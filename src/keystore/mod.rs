@@ -250,17 +250,20 @@ pub(crate) fn read_meta(
 /// process's master key passes) with data keys already wrapped under the new master key.
 pub(crate) fn read_key_state(
     connection: &mut rusqlite::Connection,
-) -> Result<(Option<StoredMeta>, Vec<(u32, Vec<u8>)>), KeystoreError> {
+) -> Result<(Option<StoredMeta>, WrappedKeys), KeystoreError> {
     let transaction = connection.transaction()?;
     let state = (read_meta(&transaction)?, read_active_keys(&transaction)?);
     transaction.commit()?;
     Ok(state)
 }
 
+/// Data keys by version, each wrapped under the master key.
+pub(crate) type WrappedKeys = Vec<(u32, Vec<u8>)>;
+
 /// Active wrapped data keys, oldest first.
 pub(crate) fn read_active_keys(
     connection: &rusqlite::Connection,
-) -> Result<Vec<(u32, Vec<u8>)>, KeystoreError> {
+) -> Result<WrappedKeys, KeystoreError> {
     let mut statement = connection.prepare(
         "SELECT version, wrapped FROM vault_data_keys WHERE state = 'active' ORDER BY version",
     )?;

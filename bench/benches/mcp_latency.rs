@@ -4,7 +4,14 @@
 //! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run
 //! nothing but the broker's concurrent arm, for a profiler, and `--and-bare`, `--and-direct`
 //! with it to run the bare bridge's and the direct arm alone after it; `--message-bytes N`
-//! makes every answer carry N bytes).
+//! makes every answer carry N bytes; `--warm N` makes each session of the concurrent run N
+//! calls before it is measured, 10 by default).
+//!
+//! The concurrent ratios move with the state of the child, not only with the bridge: the
+//! same server-everything costs 130-260 µs of CPU per call depending on how many calls it has
+//! served (V8 tiering its code up, then its heap and garbage collection growing), and the
+//! broker's fixed cost per call is a smaller share of a dearer call. Compare ratios from one
+//! run, with the same `--warm`.
 //!
 //! The broker is the production stack, started as `serve` starts it: the public router with
 //! its layers (request ids, tracing under the default `info` subscriber, metrics, body limits,
@@ -72,6 +79,9 @@ struct Plan {
     rounds: usize,
     /// `--broker-only`: the broker's concurrent arm alone, for a profiler.
     broker_only: bool,
+    /// Calls each session of the concurrent run makes before it is measured (`--warm N`;
+    /// default 10).
+    warm: usize,
 }
 
 /// What a child is and how to call its echo tool.
@@ -746,17 +756,17 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
     let mut bares = Vec::new();
     for user in 0..SESSIONS {
         let mut direct = Direct::start(child).await;
-        direct.calls(10).await;
+        direct.calls(plan.warm).await;
         directs.push(direct);
         let token = broker.mint_token(100 + user as i64);
         let mut session = Session::start(broker.address, &token, "application/json").await;
-        session.calls(10).await;
+        session.calls(plan.warm).await;
         sessions.push(session);
         let mut to_floor = Session::connect(floor, "none", "application/json").await;
-        to_floor.calls(10).await;
+        to_floor.calls(plan.warm).await;
         floors.push(to_floor);
         let mut to_bare = Session::connect(bare, "none", "application/json").await;
-        to_bare.calls(10).await;
+        to_bare.calls(plan.warm).await;
         bares.push(to_bare);
     }
     let (mut direct_arm, mut broker_arm, mut floor_arm, mut bare_arm) = (
@@ -839,6 +849,10 @@ fn server_everything() -> Option<Child> {
 async fn run() {
     let quick = std::env::args().any(|arg| arg == "--quick");
     let broker_only = std::env::args().any(|arg| arg == "--broker-only");
+    let warm = std::env::args()
+        .skip_while(|arg| arg != "--warm")
+        .nth(1)
+        .map_or(10, |n| n.parse::<usize>().expect("--warm N"));
     let plan = if quick {
         Plan {
             warmup: 100,
@@ -846,6 +860,7 @@ async fn run() {
             calls_each: 100,
             rounds: 5,
             broker_only,
+            warm,
         }
     } else {
         Plan {
@@ -854,6 +869,7 @@ async fn run() {
             calls_each: 300,
             rounds: 10,
             broker_only,
+            warm,
         }
     };
     let floor = start_http_floor().await;

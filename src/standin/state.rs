@@ -84,7 +84,7 @@ pub enum TokenFault {
     ServerError,
     /// HTTP 400 `invalid_grant` "grant does not exist", as if the user had revoked the grant.
     InvalidGrant,
-    /// The request waits until [`super::RunningStandin::release_hung_requests`], then is
+    /// The request waits until [`super::StandinHandle::release_hung_requests`], then is
     /// answered normally.
     Hang,
 }

@@ -3,7 +3,7 @@
 //! launcher of issue #6).
 //!
 //! A launched child is owned by one [`ChildHandle`] (STYLE.md habit 10): dropping it kills the
-//! child's whole process group (or sandbox); [`ChildHandle::stop`] does it gracefully.
+//! child's whole process group (or sandbox); [`ChildControl::terminate`] does it gracefully.
 
 pub mod plain;
 pub mod sandbox_check;

@@ -29,7 +29,7 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE upstream_grants (
 const TABLE: &str = "upstream_grants";
 
 /// The sealed columns of this table, declared to the vault's re-encryption job and
-/// `vault status` (keystore/registry.rs). Row id = `user_id` in decimal, as [`aad`] uses.
+/// `vault status` (keystore/registry.rs). Row id = `user_id` in decimal, as `aad` uses.
 pub const SEALED_COLUMNS: crate::keystore::SealedColumns = crate::keystore::SealedColumns {
     table: TABLE,
     id_column: "user_id",

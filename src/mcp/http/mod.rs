@@ -3,7 +3,7 @@
 //!
 //! Handlers are thin (STYLE.md habit 5): check origin → verify the token → find the session →
 //! hand messages to the session actor → turn what comes back into JSON or SSE. Every error is
-//! an [`EdgeError`], mapped to HTTP in one place.
+//! an `EdgeError`, mapped to HTTP in one place.
 
 mod errors;
 mod legacy;

@@ -118,8 +118,9 @@ pub fn jsonrpc_oracle(data: &[u8]) {
 /// Requests a sandboxed child sends the egress proxy (`METHOD path`, one line): the builtin
 /// upstream API policy decides every one without panicking, and spelling a character of the
 /// path as a `%XX` escape never changes the verdict (Forgejo's router decodes escapes, so a
-/// verdict that changed would be a way around a rule). Paths with the proxy's own resolution
-/// applied are what reach the policy; the oracle also feeds it raw ones.
+/// verdict that changed would be a way around a rule), and a path allowed with an escaped `/`
+/// is allowed with the `/` itself (what a proxy that decodes it would pass on). Paths with the
+/// proxy's own resolution applied are what reach the policy; the oracle also feeds it raw ones.
 pub fn upstream_path_oracle(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -127,6 +128,14 @@ pub fn upstream_path_oracle(data: &[u8]) {
     let (method, path) = text.split_once(' ').unwrap_or(("GET", text));
     let policy = builtin_upstream_policy();
     let verdict = policy.decide(method, path);
+    if verdict == policies::Verdict::Allowed {
+        let decoded = path.replace("%2F", "/").replace("%2f", "/");
+        assert_eq!(
+            policy.decide(method, &decoded),
+            policies::Verdict::Allowed,
+            "{path:?} is allowed but {decoded:?} is not"
+        );
+    }
     // Escape the first plain alphanumeric character after the leading slash.
     let bytes = path.as_bytes();
     let mut index = 1;

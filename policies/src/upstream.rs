@@ -79,14 +79,31 @@ impl UpstreamPolicy {
 
     /// The verdict on `method` of `path`: the path as Forgejo will route it (absolute, dot
     /// segments already resolved), still percent-encoded.
+    ///
+    /// An encoded `/` (`%2F`) is read both ways, and the request must pass both: Forgejo's
+    /// router matches the raw path, where `feature%2Fx` is one segment (a branch, tag or
+    /// package name with a slash, as the Gitea and Forgejo SDKs send them), while a proxy in
+    /// front of Forgejo may decode it into a separator (`repos/o%2Fr/hooks` would then name a
+    /// repository's webhooks).
     pub fn decide(&self, method: &str, path: &str) -> Verdict {
         let Some(segments) = decoded_segments(path) else {
-            return Verdict::Refused("the path is not in canonical form".to_owned());
+            return Verdict::Refused(NOT_CANONICAL.to_owned());
         };
+        let verdict = self.first_match(method, &segments);
+        if verdict != Verdict::Allowed || !segments.iter().any(|s| s.contains('/')) {
+            return verdict;
+        }
+        match split_segments(&segments) {
+            Some(split) => self.first_match(method, &split),
+            None => Verdict::Refused(NOT_CANONICAL.to_owned()),
+        }
+    }
+
+    fn first_match(&self, method: &str, segments: &[String]) -> Verdict {
         for rule in &self.rules {
             let method_matches =
                 rule.methods.is_empty() || rule.methods.iter().any(|allowed| allowed == method);
-            if method_matches && matches(&rule.pattern, &segments) {
+            if method_matches && matches(&rule.pattern, segments) {
                 return if rule.allow {
                     Verdict::Allowed
                 } else {
@@ -97,6 +114,8 @@ impl UpstreamPolicy {
         Verdict::Refused("no rule allows it".to_owned())
     }
 }
+
+const NOT_CANONICAL: &str = "the path is not in canonical form";
 
 impl Rule {
     fn parse(raw: RawRule) -> Result<Self, String> {
@@ -142,9 +161,9 @@ impl Rule {
 }
 
 /// The path's segments, percent-decoded; `None` unless the path is absolute and canonical: no
-/// `.`/`..` segments, no empty segment but a trailing one, and no segment that decodes to
-/// something containing `/` or that is not UTF-8 (each would let a request name one route to
-/// the policy and reach another in Forgejo).
+/// `.`/`..` segments, no empty segment but a trailing one, and no segment that is not UTF-8 or
+/// that holds a backslash (each would let a request name one route to the policy and reach
+/// another in Forgejo). A segment may hold a decoded `/` (see [`UpstreamPolicy::decide`]).
 fn decoded_segments(path: &str) -> Option<Vec<String>> {
     let rest = path.strip_prefix('/')?;
     let parts: Vec<&str> = rest.split('/').collect();
@@ -158,12 +177,25 @@ fn decoded_segments(path: &str) -> Option<Vec<String>> {
             return None;
         }
         let decoded = percent_decode(part)?;
-        if decoded == "." || decoded == ".." || decoded.contains('/') || decoded.contains('\\') {
+        if decoded == "." || decoded == ".." || decoded.contains('\\') {
             return None;
         }
         segments.push(decoded);
     }
     Some(segments)
+}
+
+/// The segments as a proxy that decodes `%2F` would pass them on; `None` if that path is not
+/// canonical (an empty, `.` or `..` segment).
+fn split_segments(segments: &[String]) -> Option<Vec<String>> {
+    let mut split = Vec::with_capacity(segments.len() + 2);
+    for part in segments.iter().flat_map(|segment| segment.split('/')) {
+        if part.is_empty() || part == "." || part == ".." {
+            return None;
+        }
+        split.push(part.to_owned());
+    }
+    Some(split)
 }
 
 /// `%XX` decoding of one segment; `None` for a malformed escape or a result that is not UTF-8.
@@ -303,7 +335,6 @@ mod tests {
             Verdict::Refused("site administration".to_owned())
         );
         for path in [
-            "/api/v1/repos/alice%2Fnotes/x/hooks",
             "/api/v1/repos/a/b/../../admin/users",
             "/api/v1/./admin/users",
             "/api/v1//admin/users",
@@ -329,6 +360,98 @@ mod tests {
             verdict("GET", "/api/v1/admin/"),
             Verdict::Refused("site administration".to_owned())
         );
+    }
+
+    #[test]
+    fn an_encoded_slash_must_pass_as_one_segment_and_as_two() {
+        // Names with a slash, escaped as the SDKs send them: one segment to Forgejo's router.
+        for path in [
+            "/api/v1/repos/alice/notes/branches/feature%2Fparser",
+            "/api/v1/repos/alice/notes/branch_protections/release%2F%2A",
+            "/api/v1/packages/alice/npm/%40acme%2Fwidget/1.2.0",
+        ] {
+            assert_eq!(verdict("DELETE", path), Verdict::Allowed, "{path}");
+        }
+        // Refused as Forgejo's router reads it (`alice/notes` is one owner segment there)...
+        assert_eq!(
+            verdict("GET", "/api/v1/repos/alice%2Fnotes/x/hooks"),
+            Verdict::Refused("webhooks send data elsewhere".to_owned())
+        );
+        // ...or as a proxy that decodes `%2F` in front of Forgejo would pass it on.
+        for (path, why) in [
+            (
+                "/api/v1/repos/alice%2Fnotes/hooks",
+                "webhooks send data elsewhere",
+            ),
+            (
+                "/api/v1/users/alice%2Ftokens",
+                "access tokens outlive the session",
+            ),
+            ("/api/v1/admin%2Fusers", "site administration"),
+            (
+                "/api/v1/repos/a/b/branches/x%2F..%2F..%2F..%2Fadmin",
+                "the path is not in canonical form",
+            ),
+            (
+                "/api/v1/repos/a/b/branches/x%2F%2Fy",
+                "the path is not in canonical form",
+            ),
+            (
+                "/api/v1/repos/a/b/branches/x%2F",
+                "the path is not in canonical form",
+            ),
+            (
+                "/api/v1/repos/a/b/branches/%2F",
+                "the path is not in canonical form",
+            ),
+        ] {
+            assert_eq!(
+                verdict("GET", path),
+                Verdict::Refused(why.to_owned()),
+                "{path}"
+            );
+        }
+    }
+
+    /// Every request the known MCP servers make (`upstream/calls/*.txt`) gets the verdict
+    /// written beside it, and a refusal comes from a rule that says why, never from a path the
+    /// policy cannot read or no rule covers.
+    #[test]
+    fn known_servers_get_the_verdicts_their_call_lists_record() {
+        let policy = UpstreamPolicy::builtin().unwrap();
+        for (file, text) in [
+            (
+                "forgejo-mcp-3.2.0.txt",
+                include_str!("../upstream/calls/forgejo-mcp-3.2.0.txt"),
+            ),
+            (
+                "gitea-mcp-0.5.1.txt",
+                include_str!("../upstream/calls/gitea-mcp-0.5.1.txt"),
+            ),
+        ] {
+            let mut lines = 0;
+            for line in text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let [expected, method, path, ..] = fields[..] else {
+                    panic!("{file}: malformed line {line:?}");
+                };
+                let verdict = policy.decide(method, path);
+                match expected {
+                    "allow" => assert_eq!(verdict, Verdict::Allowed, "{file}: {line}"),
+                    "refuse" => assert!(
+                        matches!(&verdict, Verdict::Refused(why)
+                            if why != "no rule allows it" && why != NOT_CANONICAL),
+                        "{file}: {line}: {verdict:?}"
+                    ),
+                    other => panic!("{file}: unknown verdict {other:?}"),
+                }
+                lines += 1;
+            }
+            assert!(lines > 20, "{file}: only {lines} calls");
+        }
     }
 
     #[test]

@@ -143,6 +143,22 @@ async fn the_upstream_api_policy_refuses_before_forgejo_or_the_token_is_reached(
     );
     assert_eq!(credentials.fetched.load(Ordering::SeqCst), 1);
 
+    // A name with a slash, escaped as the SDKs send it, reaches Forgejo still escaped (its
+    // router reads `feature%2Fparser` as one segment).
+    let (status, _) = raw_request(
+        proxy,
+        "DELETE",
+        "/api/v1/repos/alice/notes/branches/feature%2Fparser",
+        PLACEHOLDER,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen.lock().unwrap().last().map(|(_, path, _)| path.clone()),
+        Some("/forgejo/api/v1/repos/alice/notes/branches/feature%2Fparser".to_owned())
+    );
+    assert_eq!(credentials.fetched.load(Ordering::SeqCst), 2);
+
     // Refused: 403 with the policy's reason; Forgejo never sees them, the token is not fetched.
     for (method, path, reason) in [
         ("GET", "/api/v1/admin/users", "site administration"),
@@ -164,9 +180,15 @@ async fn the_upstream_api_policy_refuses_before_forgejo_or_the_token_is_reached(
             "site administration",
         ),
         ("GET", "/../../admin/users", "outside Forgejo's URL"),
+        // An escaped slash is also read as a proxy in front of Forgejo might decode it.
         (
             "GET",
-            "/api/v1/repos/alice%2Fnotes/x",
+            "/api/v1/repos/alice%2Fnotes/hooks",
+            "webhooks send data elsewhere",
+        ),
+        (
+            "GET",
+            "/api/v1/repos/a/b/branches/x%2F..%2F..%2F..%2Fadmin",
             "not in canonical form",
         ),
         ("GET", "/user/settings", "no rule allows it"),
@@ -177,10 +199,10 @@ async fn the_upstream_api_policy_refuses_before_forgejo_or_the_token_is_reached(
     }
     assert_eq!(
         seen.lock().unwrap().len(),
-        1,
+        2,
         "a refused request reached Forgejo"
     );
-    assert_eq!(credentials.fetched.load(Ordering::SeqCst), 1);
+    assert_eq!(credentials.fetched.load(Ordering::SeqCst), 2);
 
     // The placeholder is checked first: a stranger learns nothing about the policy.
     let (status, _) = raw_request(proxy, "GET", "/api/v1/admin/users", "guess").await;
@@ -199,13 +221,13 @@ async fn the_upstream_api_policy_refuses_before_forgejo_or_the_token_is_reached(
             _ => None,
         })
         .collect();
-    assert_eq!(denied.len(), 8, "{denied:?}");
+    assert_eq!(denied.len(), 9, "{denied:?}");
     assert!(denied.contains(&("s-policy", 7, "GET", "/api/v1/admin/users")));
     let calls = events
         .iter()
         .filter(|event| matches!(event, AuditEvent::UpstreamApiCall { .. }))
         .count();
-    assert_eq!(calls, 2, "the forwarded call and the 401");
+    assert_eq!(calls, 3, "the forwarded calls and the 401");
     let audited = format!("{events:?}");
     assert!(!audited.contains(REAL_TOKEN) && !audited.contains(PLACEHOLDER));
     cancel.cancel();

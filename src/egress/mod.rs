@@ -17,6 +17,16 @@
 //! fetched; a refused one gets `403` and an `upstream_api_denied` audit record, and never
 //! reaches Forgejo. Every forwarded call is audited (method, path, status; never headers or
 //! bodies).
+//!
+//! What else a child's request cannot do with the user's token:
+//! - leave Forgejo's origin: the target is Forgejo's URL with the child's path set on it,
+//!   never a URL reference resolved against it (`/\evil`, `/https://evil/` stay on Forgejo);
+//! - act as another user: a `Sudo` header, a `sudo` query or url-encoded form field is refused,
+//!   and a multipart body is refused when the user is a site administrator (whose token `sudo`
+//!   would work for);
+//! - carry headers an API call does not need: request headers are an allowlist
+//!   ([`FORWARDED_REQUEST`]), so nothing a reverse proxy might trust (`X-WEBAUTH-USER`,
+//!   `X-Forwarded-For`) reaches Forgejo; `Set-Cookie` never comes back.
 
 use std::sync::Arc;
 
@@ -32,19 +42,41 @@ use crate::secret::{ExposeSecret, SecretString, constant_time_eq};
 /// Largest request body a child may send upstream.
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
-/// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1), plus the ones the
-/// proxy sets itself.
-const NOT_FORWARDED: [&str; 9] = [
+/// Request headers a child's call may carry to Forgejo: what an API client needs to say what
+/// it sends and wants. Everything else stays behind: hop-by-hop headers (RFC 9110 §7.6.1), the
+/// child's own `Authorization` (replaced or checked), `Sudo` (refused before this), and
+/// whatever a reverse proxy in front of Forgejo might trust (`X-WEBAUTH-USER`, `X-Forwarded-*`).
+const FORWARDED_REQUEST: [&str; 12] = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "content-type",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "range",
+    "user-agent",
+];
+
+/// Response headers that belong to one hop or would hand the child a Forgejo session.
+const NOT_FORWARDED_RESPONSE: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "transfer-encoding",
     "te",
     "upgrade",
-    "host",
-    "authorization",
     "content-length",
+    "set-cookie",
+    "www-authenticate",
 ];
+
+/// The refusal of a request that would act as another user: Forgejo lets a site
+/// administrator's token act as anyone named in a `Sudo` header or a `sudo` form field.
+const SUDO: &str = "acting as another user (sudo)";
 
 /// What every session's proxy shares: where Forgejo is and who holds the users' tokens.
 pub struct Egress {
@@ -183,6 +215,47 @@ impl Egress {
         }
     }
 
+    /// Where a child's `path` and `query` go: below Forgejo's configured URL, on its origin.
+    /// The path is set on a copy of that URL (dot segments resolve there, and the policy then
+    /// checks they did not climb out); it is never parsed as a URL reference, which could name
+    /// another host.
+    fn target(&self, path: &str, query: Option<&str>) -> Option<url::Url> {
+        let mut target = self.forgejo.clone();
+        let base = self.forgejo.path().trim_end_matches('/');
+        target.set_path(&format!("{base}{path}"));
+        target.set_query(query);
+        target.set_fragment(None);
+        (target.origin() == self.forgejo.origin()).then_some(target)
+    }
+
+    /// Whether the user behind `authorization` is a site administrator (`GET /api/v1/user`);
+    /// `None` when Forgejo cannot say.
+    async fn is_site_admin(
+        &self,
+        target: &url::Url,
+        authorization: Option<&HeaderValue>,
+    ) -> Option<bool> {
+        #[derive(serde::Deserialize)]
+        struct User {
+            #[serde(default)]
+            is_admin: bool,
+        }
+        let mut user = target.clone();
+        let base = self.forgejo.path().trim_end_matches('/');
+        user.set_path(&format!("{base}/api/v1/user"));
+        user.set_query(None);
+        let mut request = self.client.get(user);
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let response = request.send().await.ok()?;
+        if !response.status().is_success() {
+            // No user behind the credential: nobody to act as another.
+            return response.status().is_client_error().then_some(false);
+        }
+        response.json::<User>().await.ok().map(|user| user.is_admin)
+    }
+
     /// The policy's verdict on `method` of `target` (already resolved against Forgejo's URL).
     fn check_policy(&self, method: &http::Method, target: &url::Url) -> Result<(), Refused> {
         let Some(policy) = &self.policy else {
@@ -229,23 +302,44 @@ impl Egress {
                 ));
             }
         }
-        let path_and_query = parts
+        let (path, query) = parts
             .uri
             .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        // The child may only reach Forgejo's own origin: a path, never an absolute URL.
-        if !path_and_query.starts_with('/') || path_and_query.starts_with("//") {
+            .map_or(("/", None), |pq| (pq.path(), pq.query()));
+        // The child may only reach Forgejo's own origin: a path, never an absolute or
+        // scheme-relative URL (a backslash counts as a slash to URL parsers).
+        if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
             return Ok(plain(
                 StatusCode::BAD_REQUEST,
                 "egress: origin-form requests only",
             ));
         }
-        let Ok(target) = self.forgejo.join(path_and_query.trim_start_matches('/')) else {
+        let Some(target) = self.target(path, query) else {
             return Ok(plain(StatusCode::BAD_REQUEST, "egress: bad path"));
         };
         // Before the token is fetched (a refused call must not even refresh it).
         self.check_policy(&parts.method, &target)?;
+        if parts.headers.contains_key("sudo") || query.is_some_and(|q| names_sudo(q.as_bytes())) {
+            return Err(Refused(SUDO.to_owned()));
+        }
+        let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            body,
+            MAX_REQUEST_BODY,
+        ))
+        .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return Ok(plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "egress: body too large",
+                ));
+            }
+        };
+        let form = form_body(&parts.headers);
+        if form == Some(FormBody::UrlEncoded) && names_sudo(&body) {
+            return Err(Refused(SUDO.to_owned()));
+        }
         let authorization = match &session.credential {
             SessionCredential::Placeholder(_) => {
                 match self.credentials.access_token(session.user_id).await {
@@ -273,23 +367,28 @@ impl Egress {
             }
             SessionCredential::PassThrough => parts.headers.get(header::AUTHORIZATION).cloned(),
         };
-        let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-            body,
-            MAX_REQUEST_BODY,
-        ))
-        .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return Ok(plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "egress: body too large",
-                ));
+        // A multipart body's fields are form fields to Forgejo too, and its encodings (RFC 2231
+        // parameters, folded headers) are more than a check here should second-guess: from an
+        // administrator, whose token `sudo` would work for, it is refused outright.
+        if form == Some(FormBody::Multipart) {
+            match self.is_site_admin(&target, authorization.as_ref()).await {
+                Some(false) => {}
+                Some(true) => {
+                    return Err(Refused(format!(
+                        "{SUDO}: a form body from an administrator's session"
+                    )));
+                }
+                None => {
+                    return Ok(plain(
+                        StatusCode::BAD_GATEWAY,
+                        "egress: Forgejo unreachable",
+                    ));
+                }
             }
-        };
+        }
         let mut outgoing = self.client.request(parts.method, target).body(body);
         for (name, value) in &parts.headers {
-            if !NOT_FORWARDED.contains(&name.as_str()) {
+            if FORWARDED_REQUEST.contains(&name.as_str()) {
                 outgoing = outgoing.header(name, value);
             }
         }
@@ -307,7 +406,7 @@ impl Egress {
         };
         let mut response = Response::builder().status(upstream.status());
         for (name, value) in upstream.headers() {
-            if !NOT_FORWARDED.contains(&name.as_str()) {
+            if !NOT_FORWARDED_RESPONSE.contains(&name.as_str()) {
                 response = response.header(name, value);
             }
         }
@@ -319,6 +418,35 @@ impl Egress {
 
 /// A request the upstream API policy refuses, and the policy's reason.
 struct Refused(String);
+
+/// A request body Forgejo reads form fields from (`ctx.FormString`, so `sudo` among them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FormBody {
+    UrlEncoded,
+    Multipart,
+}
+
+/// Whether any `Content-Type` the request carries is one Go's form parsing reads: multipart
+/// wins, as the stricter check.
+fn form_body(headers: &http::HeaderMap) -> Option<FormBody> {
+    let mut form = None;
+    for value in headers.get_all(header::CONTENT_TYPE) {
+        let essence = String::from_utf8_lossy(value.as_bytes());
+        let essence = essence.split(';').next().unwrap_or_default().trim();
+        if essence.eq_ignore_ascii_case("multipart/form-data") {
+            return Some(FormBody::Multipart);
+        }
+        if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            form = Some(FormBody::UrlEncoded);
+        }
+    }
+    form
+}
+
+/// Whether form-encoded `data` (a query string or a body) has a `sudo` field, in any case.
+fn names_sudo(data: &[u8]) -> bool {
+    url::form_urlencoded::parse(data).any(|(name, _)| name.trim().eq_ignore_ascii_case("sudo"))
+}
 
 fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::from(message));

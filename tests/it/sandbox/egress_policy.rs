@@ -37,10 +37,24 @@ type Seen = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
 
 /// A Forgejo stand-in that records every request that reaches it.
 async fn recording_forgejo() -> (std::net::SocketAddr, Seen) {
+    let (address, seen, _) = recording_forgejo_as(false).await;
+    (address, seen)
+}
+
+/// The same, answering `GET /api/v1/user` for a site administrator or not, and also keeping
+/// every request's headers.
+async fn recording_forgejo_as(
+    admin: bool,
+) -> (
+    std::net::SocketAddr,
+    Seen,
+    Arc<Mutex<Vec<axum::http::HeaderMap>>>,
+) {
     let seen: Seen = Arc::default();
-    let record = seen.clone();
+    let headers: Arc<Mutex<Vec<axum::http::HeaderMap>>> = Arc::default();
+    let (record, record_headers) = (seen.clone(), headers.clone());
     let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let record = record.clone();
+        let (record, record_headers) = (record.clone(), record_headers.clone());
         async move {
             let authorization = request
                 .headers()
@@ -52,13 +66,21 @@ async fn recording_forgejo() -> (std::net::SocketAddr, Seen) {
                 request.uri().path().to_owned(),
                 authorization,
             ));
-            "{}"
+            record_headers
+                .lock()
+                .unwrap()
+                .push(request.headers().clone());
+            if request.uri().path().ends_with("/api/v1/user") {
+                format!(r#"{{"id":7,"login":"alice","is_admin":{admin}}}"#)
+            } else {
+                "{}".to_owned()
+            }
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (address, seen)
+    (address, seen, headers)
 }
 
 /// One session's egress proxy towards `forgejo`, on a fresh local port (a test needs no
@@ -92,9 +114,22 @@ async fn raw_request(
     path: &str,
     token: &str,
 ) -> (u16, String) {
+    raw_request_with(proxy, method, path, token, "", "").await
+}
+
+/// The same with `extra` header lines (each ending in CRLF) and a body.
+async fn raw_request_with(
+    proxy: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    extra: &str,
+    body: &str,
+) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token {token}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
@@ -247,4 +282,136 @@ async fn an_unrestricted_proxy_forwards_what_the_policy_would_refuse() {
     assert_eq!(status, 200);
     assert_eq!(seen.lock().unwrap().len(), 1);
     cancel.cancel();
+}
+
+/// A request target that a URL parser would read as another origin (a backslash counts as a
+/// slash; an absolute URL after the first slash) stays on Forgejo's origin, with or without a
+/// policy: the token injected for Forgejo never goes anywhere else.
+#[tokio::test]
+async fn the_proxy_never_leaves_forgejos_origin() {
+    let (forgejo, seen) = recording_forgejo().await;
+    let (elsewhere, elsewhere_seen) = recording_forgejo().await;
+    let port = elsewhere.port();
+    for policy in [None, Some(policies::UpstreamPolicy::builtin().unwrap())] {
+        let (proxy, cancel) = start_proxy(
+            &format!("http://{forgejo}/"),
+            Arc::new(Credentials::default()),
+            MemoryAudit::new(),
+            policy,
+            SessionCredential::Placeholder(SecretString::from(PLACEHOLDER.to_owned())),
+        );
+        for path in [
+            format!("/\\/127.0.0.1:{port}/api/v1/user"),
+            format!("/\\\\127.0.0.1:{port}/api/v1/user"),
+            format!("/http://127.0.0.1:{port}/api/v1/user"),
+            format!("/http:127.0.0.1:{port}/api/v1/user"),
+            format!("/http:/127.0.0.1:{port}/api/v1/user"),
+            format!("/https://127.0.0.1:{port}/api/v1/user"),
+        ] {
+            let (status, body) = raw_request(proxy, "GET", &path, PLACEHOLDER).await;
+            assert!([200, 400, 403].contains(&status), "{path}: {status} {body}");
+        }
+        cancel.cancel();
+    }
+    assert!(
+        elsewhere_seen.lock().unwrap().is_empty(),
+        "a request left Forgejo's origin: {:?}",
+        elsewhere_seen.lock().unwrap()
+    );
+    // What did reach Forgejo stayed below its URL.
+    for (_, path, _) in seen.lock().unwrap().iter() {
+        assert!(path.starts_with('/') && !path.starts_with("//"), "{path}");
+    }
+}
+
+/// Forgejo lets a site administrator's token act as any user named in a `Sudo` header or a
+/// `sudo` form field (query, form body or multipart body): each is refused before the token is
+/// fetched, and the headers a reverse proxy might trust never reach Forgejo.
+#[tokio::test]
+async fn acting_as_another_user_is_refused_and_only_api_headers_are_forwarded() {
+    for admin in [false, true] {
+        let (forgejo, seen, headers) = recording_forgejo_as(admin).await;
+        let credentials = Arc::new(Credentials::default());
+        let audit = MemoryAudit::new();
+        let (proxy, cancel) = start_proxy(
+            &format!("http://{forgejo}/"),
+            credentials.clone(),
+            audit.clone(),
+            Some(policies::UpstreamPolicy::builtin().unwrap()),
+            SessionCredential::Placeholder(SecretString::from(PLACEHOLDER.to_owned())),
+        );
+        let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+        for (method, path, extra, body) in [
+            ("GET", "/api/v1/user/repos", "Sudo: bob\r\n", ""),
+            ("GET", "/api/v1/user/repos", "sUdO: bob\r\n", ""),
+            ("GET", "/api/v1/user/repos?sudo=bob", "", ""),
+            ("GET", "/api/v1/user/repos?page=2&SUDO=bob", "", ""),
+            ("GET", "/api/v1/user/repos?su%64o=bob", "", ""),
+            ("PUT", "/api/v1/user/starred/bob/x", form, "sudo=bob"),
+            ("PUT", "/api/v1/user/starred/bob/x", form, "a=1&%73udo=bob"),
+        ] {
+            let (status, reply) =
+                raw_request_with(proxy, method, path, PLACEHOLDER, extra, body).await;
+            assert_eq!(status, 403, "{method} {path} {extra:?} {body:?}: {reply}");
+            assert!(reply.contains("sudo"), "{reply}");
+        }
+        assert!(seen.lock().unwrap().is_empty(), "admin={admin}");
+        assert_eq!(credentials.fetched.load(Ordering::SeqCst), 0);
+
+        // A multipart body (an attachment upload) is forwarded for a user who is not a site
+        // administrator, and refused for one who is.
+        let multipart = "Content-Type: multipart/form-data; boundary=XyZ\r\n";
+        let upload = "--XyZ\r\nContent-Disposition: form-data; name*0=su; name*1=do\r\n\r\nbob\r\n--XyZ--\r\n";
+        let (status, reply) = raw_request_with(
+            proxy,
+            "POST",
+            "/api/v1/repos/alice/notes/issues/1/assets",
+            PLACEHOLDER,
+            multipart,
+            upload,
+        )
+        .await;
+        let uploads = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, path, _)| path.ends_with("/assets"))
+            .count();
+        if admin {
+            assert_eq!(status, 403, "{reply}");
+            assert_eq!(uploads, 0);
+        } else {
+            assert_eq!(status, 200, "{reply}");
+            assert_eq!(uploads, 1);
+        }
+
+        // Only what an API client needs to say reaches Forgejo.
+        let (status, _) = raw_request_with(
+            proxy,
+            "GET",
+            "/api/v1/repos/alice/notes",
+            PLACEHOLDER,
+            "X-WEBAUTH-USER: root\r\nX-Forwarded-For: 10.0.0.1\r\nCookie: i_like_gitea=abc\r\nAccept: application/json\r\nUser-Agent: child/1\r\n",
+            "",
+        )
+        .await;
+        assert_eq!(status, 200);
+        let last = headers.lock().unwrap().last().cloned().unwrap();
+        for dropped in ["x-webauth-user", "x-forwarded-for", "cookie", "sudo"] {
+            assert!(!last.contains_key(dropped), "{dropped} reached Forgejo");
+        }
+        assert_eq!(last.get("accept").unwrap(), "application/json");
+        assert_eq!(last.get("user-agent").unwrap(), "child/1");
+        assert_eq!(
+            last.get("authorization").unwrap(),
+            &format!("token {REAL_TOKEN}")
+        );
+        let denied = audit
+            .events()
+            .iter()
+            .filter(|event| matches!(event, AuditEvent::UpstreamApiDenied { .. }))
+            .count();
+        assert_eq!(denied, 7 + usize::from(admin));
+        cancel.cancel();
+    }
 }

@@ -369,6 +369,34 @@ pub fn request_line(id: i64, method: &str, params: Option<&RawValue>) -> String 
     .unwrap_or_default()
 }
 
+/// `json` (one valid JSON text) made safe to frame as one line for a stdio child.
+///
+/// Raw values are kept as the client wrote them, whitespace included, and a pretty-printed
+/// request has line breaks in it: written as they are, the child would read the message as
+/// several lines, and whatever the client put on a line of its own (a whole JSON-RPC message,
+/// with an id the broker never mapped) as a message of its own. In valid JSON a raw CR or LF can
+/// only be whitespace between tokens, so each becomes a space. NEL, LINE SEPARATOR and
+/// PARAGRAPH SEPARATOR can only be inside strings, where some line readers (Python's
+/// `splitlines`, JavaScript before ES2019) also break lines, so each becomes its `\u` escape.
+/// Neither change alters what the JSON means.
+pub fn single_line(json: String) -> String {
+    const BREAKS: [char; 5] = ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
+    if !json.contains(BREAKS) {
+        return json;
+    }
+    let mut line = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '\n' | '\r' => line.push(' '),
+            '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                line.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => line.push(c),
+        }
+    }
+    line
+}
+
 /// The parts of `params` the bridge looks at; everything else is ignored (and kept raw).
 #[derive(Debug, Default, Deserialize)]
 pub struct PeekParams {
@@ -399,6 +427,28 @@ pub fn peek(params: Option<&RawValue>) -> PeekParams {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pretty_printed_message_becomes_one_line_that_means_the_same() {
+        let smuggled = "{\r\n  \"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"tools/call\",\n  \"params\":\n{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"x\",\"s\":\"a\u{2028}b\u{85}c\u{2029}\"}\r}";
+        let parsed: serde_json::Value = serde_json::from_str(smuggled).unwrap();
+        let message = Message::parse(smuggled).unwrap();
+        for line in [
+            single_line(smuggled.to_owned()),
+            single_line(message.to_line()),
+        ] {
+            assert!(
+                !line.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']),
+                "{line:?}"
+            );
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&line).unwrap(),
+                parsed
+            );
+        }
+        let plain = r#"{"jsonrpc":"2.0","method":"m"}"#.to_owned();
+        assert_eq!(single_line(plain.clone()), plain);
+    }
+
     use super::*;
 
     #[test]

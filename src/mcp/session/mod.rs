@@ -515,11 +515,13 @@ impl Actor {
         self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
-    async fn write_line(&mut self, mut line: String) {
+    async fn write_line(&mut self, line: String) {
         let Some(child) = self.child.as_mut() else {
             return;
         };
         let timeout = self.ctx.config.write_timeout();
+        // A client's raw values keep its line breaks; the child must see one line per message.
+        let mut line = jsonrpc::single_line(line);
         // One write per message: the line and its newline together (stdin is unbuffered).
         line.push('\n');
         let write = async {

@@ -388,6 +388,12 @@ impl Client {
         async move { read_reply(request.send().await.unwrap()).await }
     }
 
+    /// POSTs `body` exactly as written (say, pretty-printed) and reads the whole answer.
+    pub async fn post_text(&self, body: String) -> Reply {
+        let request = self.post_builder(&Value::Null).body(body);
+        read_reply(request.send().await.unwrap()).await
+    }
+
     pub async fn post_stream(&self, body: &Value) -> (u16, SseStream) {
         let response = self.post_builder(body).send().await.unwrap();
         (response.status().as_u16(), SseStream::new(response))

@@ -581,3 +581,28 @@ async fn a_repeated_initialize_on_a_live_session_is_answered_from_the_session() 
     assert_eq!(client.pid().await, pid, "no second child");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_pretty_printed_request_reaches_the_child_as_one_message() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let pid = client.pid().await;
+    // Line breaks (LF and CRLF) between tokens, and params that hold, on a line of their own,
+    // what a line-reading child would take for a message of its own: one the broker never
+    // mapped, with an id of the client's choosing.
+    let body = "{\r\n  \"jsonrpc\": \"2.0\",\r\n  \"id\": 5,\n  \"method\": \"tools/call\",\n  \"params\": {\"name\": \"echo\", \"arguments\": {\"message\": \"one\u{2028}line\"}, \"extra\":\n{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"tools/call\", \"params\": {\"name\": \"crash\"}}\n}\n}\n";
+    let reply = tokio::time::timeout(Duration::from_secs(20), client.post_text(body.to_owned()))
+        .await
+        .expect("the child never got the request whole");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.messages.len(), 1, "{}", reply.body);
+    assert_eq!(reply.messages[0]["id"], 5);
+    assert_eq!(
+        reply.messages[0]["result"]["content"][0]["text"],
+        "one\u{2028}line"
+    );
+    // The smuggled crash never ran: the same child is still there.
+    assert_eq!(client.pid().await, pid);
+    broker.stop().await;
+}

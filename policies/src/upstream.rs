@@ -256,6 +256,9 @@ mod tests {
             ("POST", "/api/v1/repos/alice/notes/pulls"),
             ("DELETE", "/api/v1/repos/alice/notes/contents/old.md"),
             ("GET", "/api/v1/repos/alice/notes/collaborators"),
+            ("GET", "/api/v1/repos/alice/notes/teams"),
+            ("GET", "/api/v1/repos/alice/notes/push_mirrors"),
+            ("POST", "/api/v1/repos/alice/notes/mirror-sync"),
             ("GET", "/api/v1/notifications"),
             ("GET", "/api/v1/repos/search/"),
         ] {
@@ -311,6 +314,31 @@ mod tests {
                 "deleting a repository",
             ),
             ("PATCH", "/api/v1/user/settings", "account settings"),
+            (
+                "PUT",
+                "/api/v1/repos/alice/notes/teams/owners",
+                "granting access to others",
+            ),
+            (
+                "GET",
+                "/api/v1/repos/alice/notes/actions/runners/registration-token",
+                "CI runners (a registration token runs jobs, with their secrets, on a machine of the caller's choosing)",
+            ),
+            (
+                "POST",
+                "/api/v1/repos/alice/notes/push_mirrors",
+                "push mirrors send data elsewhere",
+            ),
+            (
+                "POST",
+                "/api/v1/repos/alice/notes/push_mirrors-sync",
+                "push mirrors send data elsewhere",
+            ),
+            (
+                "POST",
+                "/api/v1/repos/migrate",
+                "a migration makes Forgejo fetch from a URL of the caller's choosing",
+            ),
             ("GET", "/login/oauth/authorize", "no rule allows it"),
             (
                 "GET",

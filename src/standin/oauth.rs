@@ -291,7 +291,7 @@ async fn token_endpoint(shared: &SharedState, headers: &HeaderMap, body: &[u8]) 
             .into_response();
         }
         Some(TokenFault::Hang) => shared.hang().await,
-        None => {}
+        Some(TokenFault::HangAnswer) | None => {}
     }
     let mut request = match parsed {
         Ok(request) => request,
@@ -312,6 +312,9 @@ async fn token_endpoint(shared: &SharedState, headers: &HeaderMap, body: &[u8]) 
         }
         result
     };
+    if fault == Some(TokenFault::HangAnswer) {
+        shared.hang().await;
+    }
     match result {
         Ok(response) => axum::Json(response).into_response(),
         Err(error) => error.into_response(),

@@ -87,6 +87,10 @@ pub enum TokenFault {
     /// The request waits until [`super::StandinHandle::release_hung_requests`], then is
     /// answered normally.
     Hang,
+    /// The request is carried out (a refresh rotates the grant's tokens), then its answer waits
+    /// until [`super::StandinHandle::release_hung_requests`]: the moment a caller that gives up
+    /// loses the only valid refresh token.
+    HangAnswer,
 }
 
 /// How the next `/api/v1/user` call misbehaves.

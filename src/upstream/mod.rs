@@ -50,7 +50,7 @@ pub struct UpstreamLogin {
 /// Owns Forgejo token sets: logins, refreshes, and the answer to "what is this user's current
 /// Forgejo token?" ([`UpstreamCredentials`]).
 pub struct Upstream {
-    client: ForgejoClient,
+    client: Arc<ForgejoClient>,
     store: GrantStore,
     sealer: Arc<dyn Sealer>,
     clock: SharedClock,
@@ -71,7 +71,7 @@ impl Upstream {
         access_ended: AccessEndedSender,
     ) -> Self {
         Self {
-            client,
+            client: Arc::new(client),
             store,
             sealer,
             clock,
@@ -196,6 +196,88 @@ impl Upstream {
         grant.tokens.expires_at - self.clock.now() > self.refresh_ahead_secs
     }
 
+    /// Refreshes under the user's lock, in a task of its own, and returns the new access token.
+    ///
+    /// Forgejo's refresh tokens are single-use: once Forgejo has answered a refresh, the set it
+    /// returned is the only one that works, and it must reach the database whatever happens to
+    /// the caller. A caller's future can be dropped at any await (a child's request abandoned, a
+    /// client gone); done in that future, a refresh dropped after Forgejo rotated the token
+    /// would lose the new set and leave the user's grant dead. The task owns the lock guard, so
+    /// the next caller waits until the new set is stored.
+    async fn refresh(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        user_id: UserId,
+        grant: store::StoredGrant,
+    ) -> Result<SecretString, UpstreamCredentialsError> {
+        let refresher = Refresher {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            audit: self.audit.clone(),
+            access_ended: self.access_ended.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let result = refresher.refresh_locked(user_id, grant).await;
+            drop(guard);
+            result
+        });
+        task.await.unwrap_or_else(|error| {
+            tracing::error!(user_id, %error, "the upstream refresh task failed");
+            Err(UpstreamCredentialsError::Unavailable)
+        })
+    }
+
+    /// Forces a refresh now (single-flight), whatever the expiry. For tests and operators.
+    pub async fn refresh_now(
+        &self,
+        user_id: UserId,
+    ) -> Result<SecretString, UpstreamCredentialsError> {
+        let guard = self.lock_for(user_id).lock_owned().await;
+        let grant = self.load(user_id)?;
+        self.refresh(guard, user_id, grant).await
+    }
+
+    /// Admin revoke: Forgejo has no revocation endpoint (forgejo-facts.md §0.2), so "burn" the
+    /// chain: refresh once and discard the result, leaving no valid refresh token anywhere,
+    /// then mark the grant dead. Access tokens already issued by Forgejo live until `exp`.
+    pub async fn burn(&self, user_id: UserId) -> Result<(), UpstreamCredentialsError> {
+        let lock = self.lock_for(user_id);
+        let _guard = lock.lock().await;
+        let grant = match self.load(user_id) {
+            Ok(grant) => grant,
+            Err(UpstreamCredentialsError::GrantDead | UpstreamCredentialsError::NoGrant) => {
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        if let Some(refresh_token) = grant.tokens.refresh_token.as_ref() {
+            match self.client.refresh(refresh_token, self.clock.now()).await {
+                Ok(discarded) => drop(discarded),
+                Err(UpstreamError::Rejected { .. }) => {}
+                Err(_) => return Err(UpstreamCredentialsError::Unavailable),
+            }
+        }
+        if let Err(error) = self.store.mark_dead(user_id, self.clock.now()) {
+            tracing::error!(user_id, %error, "cannot mark the upstream grant dead");
+            return Err(UpstreamCredentialsError::Unavailable);
+        }
+        self.audit.record(AuditEvent::UpstreamGrantDead { user_id });
+        let _ = self.access_ended.send(AccessEnded::User { user_id });
+        Ok(())
+    }
+}
+
+/// What a refresh needs, owned, so that it can finish in a task of its own.
+struct Refresher {
+    client: Arc<ForgejoClient>,
+    store: GrantStore,
+    clock: SharedClock,
+    audit: SharedAudit,
+    access_ended: AccessEndedSender,
+}
+
+impl Refresher {
     /// Refreshes with the lock held; persists the new set before returning its access token.
     async fn refresh_locked(
         &self,
@@ -254,46 +336,6 @@ impl Upstream {
         self.audit.record(AuditEvent::UpstreamGrantDead { user_id });
         let _ = self.access_ended.send(AccessEnded::User { user_id });
     }
-
-    /// Forces a refresh now (single-flight), whatever the expiry. For tests and operators.
-    pub async fn refresh_now(
-        &self,
-        user_id: UserId,
-    ) -> Result<SecretString, UpstreamCredentialsError> {
-        let lock = self.lock_for(user_id);
-        let _guard = lock.lock().await;
-        let grant = self.load(user_id)?;
-        self.refresh_locked(user_id, grant).await
-    }
-
-    /// Admin revoke: Forgejo has no revocation endpoint (forgejo-facts.md §0.2), so "burn" the
-    /// chain: refresh once and discard the result, leaving no valid refresh token anywhere,
-    /// then mark the grant dead. Access tokens already issued by Forgejo live until `exp`.
-    pub async fn burn(&self, user_id: UserId) -> Result<(), UpstreamCredentialsError> {
-        let lock = self.lock_for(user_id);
-        let _guard = lock.lock().await;
-        let grant = match self.load(user_id) {
-            Ok(grant) => grant,
-            Err(UpstreamCredentialsError::GrantDead | UpstreamCredentialsError::NoGrant) => {
-                return Ok(());
-            }
-            Err(error) => return Err(error),
-        };
-        if let Some(refresh_token) = grant.tokens.refresh_token.as_ref() {
-            match self.client.refresh(refresh_token, self.clock.now()).await {
-                Ok(discarded) => drop(discarded),
-                Err(UpstreamError::Rejected { .. }) => {}
-                Err(_) => return Err(UpstreamCredentialsError::Unavailable),
-            }
-        }
-        if let Err(error) = self.store.mark_dead(user_id, self.clock.now()) {
-            tracing::error!(user_id, %error, "cannot mark the upstream grant dead");
-            return Err(UpstreamCredentialsError::Unavailable);
-        }
-        self.audit.record(AuditEvent::UpstreamGrantDead { user_id });
-        let _ = self.access_ended.send(AccessEnded::User { user_id });
-        Ok(())
-    }
 }
 
 fn verifier_aad(pending_id: &str) -> Aad<'_> {
@@ -315,13 +357,12 @@ impl UpstreamCredentials for Upstream {
         if self.fresh_enough(&grant) {
             return Ok(grant.tokens.access_token);
         }
-        let lock = self.lock_for(user_id);
-        let _guard = lock.lock().await;
+        let guard = self.lock_for(user_id).lock_owned().await;
         // Another caller may have refreshed while we waited: read again under the lock.
         let grant = self.load(user_id)?;
         if self.fresh_enough(&grant) {
             return Ok(grant.tokens.access_token);
         }
-        self.refresh_locked(user_id, grant).await
+        self.refresh(guard, user_id, grant).await
     }
 }

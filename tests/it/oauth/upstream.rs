@@ -96,6 +96,51 @@ async fn concurrent_refreshes_make_exactly_one_upstream_call() {
 }
 
 #[tokio::test]
+async fn a_caller_that_gives_up_mid_refresh_does_not_lose_the_rotated_tokens() {
+    let broker = broker().await;
+    broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    let before = upstream.access_token(ALICE).await.unwrap();
+    broker.advance(400);
+    // Forgejo rotates the tokens, then its answer is slow; the caller (a child's request, say)
+    // is gone before it arrives.
+    broker
+        .standin
+        .inject_token_faults(TokenFault::HangAnswer, 1);
+    let caller = {
+        let upstream = upstream.clone();
+        tokio::spawn(async move { upstream.access_token(ALICE).await })
+    };
+    assert!(
+        broker
+            .standin
+            .wait_for_hung_requests(1, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(broker.standin.counters().refresh_grants, 1);
+    caller.abort();
+    assert!(caller.await.unwrap_err().is_cancelled());
+    broker.standin.release_hung_requests();
+    // The refresh finished without its caller: the new set was kept, and the next caller gets
+    // it without asking Forgejo again (the old refresh token no longer works there).
+    let token = upstream.access_token(ALICE).await.unwrap();
+    assert_ne!(token.expose_secret(), before.expose_secret());
+    assert!(
+        broker
+            .standin
+            .issued_tokens()
+            .contains(&token.expose_secret().to_owned())
+    );
+    assert_eq!(broker.standin.counters().refresh_grants, 1);
+    assert!(
+        broker
+            .audit_events()
+            .contains(&AuditEvent::UpstreamRefreshed { user_id: ALICE })
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log_in_again() {
     let broker = broker().await;
     let mut ended = broker.app().auth.access_ended.subscribe();

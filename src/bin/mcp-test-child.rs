@@ -2,7 +2,8 @@
 //! production use: it exists so tests can make a child misbehave on purpose.
 //!
 //! Start-up behaviours by argument: `--exit-at-start` (exits 3 before reading anything),
-//! `--garbage-at-start` (writes a non-JSON line first). Per-call behaviours by tool name:
+//! `--garbage-at-start` (writes a non-JSON line first), `--never-answer METHOD` (requests for
+//! METHOD are read and never answered). Per-call behaviours by tool name:
 //! `echo`, `pid` (so tests see respawns), `seen-id` (the request id the child received),
 //! `state` (subscriptions, log level, `initialized` count, cancellations seen), `env`,
 //! `crash` (exits mid-request), `garbage` (a non-JSON line, then the answer), `huge` (an
@@ -33,6 +34,7 @@ struct Child {
     state: Mutex<State>,
     waiting: Mutex<HashMap<String, mpsc::Sender<Value>>>,
     next_request: AtomicU64,
+    never_answer: Option<String>,
 }
 
 impl Child {
@@ -72,6 +74,10 @@ fn main() {
         state: Mutex::new(State::default()),
         waiting: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(1),
+        never_answer: args
+            .iter()
+            .position(|a| a == "--never-answer")
+            .and_then(|i| args.get(i + 1).cloned()),
     });
     if args.iter().any(|a| a == "--garbage-at-start") {
         child.send_raw("this is not JSON-RPC");
@@ -106,6 +112,9 @@ fn handle(child: &Arc<Child>, message: Value) {
         notification(child, &method, &params);
         return;
     };
+    if child.never_answer.as_deref() == Some(method.as_str()) {
+        return;
+    }
     match method.as_str() {
         "initialize" => {
             let version = params

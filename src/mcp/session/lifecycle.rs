@@ -41,8 +41,14 @@ impl Actor {
         });
         self.shared.pid.store(pid.unwrap_or(0), Ordering::SeqCst);
         let init_id = self.allocate_id();
-        self.pending
-            .insert(init_id, Pending::Internal { initialize: true });
+        let deadline = Instant::now() + self.ctx.config.initialize_timeout();
+        self.pending.insert(
+            init_id,
+            Pending::Internal {
+                initialize: true,
+                deadline,
+            },
+        );
         let params_raw = RawValue::from_string(params).ok();
         self.write_line(jsonrpc::request_line(
             init_id,
@@ -50,7 +56,6 @@ impl Actor {
             params_raw.as_deref(),
         ))
         .await;
-        let deadline = Instant::now() + self.ctx.config.initialize_timeout();
         self.init_result = None;
         while self.init_result.is_none() {
             let Some(child) = self.child.as_mut() else {
@@ -97,8 +102,13 @@ impl Actor {
         .await;
         for uri in self.record.subscriptions.clone() {
             let id = self.allocate_id();
-            self.pending
-                .insert(id, Pending::Internal { initialize: false });
+            self.pending.insert(
+                id,
+                Pending::Internal {
+                    initialize: false,
+                    deadline: Instant::now() + self.ctx.config.request_timeout(),
+                },
+            );
             let params = serde_json::json!({ "uri": uri }).to_string();
             let raw = RawValue::from_string(params).ok();
             self.write_line(jsonrpc::request_line(
@@ -110,8 +120,13 @@ impl Actor {
         }
         if let Some(level) = self.record.log_level.clone() {
             let id = self.allocate_id();
-            self.pending
-                .insert(id, Pending::Internal { initialize: false });
+            self.pending.insert(
+                id,
+                Pending::Internal {
+                    initialize: false,
+                    deadline: Instant::now() + self.ctx.config.request_timeout(),
+                },
+            );
             let raw = RawValue::from_string(serde_json::json!({ "level": level }).to_string()).ok();
             self.write_line(jsonrpc::request_line(
                 id,
@@ -200,7 +215,11 @@ impl Actor {
             .pending
             .iter()
             .filter_map(|(id, pending)| match pending {
-                Pending::Client { deadline, .. } if *deadline <= now => Some(*id),
+                Pending::Client { deadline, .. } | Pending::Internal { deadline, .. }
+                    if *deadline <= now =>
+                {
+                    Some(*id)
+                }
                 _ => None,
             })
             .collect();
@@ -219,13 +238,13 @@ impl Actor {
                     codes::REQUEST_TIMEOUT,
                     "the MCP server did not answer in time; the request was cancelled",
                 );
-                // Item 143: tell the child to stop working on it.
-                let line = jsonrpc::notification_line(
-                    "notifications/cancelled",
-                    Some(&serde_json::json!({"requestId": broker_id, "reason": "timeout"})),
-                );
-                self.write_line(line).await;
             }
+            // Item 143: tell the child to stop working on it.
+            let line = jsonrpc::notification_line(
+                "notifications/cancelled",
+                Some(&serde_json::json!({"requestId": broker_id, "reason": "timeout"})),
+            );
+            self.write_line(line).await;
         }
         let idle_for = self.ctx.clock.now() - self.shared.last_activity.load(Ordering::SeqCst);
         if self.child.is_some()

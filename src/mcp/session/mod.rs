@@ -123,8 +123,10 @@ enum Pending {
         deadline: Instant,
         tool: Option<String>,
     },
-    /// A request the broker made itself; its response is swallowed (item 138).
-    Internal { initialize: bool },
+    /// A request the broker made itself; its response is swallowed (item 138). Past its
+    /// deadline it is cancelled like a client's, so that a child that never answers cannot keep
+    /// the session from hibernating.
+    Internal { initialize: bool, deadline: Instant },
 }
 
 struct LiveChild {
@@ -634,12 +636,16 @@ impl Actor {
             return;
         };
         match pending {
-            Pending::Internal { initialize: true } => {
+            Pending::Internal {
+                initialize: true, ..
+            } => {
                 if let Message::Response { outcome, .. } = message {
                     self.init_result = Some(outcome);
                 }
             }
-            Pending::Internal { initialize: false } => {}
+            Pending::Internal {
+                initialize: false, ..
+            } => {}
             Pending::Client {
                 client_id,
                 stream,

@@ -380,3 +380,36 @@ async fn requests_in_flight_per_session_are_limited_with_a_clear_error() {
     assert!(client.pid().await > 0);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_replayed_request_the_child_never_answers_does_not_keep_the_session_awake() {
+    let mut config = test_config(test_child_profile(&[
+        "--never-answer",
+        "resources/subscribe",
+    ]));
+    config.idle_timeout_secs = 60;
+    config.request_timeout_ms = 300;
+    let broker = Broker::start(config).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let subscribe = client
+        .request("resources/subscribe", json!({"uri": "file:///watched"}))
+        .await;
+    assert_eq!(
+        subscribe["error"]["code"],
+        codes::REQUEST_TIMEOUT,
+        "{subscribe}"
+    );
+    broker.clock.advance(61);
+    assert!(eventually(WAIT, || async { broker.handle.running_children() == 0 }).await);
+
+    // The respawn replays the subscription; the child never answers the broker's request.
+    let respawned = client.pid().await;
+    broker.clock.advance(61);
+    assert!(
+        eventually(WAIT, || async { broker.handle.running_children() == 0 }).await,
+        "the unanswered replay kept the child running"
+    );
+    assert!(eventually(WAIT, || async { !process_alive(respawned) }).await);
+    broker.stop().await;
+}

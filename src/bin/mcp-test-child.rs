@@ -9,7 +9,8 @@
 //! `crash` (exits mid-request), `garbage` (a non-JSON line, then the answer), `huge` (an
 //! answer of `bytes` bytes), `slow` (answers after `ms`), `progress` (progress notifications
 //! for the request's token), `notify` (a log notification), `sample` (asks the client for
-//! sampling and returns its answer), `stderr` (writes `lines` lines to stderr).
+//! sampling and returns its answer), `stderr` (writes `lines` lines to stderr), `ping-client`
+//! (sends `count` pings to the client without waiting; `state` lists the answers that came).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ struct State {
     log_level: Option<String>,
     initialized: u64,
     cancelled: Vec<Value>,
+    /// Ids of answers to requests nobody waits for (`ping-client`'s pings).
+    answered: Vec<Value>,
 }
 
 struct Child {
@@ -105,6 +108,8 @@ fn handle(child: &Arc<Child>, message: Value) {
             && let Some(sender) = child.waiting.lock().ok().and_then(|mut w| w.remove(&key))
         {
             let _ = sender.send(message);
+        } else if let (Some(id), Ok(mut state)) = (id, child.state.lock()) {
+            state.answered.push(id);
         }
         return;
     };
@@ -151,8 +156,20 @@ fn handle(child: &Arc<Child>, message: Value) {
         }
         "tools/list" => {
             let names = [
-                "echo", "pid", "seen-id", "state", "env", "crash", "garbage", "huge", "slow",
-                "progress", "notify", "sample", "stderr",
+                "echo",
+                "pid",
+                "seen-id",
+                "state",
+                "env",
+                "crash",
+                "garbage",
+                "huge",
+                "slow",
+                "progress",
+                "notify",
+                "sample",
+                "stderr",
+                "ping-client",
             ];
             let tools: Vec<Value> = names
                 .iter()
@@ -215,6 +232,7 @@ fn call(child: &Arc<Child>, id: Value, params: &Value) {
                         "log_level": state.log_level,
                         "initialized": state.initialized,
                         "cancelled": state.cancelled,
+                        "answered": state.answered,
                     })
                     .to_string()
                 })
@@ -264,6 +282,16 @@ fn call(child: &Arc<Child>, id: Value, params: &Value) {
                 "params": {"level": "info", "data": "hello from the child"}
             }));
             child.text(&id, "notified");
+        }
+        "ping-client" => {
+            // `count` pings to the client, ids `ping-{from}`…, answered before any reply comes
+            // back.
+            let count = argument_u64(params, "count", 1);
+            let from = argument_u64(params, "from", 1);
+            for n in from..from + count {
+                child.send(&json!({"jsonrpc": "2.0", "id": format!("ping-{n}"), "method": "ping"}));
+            }
+            child.text(&id, format!("sent {count} pings"));
         }
         "sample" => {
             // The child's own request ids restart at 1 in every process, on purpose: the

@@ -9,7 +9,7 @@
 
 mod lifecycle;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -136,6 +136,10 @@ struct LiveChild {
     stderr_task: tokio::task::JoinHandle<()>,
 }
 
+/// Child → client requests awaiting the client's answer, per session. A client that never
+/// answers (or a child that keeps asking) must not grow the broker's memory without bound.
+const MAX_OUTBOUND_REQUESTS: usize = 256;
+
 pub struct Actor {
     shared: Arc<SessionShared>,
     ctx: Arc<Context>,
@@ -143,11 +147,15 @@ pub struct Actor {
     record: SessionRecord,
     child: Option<LiveChild>,
     next_id: i64,
+    /// Child → client requests are `srv-{tag}-{N}` to the client; the tag is random per actor,
+    /// so an answer to a request from before a restart never matches one made since.
+    outbound_tag: String,
     next_outbound: u64,
     pending: HashMap<i64, Pending>,
     progress: HashMap<String, StreamId>,
-    /// `srv-N` → the child's own id, for the current child only.
-    outbound: HashMap<String, Id>,
+    /// `N` → the child's own id, for the current child only; at most
+    /// [`MAX_OUTBOUND_REQUESTS`], the oldest forgotten first.
+    outbound: BTreeMap<u64, Id>,
     init_result: Option<Outcome>,
 }
 
@@ -172,10 +180,11 @@ impl Actor {
             record,
             child: None,
             next_id: 1,
+            outbound_tag: crate::secret::random_id(6).unwrap_or_else(|_| "0".to_owned()),
             next_outbound: 1,
             pending: HashMap::new(),
             progress: HashMap::new(),
-            outbound: HashMap::new(),
+            outbound: BTreeMap::new(),
             init_result: None,
         }
     }
@@ -487,7 +496,11 @@ impl Actor {
         let Message::Response { id, .. } = &message else {
             return;
         };
-        let Some(child_id) = id.as_str().and_then(|key| self.outbound.remove(&key)) else {
+        let Some(child_id) = id
+            .as_str()
+            .and_then(|key| self.outbound_number(&key))
+            .and_then(|n| self.outbound.remove(&n))
+        else {
             // A response for a request of an earlier child (or unknown): nobody waits for it.
             return;
         };
@@ -584,10 +597,15 @@ impl Actor {
         match &message {
             Message::Response { id, .. } => self.route_response(message_id_i64(id), message),
             Message::Request { id, .. } => {
-                let outbound = format!("srv-{}", self.next_outbound);
+                let n = self.next_outbound;
                 self.next_outbound += 1;
-                self.outbound.insert(outbound.clone(), id.clone());
-                let line = message.to_line_with_id(Some(&Id::string(&outbound)));
+                if self.outbound.len() >= MAX_OUTBOUND_REQUESTS
+                    && let Some((forgotten, _)) = self.outbound.pop_first()
+                {
+                    tracing::warn!(session = %self.shared.label, forgotten, "the MCP server has too many requests to the client unanswered; the oldest is forgotten");
+                }
+                self.outbound.insert(n, id.clone());
+                let line = message.to_line_with_id(Some(&Id::string(&self.outbound_id(n))));
                 self.deliver_unrelated(line);
             }
             Message::Notification { method, .. } => {
@@ -607,13 +625,13 @@ impl Actor {
                         self.outbound
                             .iter()
                             .find(|(_, id)| id.key() == child_id.get())
-                            .map(|(outbound, _)| outbound.clone())
+                            .map(|(n, _)| *n)
                     });
-                    if let Some(outbound) = known {
-                        self.outbound.remove(&outbound);
+                    if let Some(n) = known {
+                        self.outbound.remove(&n);
                         let line = jsonrpc::notification_line(
                             "notifications/cancelled",
-                            Some(&serde_json::json!({"requestId": outbound})),
+                            Some(&serde_json::json!({"requestId": self.outbound_id(n)})),
                         );
                         self.deliver_unrelated(line);
                     }
@@ -622,6 +640,19 @@ impl Actor {
                 }
             }
         }
+    }
+
+    fn outbound_id(&self, n: u64) -> String {
+        format!("srv-{}-{n}", self.outbound_tag)
+    }
+
+    /// `N` of an id this actor gave out as `srv-{tag}-{N}`.
+    fn outbound_number(&self, id: &str) -> Option<u64> {
+        id.strip_prefix("srv-")?
+            .strip_prefix(self.outbound_tag.as_str())?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
     }
 
     fn deliver_unrelated(&self, line: String) {

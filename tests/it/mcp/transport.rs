@@ -606,3 +606,53 @@ async fn a_pretty_printed_request_reaches_the_child_as_one_message() {
     assert_eq!(client.pid().await, pid);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn requests_to_the_client_left_unanswered_are_bounded_and_ids_never_repeat() {
+    let broker = Broker::start(test_config(test_child_profile(&[]))).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let (_, mut get) = client.open_get(None).await;
+    let mut ids = Vec::new();
+    // In two bursts, each within what a live stream buffers for a slow reader.
+    for from in [1, 151] {
+        let sent = client
+            .tool_text("ping-client", json!({"count": 150, "from": from}))
+            .await;
+        assert_eq!(sent, "sent 150 pings");
+        while ids.len() < from + 149 {
+            let (_, ping) = get.next_message(WAIT).await.expect("a ping");
+            assert_eq!(ping["method"], "ping", "{ping}");
+            ids.push(ping["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 300);
+    // The 44 oldest were forgotten (at most 256 wait): their answers reach nobody.
+    for id in [&ids[0], &ids[43], &ids[44], &ids[299]] {
+        let reply = client
+            .post(&json!({"jsonrpc": "2.0", "id": id, "result": {}}))
+            .await;
+        assert_eq!(reply.status, 202);
+    }
+    let state: Value = serde_json::from_str(&client.tool_text("state", json!({})).await).unwrap();
+    assert_eq!(state["answered"], json!(["ping-45", "ping-300"]), "{state}");
+
+    // After a restart the same session's requests get ids that none from before can match.
+    let session = client.session.clone();
+    let broker = broker.restart().await;
+    let mut client = broker.client("t1");
+    client.session = session;
+    let (_, mut get) = client.open_get(None).await;
+    client.tool_text("ping-client", json!({"count": 1})).await;
+    let (_, ping) = get.next_message(WAIT).await.expect("a ping");
+    let id = ping["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("srv-") && !ids.contains(&id), "{id}");
+    let stale = client
+        .post(&json!({"jsonrpc": "2.0", "id": ids[299], "result": {}}))
+        .await;
+    assert_eq!(stale.status, 202);
+    let state: Value = serde_json::from_str(&client.tool_text("state", json!({})).await).unwrap();
+    assert_eq!(state["answered"], json!([]), "{state}");
+    broker.stop().await;
+}

@@ -3,7 +3,8 @@
 //!
 //! Start-up behaviours by argument: `--exit-at-start` (exits 3 before reading anything),
 //! `--garbage-at-start` (writes a non-JSON line first), `--never-answer METHOD` (requests for
-//! METHOD are read and never answered). Per-call behaviours by tool name:
+//! METHOD are read and never answered), `--linger` (stays after its stdin closes, until a
+//! signal ends it). Per-call behaviours by tool name:
 //! `echo`, `pid` (so tests see respawns), `seen-id` (the request id the child received),
 //! `state` (subscriptions, log level, `initialized` count, cancellations seen), `env`,
 //! `crash` (exits mid-request), `garbage` (a non-JSON line, then the answer), `huge` (an
@@ -92,6 +93,11 @@ fn main() {
             continue;
         };
         handle(&child, message);
+    }
+    if args.iter().any(|a| a == "--linger") {
+        loop {
+            std::thread::park();
+        }
     }
 }
 

@@ -263,8 +263,13 @@ impl Registry {
         Ok(shared)
     }
 
-    /// Ends a session: stops its child, closes its streams, deletes its record.
+    /// Ends a session: deletes its record, stops its child, closes its streams. The record
+    /// goes first: a request that arrives while the child stops must not find the session
+    /// gone from memory but still on disk, and load it again.
     pub async fn end(&self, shared: &Arc<SessionShared>, reason: &str) {
+        if let Err(error) = self.ctx.store.delete(&shared.key) {
+            tracing::error!(session = %shared.label, %error, "cannot delete the session record");
+        }
         self.forget(&shared.key);
         let (reply, done) = oneshot::channel();
         if shared
@@ -278,9 +283,6 @@ impl Registry {
         {
             let _ = done.await;
         }
-        if let Err(error) = self.ctx.store.delete(&shared.key) {
-            tracing::error!(session = %shared.label, %error, "cannot delete the session record");
-        }
         self.ctx.audit.record(AuditEvent::SessionEnded {
             session: shared.label.clone(),
             user_id: shared.user_id,
@@ -290,6 +292,9 @@ impl Registry {
 
     /// [`Registry::end`] without waiting (from synchronous contexts).
     pub fn end_detached(&self, shared: Arc<SessionShared>, reason: &'static str) {
+        if let Err(error) = self.ctx.store.delete(&shared.key) {
+            tracing::error!(session = %shared.label, %error, "cannot delete the session record");
+        }
         self.forget(&shared.key);
         let ctx = self.ctx.clone();
         self.ctx.tasks.spawn(async move {
@@ -304,9 +309,6 @@ impl Registry {
                 .is_ok()
             {
                 let _ = done.await;
-            }
-            if let Err(error) = ctx.store.delete(&shared.key) {
-                tracing::error!(session = %shared.label, %error, "cannot delete the session record");
             }
             ctx.audit.record(AuditEvent::SessionEnded {
                 session: shared.label.clone(),

@@ -413,3 +413,35 @@ async fn a_replayed_request_the_child_never_answers_does_not_keep_the_session_aw
     assert!(eventually(WAIT, || async { !process_alive(respawned) }).await);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_while_delete_stops_the_child_does_not_bring_the_session_back() {
+    // The child stays after its stdin closes, so stopping it takes the grace period: requests
+    // keep arriving while the session is no longer in memory.
+    let mut config = test_config(test_child_profile(&["--linger"]));
+    config.stop_grace_ms = 4_000;
+    let broker = Broker::start(config).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    let pid = client.pid().await;
+    let deleting = {
+        let request = client
+            .http
+            .delete(format!("{}/mcp", client.base))
+            .bearer_auth(&client.token)
+            .header("mcp-session-id", client.session.clone().unwrap());
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    };
+    let gone = eventually(WAIT, || async {
+        let reply = client
+            .post(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}))
+            .await;
+        reply.status == 404
+    })
+    .await;
+    assert!(gone, "the session came back from its stored record");
+    assert_eq!(deleting.await.unwrap(), 204);
+    assert!(!process_alive(pid));
+    assert_eq!(broker.handle.running_children(), 0);
+    broker.stop().await;
+}

@@ -147,15 +147,21 @@ impl StreamTable {
         Some(format!("{}-{stream}-{seq}", self.epoch))
     }
 
+    /// Keeps at most `max_streams`: the oldest finished streams go first; a disconnected one
+    /// that still awaits a response (its client may resume it with `Last-Event-ID`) goes only
+    /// when no finished stream is left to forget.
     fn forget_old_streams(&mut self) {
         while self.streams.len() > self.max_streams {
-            let Some(position) = self.order.iter().position(|id| {
-                self.streams
-                    .get(id)
-                    .is_none_or(|stream| stream.finished || !stream.is_live())
-                    && Some(*id) != self.get_stream
-                    && Some(*id) != self.legacy_stream
-            }) else {
+            let forgettable = |finished_only: bool| {
+                self.order.iter().position(|id| {
+                    Some(*id) != self.get_stream
+                        && Some(*id) != self.legacy_stream
+                        && self.streams.get(id).is_none_or(|stream| {
+                            stream.finished || (!finished_only && !stream.is_live())
+                        })
+                })
+            };
+            let Some(position) = forgettable(true).or_else(|| forgettable(false)) else {
                 return;
             };
             if let Some(id) = self.order.remove(position) {
@@ -400,6 +406,24 @@ mod tests {
             .collect();
         assert_eq!(replayed, ["r1", "r2"]);
         assert!(live.is_none(), "the stream is complete");
+    }
+
+    #[test]
+    fn a_disconnected_stream_awaiting_its_response_outlives_finished_ones() {
+        let mut table = StreamTable::new("e".into(), 8, 8);
+        let (waiting, rx) = table.open(StreamKind::PostSse, 1);
+        let primed = table.priming_event_id(waiting).unwrap();
+        drop(rx); // the client lost the connection while the request runs
+        for _ in 0..100 {
+            let (done, _rx) = table.open(StreamKind::PostSse, 1);
+            table.deliver_response(done, msg("quick"));
+        }
+        table.deliver_response(waiting, msg("slow"));
+        let (frames, live) = table.resume(&primed).expect("the stream is still there");
+        assert!(live.is_none(), "it ended with its response");
+        assert!(
+            matches!(frames.as_slice(), [Frame::Message { json, .. }] if json.as_ref() == "slow")
+        );
     }
 
     #[test]

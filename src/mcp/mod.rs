@@ -69,6 +69,9 @@ pub struct McpConfig {
     pub replay_buffer_events: usize,
     /// Messages kept for a session with no open stream.
     pub pending_queue_messages: usize,
+    /// Bytes a session keeps, across its streams' replay buffers and its queue; past it the
+    /// oldest replayable events go first, then the oldest queued messages.
+    pub retained_bytes_per_session: usize,
     /// Lines of child stderr logged per second per child; the rest are counted and dropped.
     pub stderr_lines_per_second: u32,
     /// Checklist item 165: a non-initialize POST without `Mcp-Session-Id` from a caller (same
@@ -97,6 +100,7 @@ impl Default for McpConfig {
             max_line_bytes: 8 * 1024 * 1024,
             replay_buffer_events: 256,
             pending_queue_messages: 256,
+            retained_bytes_per_session: 32 * 1024 * 1024,
             stderr_lines_per_second: 20,
             route_sessionless_to_sole_session: true,
             child: ChildProfileConfig::default(),
@@ -161,6 +165,10 @@ impl Validate for McpConfig {
             ("mcp.max_line_bytes", self.max_line_bytes),
             ("mcp.replay_buffer_events", self.replay_buffer_events),
             ("mcp.pending_queue_messages", self.pending_queue_messages),
+            (
+                "mcp.retained_bytes_per_session",
+                self.retained_bytes_per_session,
+            ),
         ];
         for (key, value) in sizes {
             if value == 0 {

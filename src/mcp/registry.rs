@@ -232,6 +232,7 @@ impl Registry {
                 epoch,
                 self.ctx.config.replay_buffer_events,
                 self.ctx.config.pending_queue_messages,
+                self.ctx.config.retained_bytes_per_session,
             )),
             last_activity: AtomicI64::new(record.last_seen),
             persisted_at: AtomicI64::new(record.last_seen),

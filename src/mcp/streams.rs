@@ -77,12 +77,20 @@ pub struct StreamTable {
     queue: VecDeque<Arc<str>>,
     replay_capacity: usize,
     queue_capacity: usize,
+    /// Bytes held by replay buffers and the queue together, and the most they may hold.
+    retained_bytes: usize,
+    max_retained_bytes: usize,
     max_streams: usize,
     live_capacity: usize,
 }
 
 impl StreamTable {
-    pub fn new(epoch: String, replay_capacity: usize, queue_capacity: usize) -> Self {
+    pub fn new(
+        epoch: String,
+        replay_capacity: usize,
+        queue_capacity: usize,
+        max_retained_bytes: usize,
+    ) -> Self {
         Self {
             epoch,
             next_stream: 1,
@@ -93,6 +101,8 @@ impl StreamTable {
             queue: VecDeque::new(),
             replay_capacity: replay_capacity.max(1),
             queue_capacity: queue_capacity.max(1),
+            retained_bytes: 0,
+            max_retained_bytes,
             max_streams: 64,
             live_capacity: 256,
         }
@@ -164,14 +174,21 @@ impl StreamTable {
             let Some(position) = forgettable(true).or_else(|| forgettable(false)) else {
                 return;
             };
-            if let Some(id) = self.order.remove(position) {
-                self.streams.remove(&id);
+            if let Some(id) = self.order.remove(position)
+                && let Some(stream) = self.streams.remove(&id)
+            {
+                self.retained_bytes -= stream
+                    .replay
+                    .iter()
+                    .map(|(_, json)| json.len())
+                    .sum::<usize>();
             }
         }
     }
 
     fn drain_queue_into(&mut self, id: StreamId) {
         while let Some(json) = self.queue.pop_front() {
+            self.retained_bytes -= json.len();
             self.push(id, json);
         }
     }
@@ -187,9 +204,12 @@ impl StreamTable {
         stream.next_seq += 1;
         let replayable = stream.kind != StreamKind::Json;
         if replayable {
-            if stream.replay.len() >= self.replay_capacity {
-                stream.replay.pop_front();
+            if stream.replay.len() >= self.replay_capacity
+                && let Some((_, dropped)) = stream.replay.pop_front()
+            {
+                self.retained_bytes -= dropped.len();
             }
+            self.retained_bytes += json.len();
             stream.replay.push_back((seq, json.clone()));
         }
         if let Some(live) = &stream.live {
@@ -200,6 +220,7 @@ impl StreamTable {
                 stream.live = None;
             }
         }
+        self.trim_to_budget();
     }
 
     /// A response to a request of `stream`; ends the stream after its last response.
@@ -258,12 +279,44 @@ impl StreamTable {
             return Placement::Stream(id);
         }
         let mut placement = Placement::Queued;
-        if self.queue.len() >= self.queue_capacity {
-            self.queue.pop_front();
+        if self.queue.len() >= self.queue_capacity
+            && let Some(dropped) = self.queue.pop_front()
+        {
+            self.retained_bytes -= dropped.len();
             placement = Placement::QueuedDroppingOldest;
         }
+        self.retained_bytes += json.len();
         self.queue.push_back(json);
+        if self.trim_to_budget() {
+            placement = Placement::QueuedDroppingOldest;
+        }
         placement
+    }
+
+    /// Drops what the session holds beyond its byte budget: the oldest replayable events
+    /// first (they were sent, or belong to a stream the client may never resume), then the
+    /// oldest queued messages. Whether a queued message had to go.
+    fn trim_to_budget(&mut self) -> bool {
+        let mut dropped_queued = false;
+        while self.retained_bytes > self.max_retained_bytes {
+            let oldest = self.order.iter().copied().find(|id| {
+                self.streams
+                    .get(id)
+                    .is_some_and(|stream| !stream.replay.is_empty())
+            });
+            let dropped = oldest
+                .and_then(|id| self.streams.get_mut(&id))
+                .and_then(|stream| stream.replay.pop_front());
+            if let Some((_, dropped)) = dropped {
+                self.retained_bytes -= dropped.len();
+            } else if let Some(dropped) = self.queue.pop_front() {
+                self.retained_bytes -= dropped.len();
+                dropped_queued = true;
+            } else {
+                break;
+            }
+        }
+        dropped_queued
     }
 
     /// Resumes a stream after `last_event_id` (items 110–112): returns the messages after it
@@ -352,7 +405,7 @@ mod tests {
 
     #[test]
     fn notifications_prefer_get_then_post_then_queue() {
-        let mut table = StreamTable::new("e".into(), 8, 2);
+        let mut table = StreamTable::new("e".into(), 8, 2, 1 << 20);
         assert_eq!(table.deliver_unrelated(msg("a")), Placement::Queued);
         let (post, mut post_rx) = table.open(StreamKind::PostSse, 1);
         // Opening a stream drains the queue into it.
@@ -371,7 +424,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded() {
-        let mut table = StreamTable::new("e".into(), 8, 2);
+        let mut table = StreamTable::new("e".into(), 8, 2, 1 << 20);
         table.deliver_unrelated(msg("1"));
         table.deliver_unrelated(msg("2"));
         assert_eq!(
@@ -383,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_post_stream_ends_after_its_responses_and_replays_what_was_missed() {
-        let mut table = StreamTable::new("e".into(), 8, 8);
+        let mut table = StreamTable::new("e".into(), 8, 8, 1 << 20);
         let (post, mut rx) = table.open(StreamKind::PostSse, 2);
         table.deliver_related(Some(post), msg("progress"));
         let Ok(Frame::Message {
@@ -410,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_disconnected_stream_awaiting_its_response_outlives_finished_ones() {
-        let mut table = StreamTable::new("e".into(), 8, 8);
+        let mut table = StreamTable::new("e".into(), 8, 8, 1 << 20);
         let (waiting, rx) = table.open(StreamKind::PostSse, 1);
         let primed = table.priming_event_id(waiting).unwrap();
         drop(rx); // the client lost the connection while the request runs
@@ -426,9 +479,66 @@ mod tests {
         );
     }
 
+    /// What the table holds, counted the slow way.
+    fn held(table: &StreamTable) -> usize {
+        let replay: usize = table
+            .streams
+            .values()
+            .flat_map(|stream| stream.replay.iter())
+            .map(|(_, json)| json.len())
+            .sum();
+        replay + table.queue.iter().map(|json| json.len()).sum::<usize>()
+    }
+
+    #[test]
+    fn a_session_holds_at_most_its_byte_budget_oldest_first() {
+        let ten = "0123456789";
+        let mut table = StreamTable::new("e".into(), 100, 100, 36);
+        // Queued only: the fourth message pushes the oldest out.
+        for n in 0..3 {
+            assert_eq!(
+                table.deliver_unrelated(msg(&format!("q{n}{ten}"))),
+                Placement::Queued
+            );
+        }
+        assert_eq!(
+            table.deliver_unrelated(msg(&format!("q3{ten}"))),
+            Placement::QueuedDroppingOldest
+        );
+        assert_eq!(table.queued(), 3);
+        assert_eq!(held(&table), table.retained_bytes);
+        // A stream takes the queue; its oldest replayable events go before newer ones.
+        let (post, rx) = table.open(StreamKind::PostSse, 10);
+        let primed = table.priming_event_id(post).unwrap();
+        drop(rx);
+        for n in 0..5 {
+            table.deliver_related(Some(post), msg(&format!("g{n}{ten}")));
+            assert!(table.retained_bytes <= 36);
+            assert_eq!(held(&table), table.retained_bytes);
+        }
+        let (frames, _) = table.resume(&primed).unwrap();
+        let replayed: Vec<String> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Message { json, .. } => Some(json.to_string()),
+                Frame::End => None,
+            })
+            .collect();
+        assert_eq!(
+            replayed,
+            [format!("g2{ten}"), format!("g3{ten}"), format!("g4{ten}")]
+        );
+        // Forgotten streams give their bytes back.
+        for _ in 0..80 {
+            let (post, _rx) = table.open(StreamKind::PostSse, 1);
+            table.deliver_response(post, msg("r"));
+            assert_eq!(held(&table), table.retained_bytes);
+        }
+    }
+
     #[test]
     fn foreign_or_stale_event_ids_are_not_resumed() {
-        let mut table = StreamTable::new("epoch1".into(), 8, 8);
+        let mut table = StreamTable::new("epoch1".into(), 8, 8, 1 << 20);
         let _ = table.open(StreamKind::Get, 0);
         assert!(table.resume("epoch0-1-1").is_none());
         assert!(table.resume("epoch1-99-1").is_none());
@@ -438,7 +548,7 @@ mod tests {
 
     #[test]
     fn a_new_get_stream_replaces_the_old_one() {
-        let mut table = StreamTable::new("e".into(), 8, 8);
+        let mut table = StreamTable::new("e".into(), 8, 8, 1 << 20);
         let (_, mut old) = table.open(StreamKind::Get, 0);
         let (new, _new_rx) = table.open(StreamKind::Get, 0);
         assert!(matches!(old.try_recv(), Ok(Frame::End)));

@@ -101,10 +101,8 @@ pub(super) async fn legacy_inner(
     if !session.legacy {
         return Err(EdgeError::SessionNotFound);
     }
-    let messages = read_body(body, edge.config.max_body_bytes)
-        .await
-        .map_err(|(error, _)| error)?;
-    if messages.len() != 1 {
+    let (messages, batch) = read_body(body, edge.config.max_body_bytes).await?;
+    if batch || messages.len() != 1 {
         return Err(EdgeError::InvalidMessage(
             "2024-11-05 takes one message per POST",
         ));

@@ -345,36 +345,29 @@ fn answer_kind(headers: &HeaderMap) -> Result<Answer, EdgeError> {
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Vec<Message>, (EdgeError, bool)> {
+/// A POST body's messages, and whether they came as a JSON array (a batch, even of one: it is
+/// answered with an array, and only where batches are allowed).
+async fn read_body(body: Body, limit: usize) -> Result<(Vec<Message>, bool), EdgeError> {
     let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| (EdgeError::BodyTooLarge(limit), false))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| (EdgeError::Parse, false))?;
+        .map_err(|_| EdgeError::BodyTooLarge(limit))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| EdgeError::Parse)?;
     if text.trim_start().starts_with('[') {
-        let items: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|_| (EdgeError::Parse, true))?;
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| EdgeError::Parse)?;
         if items.is_empty() {
-            return Err((EdgeError::InvalidMessage("empty batch"), true));
+            return Err(EdgeError::InvalidMessage("empty batch"));
         }
         let messages = items
             .iter()
             .map(|item| Message::parse(item.get()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| {
-                (
-                    EdgeError::InvalidMessage("not a JSON-RPC 2.0 message"),
-                    true,
-                )
-            })?;
-        Ok(messages)
+            .map_err(|_| EdgeError::InvalidMessage("not a JSON-RPC 2.0 message"))?;
+        Ok((messages, true))
     } else {
         let message = Message::parse(text).map_err(|error| match error {
-            jsonrpc::EnvelopeError::NotJson => (EdgeError::Parse, false),
-            _ => (
-                EdgeError::InvalidMessage("not a JSON-RPC 2.0 message"),
-                false,
-            ),
+            jsonrpc::EnvelopeError::NotJson => EdgeError::Parse,
+            _ => EdgeError::InvalidMessage("not a JSON-RPC 2.0 message"),
         })?;
-        Ok(vec![message])
+        Ok((vec![message], false))
     }
 }

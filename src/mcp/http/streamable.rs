@@ -40,14 +40,14 @@ pub(super) async fn post_inner(
     body: Body,
 ) -> Result<Response, EdgeError> {
     let answer = answer_kind(headers)?;
-    let (messages, batch) = match read_body(body, edge.config.max_body_bytes).await {
-        Ok(messages) => {
-            let batch = messages.len() > 1;
-            (messages, batch)
-        }
-        Err((error, _)) => return Err(error),
-    };
+    let (messages, batch) = read_body(body, edge.config.max_body_bytes).await?;
     let is_initialize = messages.iter().any(|m| m.method() == Some("initialize"));
+    if batch && is_initialize {
+        // Item 99, before anything else: there is no session whose version could allow it.
+        return Err(EdgeError::InvalidMessage(
+            "initialize must not be in a batch",
+        ));
+    }
     let Some(session_id) = session_header(headers) else {
         return match messages.as_slice() {
             [Message::Request { method, .. }] if method == "initialize" => {

@@ -435,6 +435,31 @@ async fn batches_only_for_sessions_at_2025_03_26() {
         .collect();
     texts.sort();
     assert_eq!(texts, ["a", "b"]);
+
+    // A batch of one is still a batch: refused where batches are, answered with an array
+    // where they are allowed.
+    let one = json!([
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "c"}}}
+    ]);
+    let refused = modern.post(&one).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let reply = old.post(&one).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let answer: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(answer[0]["result"]["content"][0]["text"], "c", "{answer}");
+    let fresh = broker.user("t3", 3, "client-a", "grant-3");
+    let init = fresh
+        .post(&json!([{"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-03-26", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}]))
+        .await;
+    assert_eq!(init.status, 400, "{}", init.body);
+    assert!(
+        init.body.contains("initialize must not be in a batch"),
+        "{}",
+        init.body
+    );
+    assert!(init.headers.get("mcp-session-id").is_none());
     broker.stop().await;
 }
 

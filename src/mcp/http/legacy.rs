@@ -140,6 +140,12 @@ pub(super) async fn legacy_inner(
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     let is_request = matches!(first, Message::Request { .. });
+    let in_flight = session.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    if is_request && in_flight >= edge.config.max_in_flight_per_session {
+        return Err(EdgeError::TooManyInFlight(
+            edge.config.max_in_flight_per_session,
+        ));
+    }
     forward(edge, &session, vec![first], is_request.then_some(stream)).await?;
     // Item 125: POSTs are acknowledged; the answer travels on the SSE stream.
     Ok(StatusCode::ACCEPTED.into_response())

@@ -554,6 +554,71 @@ async fn legacy_http_sse_transport_works_end_to_end() {
 }
 
 #[tokio::test]
+async fn legacy_requests_in_flight_are_limited_too() {
+    let mut config = test_config(test_child_profile(&[]));
+    config.max_in_flight_per_session = 1;
+    let broker = Broker::start(config).await;
+    broker.verifier.issue("t1", 1, "client-a", "grant-1");
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{}/sse", broker.url))
+        .bearer_auth("t1")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut stream = SseStream::new(response);
+    let endpoint = stream.next_event(WAIT).await.unwrap();
+    let post = |body: Value| {
+        http.post(format!("{}{}", broker.url, endpoint.data))
+            .bearer_auth("t1")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    post(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2024-11-05", "capabilities": {"sampling": {}},
+                   "clientInfo": {"name": "old", "version": "1"}}}))
+    .await
+    .unwrap();
+    stream.next_event(WAIT).await.unwrap();
+    post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await
+        .unwrap();
+    // A request the child holds open until the client answers its sampling request.
+    let held = post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "sample"}}))
+    .await
+    .unwrap();
+    assert_eq!(held.status(), 202);
+    let sampling = stream.next_event(WAIT).await.unwrap().json();
+    assert_eq!(sampling["method"], "sampling/createMessage", "{sampling}");
+    let refused = post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "pid"}}))
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], codes::LIMIT_REACHED, "{body}");
+    // Once the held request is answered, the next one goes through.
+    post(
+        json!({"jsonrpc": "2.0", "id": sampling["id"], "result": {"role": "assistant",
+        "content": {"type": "text", "text": "ok"}, "model": "m"}}),
+    )
+    .await
+    .unwrap();
+    let answer = stream.next_event(WAIT).await.unwrap().json();
+    assert_eq!(answer["id"], 2, "{answer}");
+    let accepted = post(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+        "params": {"name": "pid"}}))
+    .await
+    .unwrap();
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(stream.next_event(WAIT).await.unwrap().json()["id"], 4);
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_cancellation_maps_to_the_childs_id() {
     let broker = Broker::start(test_config(test_child_profile(&[]))).await;
     let mut client = broker.user("t1", 1, "client-a", "grant-1");

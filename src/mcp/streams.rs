@@ -359,6 +359,8 @@ impl StreamTable {
         if let Some(old) = stream.live.replace(sender) {
             let _ = old.try_send(Frame::End);
         }
+        // A stream that is connected again takes what waited for one, as a new one would.
+        self.drain_queue_into(id);
         Some((frames, Some(receiver)))
     }
 
@@ -534,6 +536,23 @@ mod tests {
             table.deliver_response(post, msg("r"));
             assert_eq!(held(&table), table.retained_bytes);
         }
+    }
+
+    #[test]
+    fn a_resumed_stream_takes_what_was_queued() {
+        let mut table = StreamTable::new("e".into(), 8, 8, 1 << 20);
+        let (get, rx) = table.open(StreamKind::Get, 0);
+        let primed = table.priming_event_id(get).unwrap();
+        drop(rx); // the client lost the connection: nothing is live
+        assert_eq!(
+            table.deliver_unrelated(msg("while away")),
+            Placement::Queued
+        );
+        let (frames, live) = table.resume(&primed).unwrap();
+        assert!(frames.is_empty());
+        let mut live = live.expect("the GET stream goes on");
+        assert_eq!(next_json(&mut live).as_deref(), Some("while away"));
+        assert_eq!(table.queued(), 0);
     }
 
     #[test]

@@ -160,7 +160,10 @@ pub fn browser_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn set_cookie_header(state: &OAuthState, value: &str) -> Option<HeaderValue> {
-    let max_age = state.config.consent_ttl_secs + state.config.upstream_login_ttl_secs;
+    let max_age = state
+        .config
+        .consent_ttl_secs
+        .saturating_add(state.config.upstream_login_ttl_secs);
     // __Host-: Secure, Path=/, no Domain (RFC 6265bis §4.1.3.2). SameSite=Lax lets the cookie
     // ride along on Forgejo's top-level redirect back to /oauth/callback.
     let text = if state.secure_cookies {
@@ -242,7 +245,7 @@ fn open_consent(
         browser_hash: hash_token(browser.expose_secret()),
         csrf_hash: hash_token(csrf.expose_secret()),
         upstream_verifier: None,
-        expires_at: now + OAuthState::ttl(state.config.consent_ttl_secs),
+        expires_at: OAuthState::expires_at(now, state.config.consent_ttl_secs),
     };
     state.store.insert_pending(
         &pending,
@@ -422,7 +425,7 @@ pub async fn consent(
             &hash_token(login.state.expose_secret()),
             &sealed,
             now,
-            now + OAuthState::ttl(state.config.upstream_login_ttl_secs),
+            OAuthState::expires_at(now, state.config.upstream_login_ttl_secs),
         )
         .map_err(OAuthFailure::page)?;
     if !moved {

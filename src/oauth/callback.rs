@@ -142,7 +142,7 @@ pub async fn callback(
                 scope: pending.scope.clone(),
                 user_id: user.id,
                 username: user.login.clone(),
-                expires_at: now + OAuthState::ttl(state.config.code_ttl_secs),
+                expires_at: OAuthState::expires_at(now, state.config.code_ttl_secs),
             },
         )
         .map_err(to_client)?;

@@ -44,6 +44,10 @@ pub(crate) fn redacted(value: &Option<String>) -> &'static str {
     }
 }
 
+/// The longest lifetime any `[oauth]` setting may give (10 years): far beyond any sensible
+/// token or cache lifetime, and far from where `now + lifetime` leaves `i64`.
+pub const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
 /// `[oauth]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -129,6 +133,28 @@ impl Validate for OAuthConfig {
         for (key, value) in positive {
             if value == 0 {
                 errors.push(key, "must be positive");
+            }
+        }
+        let lifetimes = [
+            ("oauth.access_token_ttl_secs", self.access_token_ttl_secs),
+            ("oauth.refresh_token_ttl_secs", self.refresh_token_ttl_secs),
+            (
+                "oauth.upstream_login_ttl_secs",
+                self.upstream_login_ttl_secs,
+            ),
+            (
+                "oauth.upstream_refresh_ahead_secs",
+                self.upstream_refresh_ahead_secs,
+            ),
+            ("oauth.unused_client_ttl_secs", self.unused_client_ttl_secs),
+            ("oauth.cimd_cache_ttl_secs", self.cimd_cache_ttl_secs),
+        ];
+        for (key, value) in lifetimes {
+            if value > MAX_LIFETIME_SECS {
+                errors.push(
+                    key,
+                    format!("must be at most {MAX_LIFETIME_SECS} (10 years)"),
+                );
             }
         }
         if self.code_ttl_secs > 600 {
@@ -258,6 +284,12 @@ impl OAuthState {
     pub fn ttl(seconds: u64) -> i64 {
         i64::try_from(seconds).unwrap_or(i64::MAX)
     }
+
+    /// When something made at `now` that lives `ttl_secs` ends. Saturates: validation bounds
+    /// the lifetimes, but a wrapped expiry would be in the past (release) or a panic (debug).
+    pub fn expires_at(now: UnixSeconds, ttl_secs: u64) -> UnixSeconds {
+        now.saturating_add(Self::ttl(ttl_secs))
+    }
 }
 
 /// Builds the shared state from configuration.
@@ -367,4 +399,47 @@ pub fn router(state: Arc<OAuthState>, limiter: &SharedRateLimiter) -> Router {
         .route("/oauth/callback", get(callback::callback))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024));
     machine.merge(browser).with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries_saturate_instead_of_overflowing() {
+        assert_eq!(OAuthState::expires_at(1_800_000_000, 60), 1_800_000_060);
+        assert_eq!(OAuthState::expires_at(1_800_000_000, u64::MAX), i64::MAX);
+        // The largest integer a TOML file can hold.
+        assert_eq!(
+            OAuthState::expires_at(1_800_000_000, 9_223_372_036_854_775_807),
+            i64::MAX
+        );
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_refused_naming_the_setting() {
+        let config = OAuthConfig {
+            access_token_ttl_secs: MAX_LIFETIME_SECS + 1,
+            refresh_token_ttl_secs: u64::MAX,
+            ..OAuthConfig::default()
+        };
+        let mut errors = ConfigErrors::default();
+        config.validate(&mut errors);
+        let text = errors.to_string();
+        assert_eq!(errors.messages().len(), 2, "{text}");
+        assert!(
+            text.contains("oauth.access_token_ttl_secs: must be at most 315360000 (10 years)"),
+            "{text}"
+        );
+        assert!(text.contains("oauth.refresh_token_ttl_secs"), "{text}");
+
+        let mut errors = ConfigErrors::default();
+        OAuthConfig {
+            access_token_ttl_secs: MAX_LIFETIME_SECS,
+            refresh_token_ttl_secs: MAX_LIFETIME_SECS,
+            ..OAuthConfig::default()
+        }
+        .validate(&mut errors);
+        assert!(errors.is_empty(), "{errors}");
+    }
 }

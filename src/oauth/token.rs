@@ -233,8 +233,8 @@ impl NewPair {
                 "{REFRESH_TOKEN_PREFIX}{}",
                 random_token(32)?.expose_secret()
             )),
-            access_expires_at: now + OAuthState::ttl(state.config.access_token_ttl_secs),
-            refresh_expires_at: now + OAuthState::ttl(state.config.refresh_token_ttl_secs),
+            access_expires_at: OAuthState::expires_at(now, state.config.access_token_ttl_secs),
+            refresh_expires_at: OAuthState::expires_at(now, state.config.refresh_token_ttl_secs),
         })
     }
 

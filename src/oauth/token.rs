@@ -393,14 +393,11 @@ fn refresh(
     if grant.client_id != client.client_id || grant.revoked || found.expires_at <= now {
         return Err(INVALID);
     }
+    // Grace 0 means none: a replay in the same second as the rotation is theft too.
+    let grace = OAuthState::ttl(state.config.refresh_grace_secs);
     let within_grace = match found.used_at {
         None => false,
-        Some(used_at)
-            if !found.grace_used
-                && now - used_at <= OAuthState::ttl(state.config.refresh_grace_secs) =>
-        {
-            true
-        }
+        Some(used_at) if !found.grace_used && grace > 0 && now - used_at <= grace => true,
         Some(_) => {
             // A rotated token came back: treat as theft and kill the family (OAuth 2.1 §4.3.1).
             state.store.revoke_grant(&grant.grant_id, now)?;

@@ -207,6 +207,38 @@ async fn a_lost_refresh_response_is_forgiven_once_within_the_grace_window() {
 }
 
 #[tokio::test]
+async fn without_a_grace_window_a_replay_in_the_same_second_kills_the_family() {
+    let broker = TestBroker::builder()
+        .manual_clock()
+        .oauth("refresh_grace_secs = 0")
+        .start()
+        .await;
+    let (client, first) = broker.login_new_client().await;
+    let (status, body) = broker.refresh(&client, &first.refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    let second = Tokens::from_body(body);
+    // The clock has not moved: the replay comes 0 s after the rotation.
+    let (status, body) = broker.refresh(&client, &first.refresh_token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(
+        verify(&broker, &second.access_token).await,
+        Err(TokenRejection::Revoked)
+    );
+    let (status, _) = broker.refresh(&client, &second.refresh_token).await;
+    assert_eq!(status, 400);
+    assert!(
+        broker
+            .audit_events()
+            .iter()
+            .any(|event| matches!(event, AuditEvent::RefreshTokenReuse { .. }))
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn access_tokens_expire_and_are_bound_to_the_resource() {
     let broker = TestBroker::builder()
         .manual_clock()

@@ -75,6 +75,9 @@ pub enum AuditEvent {
     CodeReused {
         client_id: String,
         user_id: UserId,
+        /// The client that presented the code again: another than `client_id` cannot revoke
+        /// what the code issued.
+        presented_by: String,
     },
     TokenIssued {
         client_id: String,

@@ -316,13 +316,19 @@ fn exchange_code(
             user_id,
             grant_id,
         } => {
-            // OAuth 2.1 §4.1.3: a replayed code revokes what it issued.
-            if let Some(grant_id) = grant_id {
+            // OAuth 2.1 §4.1.3: a replayed code revokes what it issued, when its own client
+            // replays it. Any other client would fail the client check anyway, and must not be
+            // able to end another client's grant with a code it should never have held.
+            if client_id == client.client_id
+                && let Some(grant_id) = grant_id
+            {
                 state.store.revoke_grant(&grant_id, now)?;
             }
-            state
-                .audit
-                .record(AuditEvent::CodeReused { client_id, user_id });
+            state.audit.record(AuditEvent::CodeReused {
+                client_id,
+                user_id,
+                presented_by: client.client_id.clone(),
+            });
             return Err(INVALID);
         }
         CodeLookup::Fresh(record) => record,

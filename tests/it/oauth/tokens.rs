@@ -80,6 +80,33 @@ async fn a_reused_code_fails_and_revokes_what_it_issued() {
 }
 
 #[tokio::test]
+async fn another_clients_replay_of_a_used_code_fails_without_revoking_the_victims_tokens() {
+    let broker = TestBroker::start().await;
+    let victim = new_client(&broker).await;
+    let attacker = new_client(&broker).await;
+    let code = broker.authorize(&victim).await;
+    let (status, body) = broker.exchange_code(&victim, &code).await;
+    assert_eq!(status, 200, "{body}");
+    let tokens = Tokens::from_body(body);
+
+    let (status, body) = broker.exchange_code(&attacker, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(verify(&broker, &tokens.access_token).await.is_ok());
+    let (status, body) = broker.refresh(&victim, &tokens.refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    // Audited all the same, naming who presented it.
+    assert!(broker.audit_events().iter().any(|event| matches!(
+        event,
+        AuditEvent::CodeReused { client_id, presented_by, .. }
+            if *client_id == victim.client_id && *presented_by == attacker.client_id
+    )));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_expired_code_is_refused() {
     let broker = TestBroker::builder().manual_clock().start().await;
     let client = new_client(&broker).await;

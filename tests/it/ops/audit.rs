@@ -377,6 +377,7 @@ fn every_event() -> Vec<AuditEvent> {
         E::CodeReused {
             client_id: "c1".into(),
             user_id: 7,
+            presented_by: "c2".into(),
         },
         E::TokenIssued {
             client_id: "c1".into(),

@@ -1,12 +1,11 @@
 //! Dynamic Client Registration, RFC 7591 (mcp-spec-checklist §7): public and confidential
 //! clients, every field validated ([`ClientMetadata::try_from`]), RFC-shaped errors.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -16,6 +15,7 @@ use super::client::{ClientMetadata, RawClientMetadata};
 use super::error::{OAuthError, OAuthFailure};
 use super::store::{ClientKind, ClientRecord};
 use crate::audit::AuditEvent;
+use crate::ratelimit::ClientIp;
 use crate::secret::{ExposeSecret, hash_token, random_id, random_token};
 
 /// Registration bodies are small; anything larger is not metadata.
@@ -36,7 +36,8 @@ pub fn parse_registration(body: &[u8]) -> Result<ClientMetadata, OAuthError> {
 
 pub async fn register(
     State(state): State<Arc<OAuthState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    // The address behind trusted proxies, from the route's rate-limit layer (as everywhere).
+    Extension(ClientIp(ip)): Extension<ClientIp>,
     body: Bytes,
 ) -> Result<Response, OAuthFailure> {
     let metadata = parse_registration(&body)?;
@@ -60,7 +61,7 @@ pub async fn register(
         client_id: client_id.clone(),
         client_name: metadata.client_name.clone(),
         method: "dcr".to_owned(),
-        ip: Some(peer.ip().to_string()),
+        ip: Some(ip.to_string()),
     });
 
     let mut body = serde_json::to_value(&metadata)

@@ -1,5 +1,6 @@
 //! Dynamic Client Registration, RFC 7591 (mcp-spec-checklist §7).
 
+use forgejo_mcp_broker::audit::AuditEvent;
 use serde_json::json;
 
 use crate::fixtures::TestBroker;
@@ -134,5 +135,35 @@ async fn malformed_metadata_gets_rfc_7591_errors() {
             .iter()
             .all(|event| event.name() != "client_registered")
     );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_registration_audit_record_carries_the_address_behind_a_trusted_proxy() {
+    // The test client connects from 127.0.0.1: the proxy, as far as the broker knows.
+    let broker = TestBroker::builder()
+        .server(r#"trusted_proxies = ["127.0.0.1"]"#)
+        .start()
+        .await;
+    let response = TestBroker::http()
+        .post(broker.url("/oauth/register"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({
+            "redirect_uris": ["http://127.0.0.1/callback"],
+            "token_endpoint_auth_method": "none",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let ips: Vec<Option<String>> = broker
+        .audit_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            AuditEvent::ClientRegistered { ip, .. } => Some(ip),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ips, [Some("198.51.100.7".to_owned())]);
     broker.shutdown().await;
 }

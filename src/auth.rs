@@ -27,8 +27,10 @@ pub struct Principal {
     pub expires_at: UnixSeconds,
 }
 
-/// Why a bearer token was not accepted. All variants map to 401 `invalid_token`; the variants
-/// exist for metrics and the audit log, never for the client (RFC 6750 §3.1).
+/// Why a bearer token was not accepted. All variants but [`TokenRejection::Unavailable`] map to
+/// 401 `invalid_token`; they exist for metrics and the audit log, never for the client
+/// (RFC 6750 §3.1). `Unavailable` is a 503: the token was not checked, so it is not known to be
+/// bad ([`crate::oauth::mcp_token_refused`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRejection {
     #[error("no bearer token")]
@@ -45,6 +47,7 @@ pub enum TokenRejection {
     Revoked,
     #[error("upstream grant dead; the user must authorize again")]
     UpstreamGrantDead,
+    /// The broker could not check the token (its store failed).
     #[error("token store unavailable")]
     Unavailable,
 }

@@ -33,7 +33,7 @@ use crate::config::{ConfigErrors, ServerConfig, Validate};
 use crate::upstream::Upstream;
 pub use error::{OAuthError, OAuthFailure};
 use store::{ClientKind, ClientRecord, OAuthStore};
-pub use verifier::{TokenVerifier, mcp_unauthorized};
+pub use verifier::{TokenVerifier, mcp_token_refused, mcp_unauthorized};
 
 /// For hand-written `Debug` of wire types that carry secrets (codes, tokens, verifiers).
 pub(crate) fn redacted(value: &Option<String>) -> &'static str {

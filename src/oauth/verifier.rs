@@ -1,5 +1,7 @@
 //! The resource-server side: [`TokenVerifier`] checks a broker access token on every `/mcp`
-//! request (mcp-spec-checklist §3), and [`mcp_unauthorized`] builds the 401 the MCP edge sends.
+//! request (mcp-spec-checklist §3), and [`mcp_token_refused`] builds the answer the MCP edge
+//! sends when it refuses one: the 401 ([`mcp_unauthorized`]), or a 503 when the broker could
+//! not check the token at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +57,7 @@ impl TokenVerifier {
     /// The database's answer for a token: who it is for, and the resource it was granted for
     /// (expiry and audience are checked by the caller on every use).
     fn look_up_uncached(&self, token_hash: &str) -> Result<(Principal, String), TokenRejection> {
+        // The store logged the failure (`oauth store failure`).
         let found = self
             .store
             .find_access(token_hash)
@@ -66,7 +69,10 @@ impl TokenVerifier {
         match self.upstream.is_alive(found.grant.user_id) {
             Ok(true) => {}
             Ok(false) => return Err(TokenRejection::UpstreamGrantDead),
-            Err(_) => return Err(TokenRejection::Unavailable),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the upstream grant");
+                return Err(TokenRejection::Unavailable);
+            }
         }
         let principal = Principal {
             user_id: found.grant.user_id,
@@ -114,10 +120,10 @@ impl AccessTokenVerifier for TokenVerifier {
             return Err(TokenRejection::Malformed);
         }
         let token_hash = hash_token(token);
-        let stamp = self
-            .store
-            .change_stamp()
-            .map_err(|_| TokenRejection::Unavailable)?;
+        let stamp = self.store.change_stamp().map_err(|error| {
+            tracing::error!(%error, "cannot read the token store's change stamp");
+            TokenRejection::Unavailable
+        })?;
         let cached = {
             let mut verdicts = self
                 .verdicts
@@ -153,6 +159,34 @@ impl AccessTokenVerifier for TokenVerifier {
 /// The protected-resource metadata URL the 401 points at (the path-inserted form, item 10).
 pub fn resource_metadata_url(issuer: &str) -> String {
     format!("{issuer}/.well-known/oauth-protected-resource/mcp")
+}
+
+/// How long a client is asked to wait when its token could not be checked.
+const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+
+/// The answer to a refused bearer token on `/mcp`. A token the broker could not check (its
+/// store failed) is not known to be bad: a 401 would make the client throw it away and run
+/// OAuth again, so that is a 503 with `Retry-After` (RFC 9110 §15.6.4). Every other rejection
+/// is the 401.
+pub fn mcp_token_refused(issuer: &str, rejection: TokenRejection) -> Response {
+    if rejection != TokenRejection::Unavailable {
+        return mcp_unauthorized(issuer, rejection);
+    }
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({
+            "error": "temporarily_unavailable",
+            "error_description": "the access token cannot be checked right now; retry later",
+        })),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The 401 for `/mcp` (items 15–16, RFC 6750 §3): `WWW-Authenticate: Bearer
@@ -220,6 +254,27 @@ mod tests {
             .to_str()
             .unwrap();
         assert!(challenge.contains("error=\"invalid_token\""));
+    }
+
+    #[test]
+    fn a_token_that_could_not_be_checked_gets_503_and_every_other_refusal_401() {
+        let unavailable = mcp_token_refused("https://b.example", TokenRejection::Unavailable);
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.headers()[header::RETRY_AFTER], "5");
+        assert!(!unavailable.headers().contains_key(header::WWW_AUTHENTICATE));
+        for rejection in [
+            TokenRejection::Missing,
+            TokenRejection::Malformed,
+            TokenRejection::Unknown,
+            TokenRejection::Expired,
+            TokenRejection::WrongAudience,
+            TokenRejection::Revoked,
+            TokenRejection::UpstreamGrantDead,
+        ] {
+            let response = mcp_token_refused("https://b.example", rejection);
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{rejection:?}");
+            assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+        }
     }
 
     #[test]

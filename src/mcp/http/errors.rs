@@ -131,7 +131,8 @@ impl IntoResponse for EdgeError {
     }
 }
 
-/// The broker-wide 401 for `/mcp` ([`crate::oauth::mcp_unauthorized`]).
-pub(super) fn unauthorized(edge: &Edge, rejection: crate::auth::TokenRejection) -> Response {
-    crate::oauth::mcp_unauthorized(&edge.issuer, rejection)
+/// The broker-wide answer to a refused bearer token on `/mcp`: the 401, or a 503 when the token
+/// could not be checked ([`crate::oauth::mcp_token_refused`]).
+pub(super) fn token_refused(edge: &Edge, rejection: crate::auth::TokenRejection) -> Response {
+    crate::oauth::mcp_token_refused(&edge.issuer, rejection)
 }

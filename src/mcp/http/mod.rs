@@ -275,16 +275,21 @@ async fn admit(edge: &Edge, headers: &HeaderMap) -> Result<Principal, Response> 
     // The bearer token and the 401 are the OAuth half's (one helper for the whole broker):
     // `Authorization: Bearer` only, never the query (item 17); the challenge points at the
     // protected-resource metadata and says `invalid_token` only when a token was sent (item 16).
+    // A token that could not be checked is a 503, so the client keeps it.
     let token = match crate::oauth::verifier::bearer_token(headers) {
         Ok(Some(token)) => token,
-        Ok(None) => return Err(unauthorized(edge, TokenRejection::Missing)),
-        Err(rejection) => return Err(unauthorized(edge, rejection)),
+        Ok(None) => return Err(token_refused(edge, TokenRejection::Missing)),
+        Err(rejection) => return Err(token_refused(edge, rejection)),
     };
     let principal = match edge.verifier.verify(token, &edge.resource).await {
         Ok(principal) => principal,
+        Err(TokenRejection::Unavailable) => {
+            tracing::warn!("mcp bearer token not checked: the token store failed");
+            return Err(token_refused(edge, TokenRejection::Unavailable));
+        }
         Err(rejection) => {
             tracing::info!(reason = %rejection, "mcp bearer token rejected");
-            return Err(unauthorized(edge, rejection));
+            return Err(token_refused(edge, rejection));
         }
     };
     if let Some(refusal) = rate_refusal(edge, crate::ratelimit::EndpointClass::Mcp, &principal) {

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use forgejo_mcp_broker::auth::{AccessTokenVerifier, TokenRejection};
-use forgejo_mcp_broker::oauth::mcp_unauthorized;
 use forgejo_mcp_broker::oauth::verifier::bearer_token;
+use forgejo_mcp_broker::oauth::{mcp_token_refused, mcp_unauthorized};
 use serde_json::Value;
 
 use crate::fixtures::TestBroker;
@@ -130,7 +130,7 @@ async fn mcp_stand_in(
     };
     match verifier.verify(token, &resource).await {
         Ok(principal) => format!("hello {}", principal.username).into_response(),
-        Err(rejection) => mcp_unauthorized(&issuer, rejection),
+        Err(rejection) => mcp_token_refused(&issuer, rejection),
     }
 }
 
@@ -185,5 +185,53 @@ async fn mcp_requests_without_a_valid_token_get_the_401_challenge() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "hello alice");
     server.abort();
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn mcp_answers_503_not_401_when_the_token_store_fails() {
+    let broker = TestBroker::start().await;
+    let (_, tokens) = broker.login_new_client().await;
+    let post = || {
+        TestBroker::http()
+            .post(broker.url("/mcp"))
+            .bearer_auth(&tokens.access_token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .send()
+    };
+    let admitted = post().await.unwrap().status();
+    assert!(admitted != 401 && admitted != 503, "{admitted}");
+
+    // The store fails under the broker: the table the verifier reads is gone.
+    let db = rusqlite::Connection::open(broker.config().server.database_path()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch("DROP TABLE oauth_access_tokens").unwrap();
+    assert_eq!(
+        broker
+            .app()
+            .auth
+            .verifier
+            .verify(&tokens.access_token, &broker.resource())
+            .await,
+        Err(TokenRejection::Unavailable)
+    );
+
+    // The token may well be valid: the client must keep it and retry, not start OAuth again.
+    let response = post().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    assert!(!response.headers().contains_key("www-authenticate"));
+    let body = response.text().await.unwrap();
+    for internal in ["oauth_access_tokens", "table", "sqlite", "SQLite"] {
+        assert!(!body.contains(internal), "{body}");
+    }
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     broker.shutdown().await;
 }

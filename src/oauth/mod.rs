@@ -198,8 +198,8 @@ pub struct OAuthState {
     pub clock: SharedClock,
     pub audit: SharedAudit,
     /// Per-client limits (issue #7): CIMD fetches per client id URL, so no one can make the
-    /// broker hammer a URL; token and revocation requests per authenticated client. `None` in
-    /// unit tests.
+    /// broker hammer a URL; token and revocation requests per confidential client, once its
+    /// secret is verified ([`token::client_rate_refusal`]). `None` in unit tests.
     pub limiter: Option<SharedRateLimiter>,
 }
 

@@ -2,7 +2,7 @@
 //! 200 too (§2.2: nothing to tell an attacker). Revoking a refresh token revokes its whole
 //! family, access tokens included (§2.1 SHOULD); revoking an access token revokes only it.
 
-use crate::ratelimit::{EndpointClass, RateKey};
+use crate::ratelimit::EndpointClass;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use super::OAuthState;
 use super::error::{OAuthError, OAuthFailure};
-use super::token::{ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX, authenticate_client, parse_form};
+use super::token::{
+    ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX, authenticate_client, client_rate_refusal, parse_form,
+};
 use crate::audit::AuditEvent;
 use crate::secret::hash_token;
 
@@ -61,12 +63,8 @@ pub async fn revoke(
         raw.client_secret.as_deref(),
     )
     .await?;
-    // Per client only once authenticated, so a forged client id cannot spend a client's budget.
-    if let Some(limiter) = &state.limiter
-        && let Err(limited) =
-            limiter.check(EndpointClass::Revoke, &RateKey::client(&client.client_id))
-    {
-        return Ok(limited.into_response());
+    if let Some(limited) = client_rate_refusal(&state, EndpointClass::Revoke, &client) {
+        return Ok(limited);
     }
     let now = state.now();
     let token_hash = hash_token(token);

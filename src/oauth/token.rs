@@ -205,6 +205,24 @@ pub async fn authenticate_client(
     }
 }
 
+/// The per-client limit of `class` (issue #7), applied only to a client that proved itself with
+/// its secret ([`authenticate_client`] accepted a confidential client). A public client proves
+/// nothing: its id is public, so a budget anyone naming it could spend would let a stranger lock
+/// it out. Public clients are limited per IP only. The 429 when over the limit.
+pub fn client_rate_refusal(
+    state: &OAuthState,
+    class: EndpointClass,
+    client: &ClientRecord,
+) -> Option<Response> {
+    let (Some(limiter), Some(_verified_secret)) = (&state.limiter, &client.secret_hash) else {
+        return None;
+    };
+    limiter
+        .check(class, &RateKey::client(&client.client_id))
+        .err()
+        .map(IntoResponse::into_response)
+}
+
 #[derive(Serialize)]
 struct TokenResponse {
     access_token: String,
@@ -268,12 +286,8 @@ pub async fn token(
         raw.client_secret.as_deref(),
     )
     .await?;
-    // Per client only once authenticated, so a forged client id cannot spend a client's budget.
-    if let Some(limiter) = &state.limiter
-        && let Err(limited) =
-            limiter.check(EndpointClass::Token, &RateKey::client(&client.client_id))
-    {
-        return Ok(limited.into_response());
+    if let Some(limited) = client_rate_refusal(&state, EndpointClass::Token, &client) {
+        return Ok(limited);
     }
     let response = match grant {
         TokenGrant::AuthorizationCode {

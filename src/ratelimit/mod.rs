@@ -99,8 +99,9 @@ impl EndpointClass {
                 vec![],
                 vec![],
             ],
-            // Per client: checked only after client authentication (a client id is public), and
-            // generous: it catches a runaway client, not an attacker (per IP does that).
+            // Per client: checked only for a client that authenticated with its secret (a client
+            // id is public, so a public client gets none), and generous: it catches a runaway
+            // client, not an attacker (per IP does that).
             Self::Token => [
                 vec![Rate::new(60, minute)],
                 vec![Rate::new(600, minute)],

@@ -346,6 +346,44 @@ async fn token_requests_are_limited_per_authenticated_client_only() {
 }
 
 #[tokio::test]
+async fn public_clients_have_no_per_client_budget_that_anyone_naming_them_could_spend() {
+    let broker = TestBroker::builder()
+        .toml("[rate_limits.token]\nper_client = \"2/h\"\n[rate_limits.revoke]\nper_client = \"2/h\"\n")
+        .start()
+        .await;
+    let (client, tokens) = broker.login_new_client().await;
+    // A public client proves nothing: anyone can send its client_id. Such requests are limited
+    // per IP only, so a stranger cannot lock the client out.
+    for _ in 0..3 {
+        let (status, body) = broker.refresh(&client, "fmbr_forged").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant"))
+        );
+    }
+    let (status, body) = broker.refresh(&client, &tokens.refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    let renewed = body["refresh_token"].as_str().unwrap().to_owned();
+    let revoke = |token: String| {
+        TestBroker::http()
+            .post(broker.url("/oauth/revoke"))
+            .form(&[("token", token), ("client_id", client.client_id.clone())])
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            revoke("fmbr_forged".to_owned()).await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(revoke(renewed.clone()).await.unwrap().status(), 200);
+    let (status, _) = broker.refresh(&client, &renewed).await;
+    assert_eq!(status, 400, "the revocation took effect");
+    assert!(!broker.metrics.encode().contains(r#"key_kind="client""#));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn mcp_requests_are_limited_per_ip_inside_cors() {
     let broker = TestBroker::builder()
         .toml("[rate_limits.mcp]\nper_ip = \"3/h\"\n")

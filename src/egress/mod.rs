@@ -25,7 +25,7 @@
 //!   and a multipart body is refused when the user is a site administrator (whose token `sudo`
 //!   would work for);
 //! - carry headers an API call does not need: request headers are an allowlist
-//!   ([`FORWARDED_REQUEST`]), so nothing a reverse proxy might trust (`X-WEBAUTH-USER`,
+//!   (`FORWARDED_REQUEST`), so nothing a reverse proxy might trust (`X-WEBAUTH-USER`,
 //!   `X-Forwarded-For`) reaches Forgejo; `Set-Cookie` never comes back.
 
 use std::sync::Arc;

@@ -159,8 +159,9 @@ impl Registry {
         Ok(shared)
     }
 
-    /// Item 165: the caller's only live, initialized session in memory (same user, client and
-    /// authorization), if it has exactly one; touched like a lookup.
+    /// Item 165: the caller's only live, initialized session (same user, client and
+    /// authorization), if it has exactly one, counting those only on disk (after a restart);
+    /// touched like a lookup. It must be in memory: only its id could load it from disk.
     pub fn sole_session(&self, principal: &Principal) -> Option<Arc<SessionShared>> {
         let now = self.ctx.clock.now();
         let owner: OwnerKey = (principal.user_id, principal.client_id.clone());
@@ -185,6 +186,15 @@ impl Registry {
                 .collect::<Vec<_>>()
         };
         if candidates.len() != 1 {
+            return None;
+        }
+        let stored = self.ctx.store.count_live_for_owner(
+            principal.user_id,
+            &principal.client_id,
+            &principal.grant_id,
+            now,
+        );
+        if !matches!(stored, Ok(1)) {
             return None;
         }
         let shared = candidates.pop()?;

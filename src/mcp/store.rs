@@ -195,6 +195,28 @@ impl SessionStore {
         })
     }
 
+    /// Live, initialized Streamable HTTP sessions of one (user, client, authorization), whether
+    /// in memory or only on disk (item 165 routes to a sole session only).
+    pub fn count_live_for_owner(
+        &self,
+        user_id: UserId,
+        client_id: &str,
+        grant_id: &str,
+        now: UnixSeconds,
+    ) -> Result<usize, StoreError> {
+        let (client_id, grant_id) = (client_id.to_owned(), grant_id.to_owned());
+        self.db.call(move |connection| {
+            let count: i64 = connection.query_row(
+                "SELECT count(*) FROM mcp_sessions WHERE user_id = ?1 AND client_id = ?2
+                    AND grant_id = ?3 AND legacy = 0 AND initialize_params IS NOT NULL
+                    AND expires_at > ?4",
+                params![user_id, client_id, grant_id, now],
+                |row| row.get(0),
+            )?;
+            Ok(usize::try_from(count).unwrap_or(usize::MAX))
+        })
+    }
+
     /// The user's live session used least recently, if it was last used before `idle_before`.
     pub fn least_recently_used(
         &self,

@@ -188,6 +188,17 @@ async fn a_sessionless_request_goes_to_the_callers_only_session() {
         .post(&json!({"jsonrpc": "2.0", "id": 11, "method": "tools/list"}))
         .await;
     assert_eq!(reply.status, 400, "{}", reply.body);
+    // After a restart, with one of the two loaded again: the other still exists on disk.
+    let broker = broker.restart().await;
+    let mut first_again = broker.client("t1");
+    first_again.session = first.session.clone();
+    assert!(first_again.pid().await > 0);
+    let lost = broker.client("t1");
+    let reply = lost
+        .post(&json!({"jsonrpc": "2.0", "id": 12, "method": "tools/list"}))
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    drop(second);
     broker.stop().await;
 }
 

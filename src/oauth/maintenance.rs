@@ -182,7 +182,7 @@ pub async fn run_sweeper(sweeper: Sweeper, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oauth::store::{GrantRecord, IssuedHashes};
+    use crate::oauth::store::{CodeRecord, GrantRecord, IssuedHashes};
     use crate::store::Db;
 
     fn store_with_grant(user_id: UserId, client_id: &str, grant_id: &str, now: i64) -> OAuthStore {
@@ -196,6 +196,22 @@ mod tests {
     }
 
     fn add_grant(store: &OAuthStore, user_id: UserId, client_id: &str, grant_id: &str, now: i64) {
+        let code_hash = format!("code-{grant_id}");
+        store
+            .insert_code(
+                &code_hash,
+                &CodeRecord {
+                    client_id: client_id.into(),
+                    redirect_uri: "https://c.example/cb".into(),
+                    code_challenge: "challenge".into(),
+                    resource: "https://b.example/mcp".into(),
+                    scope: None,
+                    user_id,
+                    username: "u".into(),
+                    expires_at: now + 60,
+                },
+            )
+            .unwrap();
         store
             .create_grant(
                 &GrantRecord {
@@ -207,7 +223,7 @@ mod tests {
                     scope: None,
                     revoked: false,
                 },
-                "no-code",
+                &code_hash,
                 &IssuedHashes {
                     access_hash: &format!("a-{grant_id}"),
                     access_expires_at: now + 3600,

@@ -185,6 +185,9 @@ pub struct IssuedHashes<'a> {
     pub refresh_expires_at: UnixSeconds,
 }
 
+/// `oauth_codes.grant_id` of a code replayed before its first use created a grant.
+const REPLAYED_BEFORE_GRANT: &str = "";
+
 #[derive(Clone, Debug)]
 pub struct OAuthStore {
     db: Db,
@@ -481,7 +484,7 @@ impl OAuthStore {
                 Some((code, Some(_), grant_id)) => CodeLookup::Reused {
                     client_id: code.client_id,
                     user_id: code.user_id,
-                    grant_id,
+                    grant_id: grant_id.filter(|id| id != REPLAYED_BEFORE_GRANT),
                 },
                 Some((code, None, _)) => {
                     tx.execute(
@@ -503,7 +506,20 @@ impl OAuthStore {
 
     // ---- grants and tokens ----
 
-    /// A new grant (token family) from a code, with its first token pair.
+    /// A replay of a code whose first use has not created its grant yet (the two requests ran
+    /// at once): the grant it is about to create must not come to be.
+    pub fn poison_code(&self, code_hash: &str) -> Result<(), OAuthError> {
+        self.call(|c| {
+            c.execute(
+                "UPDATE oauth_codes SET grant_id = ?2 WHERE code_hash = ?1 AND grant_id IS NULL",
+                params![code_hash, REPLAYED_BEFORE_GRANT],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A new grant (token family) from a code, with its first token pair; `invalid_grant` if
+    /// the code was replayed meanwhile ([`OAuthStore::poison_code`]).
     pub fn create_grant(
         &self,
         grant: &GrantRecord,
@@ -526,10 +542,16 @@ impl OAuthStore {
                     now
                 ],
             )?;
-            tx.execute(
-                "UPDATE oauth_codes SET grant_id = ?2 WHERE code_hash = ?1",
+            let claimed = tx.execute(
+                "UPDATE oauth_codes SET grant_id = ?2 WHERE code_hash = ?1 AND grant_id IS NULL",
                 params![code_hash, grant.grant_id],
             )?;
+            if claimed != 1 {
+                // Dropping the transaction rolls the grant back.
+                return Err(OAuthError::InvalidGrant(
+                    "the authorization code was presented twice",
+                ));
+            }
             Self::insert_pair(&tx, &grant.grant_id, hashes)?;
             tx.commit()?;
             Ok(())
@@ -668,5 +690,63 @@ impl OAuthStore {
             )?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_replayed_while_its_first_use_runs_creates_no_grant() {
+        let db = Db::open_in_memory().unwrap();
+        let store = OAuthStore::new(db, tokio::sync::broadcast::channel(1).0).unwrap();
+        let code = CodeRecord {
+            client_id: "client-a".into(),
+            redirect_uri: "https://client.example/cb".into(),
+            code_challenge: "challenge".into(),
+            resource: "https://broker.example/mcp".into(),
+            scope: None,
+            user_id: 1,
+            username: "alice".into(),
+            expires_at: 2_000,
+        };
+        store.insert_code("code-hash", &code).unwrap();
+        assert!(matches!(
+            store.take_code("code-hash", 1_000).unwrap(),
+            CodeLookup::Fresh(_)
+        ));
+        // The replay arrives before the first use has created its grant.
+        let CodeLookup::Reused { grant_id, .. } = store.take_code("code-hash", 1_001).unwrap()
+        else {
+            panic!("a second use is a replay");
+        };
+        assert_eq!(grant_id, None);
+        store.poison_code("code-hash").unwrap();
+        let grant = GrantRecord {
+            grant_id: "grant-1".into(),
+            client_id: "client-a".into(),
+            user_id: 1,
+            username: "alice".into(),
+            resource: code.resource.clone(),
+            scope: None,
+            revoked: false,
+        };
+        let issued = IssuedHashes {
+            access_hash: "access-hash",
+            access_expires_at: 5_000,
+            refresh_hash: "refresh-hash",
+            refresh_expires_at: 9_000,
+        };
+        assert!(matches!(
+            store.create_grant(&grant, "code-hash", &issued, 1_002),
+            Err(OAuthError::InvalidGrant(_))
+        ));
+        assert!(store.find_refresh("refresh-hash").unwrap().is_none());
+        // A third use still reads as a replay, with nothing to revoke.
+        assert!(matches!(
+            store.take_code("code-hash", 1_003).unwrap(),
+            CodeLookup::Reused { grant_id: None, .. }
+        ));
     }
 }

@@ -333,10 +333,14 @@ fn exchange_code(
             // OAuth 2.1 §4.1.3: a replayed code revokes what it issued, when its own client
             // replays it. Any other client would fail the client check anyway, and must not be
             // able to end another client's grant with a code it should never have held.
-            if client_id == client.client_id
-                && let Some(grant_id) = grant_id
-            {
-                state.store.revoke_grant(&grant_id, now)?;
+            if client_id == client.client_id {
+                match grant_id {
+                    Some(grant_id) => {
+                        state.store.revoke_grant(&grant_id, now)?;
+                    }
+                    // The first use is still creating its grant: stop it.
+                    None => state.store.poison_code(&code_hash)?,
+                }
             }
             state.audit.record(AuditEvent::CodeReused {
                 client_id,

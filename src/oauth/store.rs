@@ -598,27 +598,38 @@ impl OAuthStore {
 
     /// Rotates: marks `old_hash` used (or its grace spent) and stores the new pair, atomically.
     /// Returns false if someone else rotated it first (the caller treats that as reuse).
+    /// Spends `old_hash` and stores the new pair: a first use marks the token used; a use
+    /// within `grace_secs` of that (`within_grace`, or a first use that lost the race with a
+    /// concurrent one: the same client retrying) spends the one grace replay instead. `false`
+    /// when neither is left.
     pub fn rotate_refresh(
         &self,
         old_hash: &str,
         within_grace: bool,
+        grace_secs: i64,
         grant_id: &str,
         hashes: &IssuedHashes<'_>,
         now: UnixSeconds,
     ) -> Result<bool, OAuthError> {
         self.call(|c| {
             let tx = c.transaction()?;
-            let changed = if within_grace {
-                tx.execute(
-                    "UPDATE oauth_refresh_tokens SET grace_used = 1
-                     WHERE token_hash = ?1 AND used_at IS NOT NULL AND grace_used = 0",
-                    params![old_hash],
-                )?
+            let first_use = if within_grace {
+                0
             } else {
                 tx.execute(
                     "UPDATE oauth_refresh_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL",
                     params![old_hash, now],
                 )?
+            };
+            let changed = if first_use == 0 && grace_secs > 0 {
+                tx.execute(
+                    "UPDATE oauth_refresh_tokens SET grace_used = 1
+                     WHERE token_hash = ?1 AND used_at IS NOT NULL AND grace_used = 0
+                       AND ?2 - used_at <= ?3",
+                    params![old_hash, now, grace_secs],
+                )?
+            } else {
+                first_use
             };
             if changed != 1 {
                 return Ok(false);
@@ -748,5 +759,72 @@ mod tests {
             store.take_code("code-hash", 1_003).unwrap(),
             CodeLookup::Reused { grant_id: None, .. }
         ));
+    }
+
+    #[test]
+    fn two_first_uses_of_a_refresh_token_at_once_are_a_rotation_and_its_grace_replay() {
+        let db = Db::open_in_memory().unwrap();
+        let store = OAuthStore::new(db, tokio::sync::broadcast::channel(1).0).unwrap();
+        let grant = GrantRecord {
+            grant_id: "grant-1".into(),
+            client_id: "client-a".into(),
+            user_id: 1,
+            username: "alice".into(),
+            resource: "https://broker.example/mcp".into(),
+            scope: None,
+            revoked: false,
+        };
+        store
+            .insert_code(
+                "code-hash",
+                &CodeRecord {
+                    client_id: "client-a".into(),
+                    redirect_uri: "https://client.example/cb".into(),
+                    code_challenge: "challenge".into(),
+                    resource: grant.resource.clone(),
+                    scope: None,
+                    user_id: 1,
+                    username: "alice".into(),
+                    expires_at: 2_000,
+                },
+            )
+            .unwrap();
+        let pair = |n: u32| (format!("access-{n}"), format!("refresh-{n}"));
+        fn issued((access, refresh): &(String, String)) -> IssuedHashes<'_> {
+            IssuedHashes {
+                access_hash: access,
+                access_expires_at: 5_000,
+                refresh_hash: refresh,
+                refresh_expires_at: 9_000,
+            }
+        }
+        store
+            .create_grant(&grant, "code-hash", &issued(&pair(0)), 1_000)
+            .unwrap();
+        // Both requests found the token unused; the second to rotate takes the grace replay.
+        for (n, expected) in [(1, true), (2, true), (3, false)] {
+            let rotated = store
+                .rotate_refresh("refresh-0", false, 30, "grant-1", &issued(&pair(n)), 1_010)
+                .unwrap();
+            assert_eq!(rotated, expected, "use {n}");
+        }
+        // Without a grace window the loser gets nothing.
+        let rotated = store
+            .rotate_refresh("refresh-1", false, 0, "grant-1", &issued(&pair(4)), 1_020)
+            .unwrap();
+        assert!(rotated);
+        let rotated = store
+            .rotate_refresh("refresh-1", false, 0, "grant-1", &issued(&pair(5)), 1_020)
+            .unwrap();
+        assert!(!rotated);
+        // Past the window, neither.
+        let rotated = store
+            .rotate_refresh("refresh-4", false, 30, "grant-1", &issued(&pair(6)), 1_030)
+            .unwrap();
+        assert!(rotated);
+        let rotated = store
+            .rotate_refresh("refresh-4", false, 30, "grant-1", &issued(&pair(7)), 1_061)
+            .unwrap();
+        assert!(!rotated);
     }
 }

@@ -450,6 +450,7 @@ fn refresh(
     let rotated = state.store.rotate_refresh(
         &token_hash,
         within_grace,
+        grace,
         &grant.grant_id,
         &IssuedHashes {
             access_hash: &hash_token(pair.access.expose_secret()),
@@ -460,7 +461,7 @@ fn refresh(
         now,
     )?;
     if !rotated {
-        // Lost a race with a concurrent rotation of the same token.
+        // Lost a race with concurrent uses of the same token, the grace replay included.
         return Err(INVALID);
     }
     state.audit.record(AuditEvent::TokenRefreshed {

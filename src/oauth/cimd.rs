@@ -151,6 +151,9 @@ pub struct CimdFetcher {
     settings: CimdSettings,
 }
 
+/// The shortest time a fetched document is kept, whatever its `Cache-Control` says.
+pub const MIN_CACHE_SECS: i64 = 60;
+
 /// A fetched, validated document and how long it may be cached.
 pub struct FetchedDocument {
     pub metadata: ClientMetadata,

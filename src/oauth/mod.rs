@@ -231,26 +231,33 @@ impl OAuthState {
         }
         let url = cimd::validate_client_id_url(client_id)?;
         let now = self.now();
-        if let Some(record) = self.store.get_client(client_id)?
-            && record.kind == ClientKind::Cimd
+        let cached = self
+            .store
+            .get_client(client_id)?
+            .filter(|record| record.kind == ClientKind::Cimd);
+        if let Some(record) = cached.as_ref()
             && (allow_stale || record.expires_at.is_some_and(|expires| expires > now))
         {
-            return Ok(record);
+            return Ok(record.clone());
         }
-        if let Some(limiter) = &self.limiter {
-            limiter
+        if let Some(limiter) = &self.limiter
+            && limiter
                 .check(EndpointClass::CimdFetch, &RateKey::client(client_id))
-                .map_err(|_| {
-                    OAuthError::TemporarilyUnavailable(
-                        "too many fetches of this client's metadata document; retry later",
-                    )
-                })?;
+                .is_err()
+        {
+            // The budget is per document URL, and anyone can name a popular client: with a
+            // copy in hand, its users keep working on it until the next fetch is allowed.
+            return cached.ok_or(OAuthError::TemporarilyUnavailable(
+                "too many fetches of this client's metadata document; retry later",
+            ));
         }
         let document = self.cimd.fetch(&url).await?;
         let ttl = i64::try_from(self.config.cimd_cache_ttl_secs).unwrap_or(i64::MAX);
-        let lifetime = document
-            .max_age
-            .map_or(ttl, |max_age| max_age.clamp(0, ttl));
+        // At least a minute, whatever the document says (`no-store` included): otherwise every
+        // authorization, anyone's, would fetch it again and spend its fetch budget.
+        let lifetime = document.max_age.map_or(ttl, |max_age| {
+            max_age.clamp(cimd::MIN_CACHE_SECS.min(ttl), ttl)
+        });
         let record = ClientRecord {
             client_id: client_id.to_owned(),
             kind: ClientKind::Cimd,

@@ -15,7 +15,7 @@ use crate::fixtures::{TestBroker, TestClient};
 
 const CALLBACK: &str = "https://app.example/callback";
 
-/// A document server: `/client.json` (good), `/redirect`, `/large`, `/slow`, `/wrong-redirect`,
+/// A document server: `/client.json` (good), `/no-store` (good, not to be cached), `/redirect`, `/large`, `/slow`, `/wrong-redirect`,
 /// `/secret`; counts hits.
 async fn document_server() -> (TlsServer, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
@@ -41,6 +41,19 @@ async fn document_server() -> (TlsServer, Arc<AtomicUsize>) {
         .route(
             "/redirect",
             get(|| async { Redirect::temporary("/client.json") }),
+        )
+        .route(
+            "/no-store",
+            get({
+                let document = document("/no-store", CALLBACK);
+                move |headers: HeaderMap| async move {
+                    let mut response = document(headers).await.into_response();
+                    response
+                        .headers_mut()
+                        .insert("cache-control", "no-store".parse().unwrap());
+                    response
+                }
+            }),
         )
         .route("/large", get(|| async { "x".repeat(64 * 1024) }))
         .route(
@@ -117,6 +130,43 @@ async fn a_cimd_client_completes_the_flow_and_its_document_is_cached() {
     let (status, _) = broker.refresh(&client, &tokens.refresh_token).await;
     assert_eq!(status, 200);
     assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched once, then cached");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_no_store_document_is_kept_a_minute_and_a_spent_fetch_budget_serves_the_copy() {
+    let (server, hits) = document_server().await;
+    let broker = TestBroker::builder()
+        .manual_clock()
+        .oauth(&format!(
+            "cimd_extra_ca_file = \"{}\"",
+            server.ca_file.display()
+        ))
+        .oauth("cimd_allow_loopback_for_tests = true")
+        .toml("[rate_limits.cimd_fetch]\nper_client = \"2/h\"")
+        .start()
+        .await;
+    let client = cimd_client(&server, "/no-store");
+    let open = || async {
+        let page = broker
+            .browser()
+            .open_consent(&broker.authorize_url(&client, &[]))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.html);
+        assert!(page.html.contains("CIMD Test Client"));
+    };
+    // Anyone's authorizations within the minute use the copy: no fetch, no budget spent.
+    for _ in 0..5 {
+        open().await;
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    broker.advance(61);
+    open().await;
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // The budget (2 an hour) is spent: the expired copy serves instead of a refusal.
+    broker.advance(61);
+    open().await;
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
     broker.shutdown().await;
 }
 

@@ -288,8 +288,9 @@ async fn cimd_fetches_are_limited_per_client_id_url() {
             .await;
         statuses.push(response.status().as_u16());
     }
-    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
-    assert!(statuses[2..].iter().all(|s| *s >= 400), "{statuses:?}");
+    // Past the budget the copy fetched last serves: the flood costs the document's host
+    // nothing more, and the client's users nothing.
+    assert_eq!(statuses, [200, 200, 200, 200]);
     assert_eq!(
         hits.load(Ordering::SeqCst),
         2,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -22,6 +22,7 @@ use super::pages::{ConsentView, consent_page, harden_page_headers};
 use super::store::{ClientRecord, PendingAuthorization};
 use crate::audit::AuditEvent;
 use crate::config::is_loopback_url;
+use crate::ratelimit::ClientIp;
 use crate::secret::{
     ExposeSecret, SecretString, constant_time_eq, hash_token, random_id, random_token,
 };
@@ -227,6 +228,7 @@ fn open_consent(
     checked: CheckedParams,
     resource: String,
     existing_browser: Option<String>,
+    client_ip: std::net::IpAddr,
 ) -> Result<OpenedConsent, OAuthError> {
     let now = state.now();
     let browser = match existing_browser {
@@ -249,6 +251,7 @@ fn open_consent(
     };
     state.store.insert_pending(
         &pending,
+        &hash_token(&client_ip.to_string()),
         now,
         state.config.max_pending_authorizations,
         state.config.max_pending_per_client,
@@ -297,6 +300,8 @@ fn consent_response(
 
 pub async fn authorize(
     State(state): State<Arc<OAuthState>>,
+    // The address behind trusted proxies, from the route's rate-limit layer.
+    Extension(ClientIp(client_ip)): Extension<ClientIp>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, OAuthFailure> {
@@ -323,6 +328,7 @@ pub async fn authorize(
         checked,
         resource,
         browser,
+        client_ip,
     )
     .map_err(to_client)?;
     Ok(consent_response(&state, &client, &redirect_url, &opened))

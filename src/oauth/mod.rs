@@ -71,7 +71,7 @@ pub struct OAuthConfig {
     /// documents of clients with no live grant, are deleted (checklist item 65: Claude and
     /// VS Code register again and again). 0 keeps them forever.
     pub unused_client_ttl_secs: u64,
-    /// Cap on authorizations in progress, in total and per client.
+    /// Cap on authorizations in progress, in total and per client and client address.
     pub max_pending_authorizations: u64,
     pub max_pending_per_client: u64,
     /// Accept `https` URL client ids (CIMD).

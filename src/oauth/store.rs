@@ -82,6 +82,13 @@ pub const MIGRATIONS: &[&str] = &[
     -- user is not known before Forgejo's callback).
     ALTER TABLE oauth_pending ADD COLUMN sealed_user_id INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+    -- Who started the authorization (a hash of the client address): the per-client cap
+    -- counts per client and address, since anyone can start authorizations for a public
+    -- client id and would otherwise spend that client's share for all its users.
+    ALTER TABLE oauth_pending ADD COLUMN origin_hash TEXT NOT NULL DEFAULT '';
+    CREATE INDEX oauth_pending_client_origin ON oauth_pending (client_id, origin_hash);
+",
 ];
 
 /// The sealed column of this component (the upstream PKCE verifier of a pending login,
@@ -291,11 +298,13 @@ impl OAuthStore {
 
     // ---- pending authorizations ----
 
-    /// Stores a pending authorization unless a cap is reached (ARCHITECTURE.md §6). Expired
-    /// rows are swept first, so the caps count only live ones.
+    /// Stores a pending authorization unless a cap is reached (ARCHITECTURE.md §6): in total,
+    /// or for its client from `origin_hash` (the hashed client address). Expired rows are swept
+    /// first, so the caps count only live ones.
     pub fn insert_pending(
         &self,
         pending: &PendingAuthorization,
+        origin_hash: &str,
         now: UnixSeconds,
         max_total: u64,
         max_per_client: u64,
@@ -309,8 +318,8 @@ impl OAuthStore {
             let total: u64 =
                 tx.query_row("SELECT count(*) FROM oauth_pending", [], |r| r.get(0))?;
             let per_client: u64 = tx.query_row(
-                "SELECT count(*) FROM oauth_pending WHERE client_id = ?1",
-                params![pending.client_id],
+                "SELECT count(*) FROM oauth_pending WHERE client_id = ?1 AND origin_hash = ?2",
+                params![pending.client_id, origin_hash],
                 |r| r.get(0),
             )?;
             if total >= max_total || per_client >= max_per_client {
@@ -320,8 +329,9 @@ impl OAuthStore {
             }
             tx.execute(
                 "INSERT INTO oauth_pending (id, client_id, redirect_uri, state, code_challenge,
-                    resource, scope, browser_hash, csrf_hash, stage, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'consent', ?10, ?11)",
+                    resource, scope, browser_hash, csrf_hash, stage, created_at, expires_at,
+                    origin_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'consent', ?10, ?11, ?12)",
                 params![
                     pending.id,
                     pending.client_id,
@@ -333,7 +343,8 @@ impl OAuthStore {
                     pending.browser_hash,
                     pending.csrf_hash,
                     now,
-                    pending.expires_at
+                    pending.expires_at,
+                    origin_hash
                 ],
             )?;
             tx.commit()?;

@@ -544,6 +544,20 @@ async fn pending_authorizations_are_capped_per_client() {
         landing.param("error").as_deref(),
         Some("temporarily_unavailable")
     );
+    // The cap is per client and address: whoever spent it from one address (anyone can name
+    // a public client) has not spent it for the client's users elsewhere.
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = elsewhere
+        .get(broker.authorize_url(&client, &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("<form"));
     broker.shutdown().await;
 }
 

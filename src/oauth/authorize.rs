@@ -218,6 +218,12 @@ struct OpenedConsent {
     browser: SecretString,
 }
 
+/// Who is authorizing: the browser's cookie, if it has one, and the client address.
+struct Visitor {
+    browser: Option<String>,
+    ip: std::net::IpAddr,
+}
+
 /// Step 3: stores the pending authorization, bound to this browser (its existing cookie, or a
 /// new one) and to a fresh single-use CSRF token; both only as hashes.
 fn open_consent(
@@ -227,10 +233,13 @@ fn open_consent(
     params: &AuthorizeParams,
     checked: CheckedParams,
     resource: String,
-    existing_browser: Option<String>,
-    client_ip: std::net::IpAddr,
+    visitor: Visitor,
 ) -> Result<OpenedConsent, OAuthError> {
     let now = state.now();
+    let Visitor {
+        browser: existing_browser,
+        ip: client_ip,
+    } = visitor;
     let browser = match existing_browser {
         Some(value) => SecretString::from(value),
         None => random_token(32)?,
@@ -327,8 +336,10 @@ pub async fn authorize(
         &params,
         checked,
         resource,
-        browser,
-        client_ip,
+        Visitor {
+            browser,
+            ip: client_ip,
+        },
     )
     .map_err(to_client)?;
     Ok(consent_response(&state, &client, &redirect_url, &opened))

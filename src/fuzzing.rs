@@ -113,6 +113,50 @@ pub fn jsonrpc_oracle(data: &[u8]) {
         message.params().map(|params| params.get())
     );
     assert_eq!(reparsed.to_line_with_id(None), line, "not a fixpoint");
+    // What the child reads: one line, with the same meaning.
+    let framed = crate::mcp::jsonrpc::single_line(line.clone());
+    assert!(
+        !framed.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']),
+        "a line break reaches the child: {framed:?}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&framed).expect("the framed line parses"),
+        serde_json::from_str::<serde_json::Value>(&line).expect("the line parses"),
+        "framing changed the message"
+    );
+}
+
+/// Request targets a sandboxed child sends the egress proxy (path and query, as hyper hands
+/// them over): whatever [`crate::egress::target_url`] makes of one stays on Forgejo's origin,
+/// with no credentials in it, wherever Forgejo is mounted.
+pub fn egress_target_oracle(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(target) = http::uri::PathAndQuery::try_from(text) else {
+        return;
+    };
+    for base in [
+        "https://forgejo.example/",
+        "https://forgejo.example/git/",
+        "http://10.0.0.5:3000/forgejo",
+    ] {
+        let forgejo = url::Url::parse(base).expect("a valid base");
+        let Some(url) = crate::egress::target_url(&forgejo, target.path(), target.query()) else {
+            continue;
+        };
+        assert_eq!(
+            url.origin(),
+            forgejo.origin(),
+            "{text:?} left {base}: {url}"
+        );
+        assert_eq!(url.host_str(), forgejo.host_str(), "{text:?}: {url}");
+        assert!(
+            url.username().is_empty() && url.password().is_none(),
+            "{text:?} put credentials in {url}"
+        );
+        assert!(url.fragment().is_none(), "{text:?}: {url}");
+    }
 }
 
 /// Requests a sandboxed child sends the egress proxy (`METHOD path`, one line): the builtin
@@ -177,6 +221,7 @@ pub const TARGETS: &[(&str, Oracle)] = &[
     ("token_request", token_request_oracle),
     ("jsonrpc", jsonrpc_oracle),
     ("upstream_path", upstream_path_oracle),
+    ("egress_target", egress_target_oracle),
 ];
 
 #[cfg(test)]

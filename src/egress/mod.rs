@@ -215,19 +215,6 @@ impl Egress {
         }
     }
 
-    /// Where a child's `path` and `query` go: below Forgejo's configured URL, on its origin.
-    /// The path is set on a copy of that URL (dot segments resolve there, and the policy then
-    /// checks they did not climb out); it is never parsed as a URL reference, which could name
-    /// another host.
-    fn target(&self, path: &str, query: Option<&str>) -> Option<url::Url> {
-        let mut target = self.forgejo.clone();
-        let base = self.forgejo.path().trim_end_matches('/');
-        target.set_path(&format!("{base}{path}"));
-        target.set_query(query);
-        target.set_fragment(None);
-        (target.origin() == self.forgejo.origin()).then_some(target)
-    }
-
     /// Whether the user behind `authorization` is a site administrator (`GET /api/v1/user`);
     /// `None` when Forgejo cannot say.
     async fn is_site_admin(
@@ -306,16 +293,11 @@ impl Egress {
             .uri
             .path_and_query()
             .map_or(("/", None), |pq| (pq.path(), pq.query()));
-        // The child may only reach Forgejo's own origin: a path, never an absolute or
-        // scheme-relative URL (a backslash counts as a slash to URL parsers).
-        if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
+        let Some(target) = target_url(&self.forgejo, path, query) else {
             return Ok(plain(
                 StatusCode::BAD_REQUEST,
-                "egress: origin-form requests only",
+                "egress: a path on Forgejo only (origin-form)",
             ));
-        }
-        let Some(target) = self.target(path, query) else {
-            return Ok(plain(StatusCode::BAD_REQUEST, "egress: bad path"));
         };
         // Before the token is fetched (a refused call must not even refresh it).
         self.check_policy(&parts.method, &target)?;
@@ -414,6 +396,27 @@ impl Egress {
             .body(Body::from_stream(upstream.bytes_stream()))
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "egress: bad upstream response")))
     }
+}
+
+/// Where a child's `path` and `query` go: below `forgejo` (the configured URL), on its origin;
+/// `None` for anything but an origin-form path. The child may only reach Forgejo's own origin:
+/// a path, never an absolute or scheme-relative URL (a backslash counts as a slash to URL
+/// parsers). The path is set on a copy of Forgejo's URL (dot segments resolve there, and the
+/// policy then checks they did not climb out); it is never parsed as a URL reference, which
+/// could name another host.
+pub fn target_url(forgejo: &url::Url, path: &str, query: Option<&str>) -> Option<url::Url> {
+    if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
+        return None;
+    }
+    let mut target = forgejo.clone();
+    let base = forgejo.path().trim_end_matches('/');
+    target.set_path(&format!("{base}{path}"));
+    target.set_query(query);
+    target.set_fragment(None);
+    (target.origin() == forgejo.origin()
+        && target.username().is_empty()
+        && target.password().is_none())
+    .then_some(target)
 }
 
 /// A request the upstream API policy refuses, and the policy's reason.

@@ -38,6 +38,8 @@ pub enum LoginError {
     Store(#[from] GrantStoreError),
     #[error(transparent)]
     Random(#[from] RandomError),
+    #[error("the login did not finish")]
+    Interrupted,
 }
 
 /// A login about to be sent to Forgejo: what the broker must remember until the callback.
@@ -56,7 +58,7 @@ pub struct Upstream {
     clock: SharedClock,
     audit: SharedAudit,
     refresh_ahead_secs: i64,
-    locks: Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: UserLocks,
     access_ended: AccessEndedSender,
 }
 
@@ -77,7 +79,7 @@ impl Upstream {
             clock,
             audit,
             refresh_ahead_secs,
-            locks: Mutex::new(HashMap::new()),
+            locks: Arc::new(Mutex::new(HashMap::new())),
             access_ended,
         }
     }
@@ -122,39 +124,46 @@ impl Upstream {
 
     /// The callback: exchange the code, identify the user, replace their token set (under
     /// their lock, so it cannot race a refresh).
+    ///
+    /// In a task of its own, like a refresh: exchanging a code moves the (user, app) grant's
+    /// refresh counter at Forgejo, so the set stored before is dead from then on, and the new
+    /// one must be stored whatever happens to the callback's request (a browser that gives up).
     pub async fn complete_login(
         &self,
         code: &str,
         code_verifier: &SecretString,
     ) -> Result<ForgejoUser, LoginError> {
-        let now = self.clock.now();
-        let tokens = self
-            .client
-            .exchange_code(code, code_verifier.expose_secret(), now)
-            .await
-            .inspect_err(|error| {
-                self.audit.record(AuditEvent::UpstreamLoginFailed {
+        let client = self.client.clone();
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let audit = self.audit.clone();
+        let locks = self.locks.clone();
+        let code = code.to_owned();
+        let code_verifier = code_verifier.clone();
+        let task = tokio::spawn(async move {
+            let failed = |error: &UpstreamError| {
+                audit.record(AuditEvent::UpstreamLoginFailed {
                     reason: error.to_string(),
-                })
-            })?;
-        let user = self
-            .client
-            .current_user(&tokens.access_token)
-            .await
-            .inspect_err(|error| {
-                self.audit.record(AuditEvent::UpstreamLoginFailed {
-                    reason: error.to_string(),
-                })
-            })?;
-        let lock = self.lock_for(user.id);
-        let _guard = lock.lock().await;
-        self.store
-            .put(user.id, &user.login, &tokens, self.clock.now())?;
-        self.audit.record(AuditEvent::UpstreamLogin {
-            user_id: user.id,
-            username: user.login.clone(),
+                });
+            };
+            let tokens = client
+                .exchange_code(&code, code_verifier.expose_secret(), clock.now())
+                .await
+                .inspect_err(failed)?;
+            let user = client
+                .current_user(&tokens.access_token)
+                .await
+                .inspect_err(failed)?;
+            let lock = lock_for(&locks, user.id);
+            let _guard = lock.lock().await;
+            store.put(user.id, &user.login, &tokens, clock.now())?;
+            audit.record(AuditEvent::UpstreamLogin {
+                user_id: user.id,
+                username: user.login.clone(),
+            });
+            Ok(user)
         });
-        Ok(user)
+        task.await.unwrap_or(Err(LoginError::Interrupted))
     }
 
     pub fn is_alive(&self, user_id: UserId) -> Result<bool, crate::store::StoreError> {
@@ -162,18 +171,7 @@ impl Upstream {
     }
 
     fn lock_for(&self, user_id: UserId) -> Arc<tokio::sync::Mutex<()>> {
-        let Ok(mut locks) = self.locks.lock() else {
-            // A poisoned map only means another thread panicked while inserting; a fresh lock
-            // loses single-flight for this call only.
-            return Arc::new(tokio::sync::Mutex::new(()));
-        };
-        if locks.len() > 10_000 {
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        }
-        locks
-            .entry(user_id)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone()
+        lock_for(&self.locks, user_id)
     }
 
     fn load(&self, user_id: UserId) -> Result<store::StoredGrant, UpstreamCredentialsError> {
@@ -337,6 +335,24 @@ impl Refresher {
         let _ = self.access_ended.send(AccessEnded::User { user_id });
     }
 }
+
+/// The per-user lock that makes refreshes (and logins) single-flight.
+fn lock_for(locks: &UserLocks, user_id: UserId) -> Arc<tokio::sync::Mutex<()>> {
+    let Ok(mut locks) = locks.lock() else {
+        // A poisoned map only means another thread panicked while inserting; a fresh lock
+        // loses single-flight for this call only.
+        return Arc::new(tokio::sync::Mutex::new(()));
+    };
+    if locks.len() > 10_000 {
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+    }
+    locks
+        .entry(user_id)
+        .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+        .clone()
+}
+
+type UserLocks = Arc<Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>>;
 
 fn verifier_aad(pending_id: &str) -> Aad<'_> {
     Aad {

@@ -141,6 +141,52 @@ async fn a_caller_that_gives_up_mid_refresh_does_not_lose_the_rotated_tokens() {
 }
 
 #[tokio::test]
+async fn a_browser_that_gives_up_mid_login_does_not_cost_the_user_their_forgejo_grant() {
+    let broker = broker().await;
+    broker.login_new_client().await;
+    let logins = || {
+        broker
+            .audit_events()
+            .iter()
+            .filter(|event| matches!(event, AuditEvent::UpstreamLogin { .. }))
+            .count()
+    };
+    assert_eq!(logins(), 1);
+    // A second login (another MCP client): Forgejo exchanges the code, which moves the
+    // grant's refresh counter and so retires the stored set, and answers slowly; the browser
+    // is gone before the answer arrives.
+    let second = broker
+        .register_public_client(&["http://127.0.0.1/callback"])
+        .await;
+    broker
+        .standin
+        .inject_token_faults(TokenFault::HangAnswer, 1);
+    {
+        let login = broker.login(&second);
+        tokio::pin!(login);
+        tokio::select! {
+            _ = &mut login => panic!("the code exchange was to hang"),
+            hung = broker.standin.wait_for_hung_requests(1, Duration::from_secs(10)) => {
+                assert!(hung);
+            }
+        }
+    }
+    broker.standin.release_hung_requests();
+    // The login finished without its browser: the new set is stored and refreshes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while logins() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the login was dropped with its browser"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let upstream = broker.app().auth.upstream.clone();
+    upstream.refresh_now(ALICE).await.unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log_in_again() {
     let broker = broker().await;
     let mut ended = broker.app().auth.access_ended.subscribe();

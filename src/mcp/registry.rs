@@ -276,12 +276,13 @@ impl Registry {
 
     /// Ends a session: deletes its record, stops its child, closes its streams. The record
     /// goes first: a request that arrives while the child stops must not find the session
-    /// gone from memory but still on disk, and load it again.
+    /// gone from memory but still on disk, and load it again. Ending a session twice (a DELETE
+    /// racing a revocation) waits for the same end and records it once.
     pub async fn end(&self, shared: &Arc<SessionShared>, reason: &str) {
         if let Err(error) = self.ctx.store.delete(&shared.key) {
             tracing::error!(session = %shared.label, %error, "cannot delete the session record");
         }
-        self.forget(&shared.key);
+        let first = self.forget(&shared.key).is_some();
         let (reply, done) = oneshot::channel();
         if shared
             .commands
@@ -294,11 +295,13 @@ impl Registry {
         {
             let _ = done.await;
         }
-        self.ctx.audit.record(AuditEvent::SessionEnded {
-            session: shared.label.clone(),
-            user_id: shared.user_id,
-            reason: reason.to_owned(),
-        });
+        if first {
+            self.ctx.audit.record(AuditEvent::SessionEnded {
+                session: shared.label.clone(),
+                user_id: shared.user_id,
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     /// [`Registry::end`] without waiting (from synchronous contexts).
@@ -306,7 +309,7 @@ impl Registry {
         if let Err(error) = self.ctx.store.delete(&shared.key) {
             tracing::error!(session = %shared.label, %error, "cannot delete the session record");
         }
-        self.forget(&shared.key);
+        let first = self.forget(&shared.key).is_some();
         let ctx = self.ctx.clone();
         self.ctx.tasks.spawn(async move {
             let (reply, done) = oneshot::channel();
@@ -321,11 +324,13 @@ impl Registry {
             {
                 let _ = done.await;
             }
-            ctx.audit.record(AuditEvent::SessionEnded {
-                session: shared.label.clone(),
-                user_id: shared.user_id,
-                reason: reason.to_owned(),
-            });
+            if first {
+                ctx.audit.record(AuditEvent::SessionEnded {
+                    session: shared.label.clone(),
+                    user_id: shared.user_id,
+                    reason: reason.to_owned(),
+                });
+            }
         });
     }
 
@@ -418,4 +423,168 @@ fn owned_by(user_id: &UserId, client_id: &str, grant_id: &str, principal: &Princ
     *user_id == principal.user_id
         && crate::secret::constant_time_eq(client_id.as_bytes(), principal.client_id.as_bytes())
         && crate::secret::constant_time_eq(grant_id.as_bytes(), principal.grant_id.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use tokio::sync::oneshot;
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::McpConfig;
+    use super::super::jsonrpc::{Id, Message, codes};
+    use super::super::session::{Command, SessionError};
+    use super::super::store::SessionStore;
+    use super::super::streams::{Frame, StreamKind};
+    use super::*;
+    use crate::audit::MemoryAudit;
+    use crate::auth::{UpstreamCredentials, UpstreamCredentialsError};
+    use crate::clock::ManualClock;
+    use crate::secret::SecretString;
+    use crate::store::Db;
+    use crate::supervisor::plain::PlainLauncher;
+
+    struct NoUpstream;
+
+    #[async_trait]
+    impl UpstreamCredentials for NoUpstream {
+        async fn access_token(&self, _: UserId) -> Result<SecretString, UpstreamCredentialsError> {
+            Err(UpstreamCredentialsError::NoGrant)
+        }
+    }
+
+    fn registry(audit: Arc<MemoryAudit>) -> Arc<Registry> {
+        let ctx = Context::new(
+            McpConfig::default(),
+            "http://127.0.0.1:9".to_owned(),
+            Arc::new(PlainLauncher),
+            Arc::new(NoUpstream),
+            SessionStore::open(Db::open_in_memory().unwrap()).unwrap(),
+            ManualClock::new(1_000_000),
+            audit,
+            CancellationToken::new(),
+        );
+        Registry::new(Arc::new(ctx))
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            user_id: 7,
+            username: "alice".to_owned(),
+            client_id: "client".to_owned(),
+            grant_id: "grant".to_owned(),
+            expires_at: 2_000_000,
+        }
+    }
+
+    /// A POST that looked the session up just before it ended has its Forward queued behind
+    /// the End. It used to be dropped with the actor: the request's stream closed with no
+    /// answer (a 202 to a request). Now it gets a JSON-RPC error and the HTTP side a verdict.
+    /// A single-threaded runtime, and both commands queued before the actor first runs, make
+    /// the order certain.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_queued_behind_the_end_of_its_session_is_answered() {
+        let audit = MemoryAudit::new();
+        let registry = registry(audit.clone());
+        let (_id, session) = registry.create(&principal(), false).await.unwrap();
+        let (stream, mut frames) = session.streams.lock().unwrap().open(StreamKind::Json, 1);
+        assert!(session.reserve_requests(1, 64));
+        let (end_reply, ended) = oneshot::channel();
+        let (forward_reply, forwarded) = oneshot::channel();
+        let request = Message::Request {
+            id: Id::number(41),
+            method: "tools/call".to_owned(),
+            params: None,
+        };
+        session
+            .commands
+            .try_send(Command::End {
+                reason: "test".to_owned(),
+                reply: end_reply,
+            })
+            .unwrap();
+        session
+            .commands
+            .try_send(Command::Forward {
+                messages: vec![request],
+                stream: Some(stream),
+                reply: forward_reply,
+            })
+            .unwrap();
+        ended.await.unwrap();
+        assert_eq!(forwarded.await.unwrap(), Err(SessionError::Ended));
+        let Some(Frame::Message { json, .. }) = frames.recv().await else {
+            panic!("the request's stream closed without an answer");
+        };
+        let answer: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(answer["id"], 41);
+        assert_eq!(answer["error"]["code"], codes::CHILD_UNAVAILABLE);
+        assert!(matches!(frames.recv().await, Some(Frame::End) | None));
+        assert_eq!(
+            session.in_flight.load(Ordering::SeqCst),
+            0,
+            "the refused request gave its share back"
+        );
+        // Nothing more can be queued once the actor has stopped.
+        let (reply, _) = oneshot::channel();
+        assert!(
+            session
+                .commands
+                .try_send(Command::Hibernate {
+                    reason: "test",
+                    reply
+                })
+                .is_err()
+        );
+    }
+
+    /// Two ends of one session (a DELETE racing a revocation) both return once it has ended,
+    /// and the audit log records one end.
+    #[tokio::test(flavor = "current_thread")]
+    async fn ending_a_session_twice_records_one_end() {
+        let audit = MemoryAudit::new();
+        let registry = registry(audit.clone());
+        let (_id, session) = registry.create(&principal(), false).await.unwrap();
+        tokio::join!(
+            registry.end(&session, "deleted"),
+            registry.end(&session, "revoked")
+        );
+        let ends: Vec<String> = audit
+            .events()
+            .into_iter()
+            .filter_map(|event| match event {
+                AuditEvent::SessionEnded { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends, ["deleted"]);
+    }
+
+    #[test]
+    fn in_flight_shares_are_taken_whole_or_not_at_all() {
+        let audit = MemoryAudit::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let session = runtime.block_on(async {
+            let registry = registry(audit);
+            registry.create(&principal(), false).await.unwrap().1
+        });
+        assert!(session.reserve_requests(2, 3));
+        assert!(
+            !session.reserve_requests(2, 3),
+            "2 + 2 passes the limit of 3"
+        );
+        assert!(session.reserve_requests(1, 3));
+        session.release_requests(3);
+        session.release_requests(1);
+        assert_eq!(
+            session.in_flight.load(Ordering::SeqCst),
+            0,
+            "never below zero"
+        );
+    }
 }

@@ -32,6 +32,8 @@ pub(super) enum EdgeError {
     TooManyInFlight(usize),
     #[error("too many sessions")]
     TooManySessions(usize),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
     #[error("internal error")]
     Internal,
 }
@@ -110,6 +112,11 @@ impl IntoResponse for EdgeError {
                 format!(
                     "Too many sessions: this user already has {limit} (the limit); end one with DELETE or wait for it to expire"
                 ),
+            ),
+            Self::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::CHILD_UNAVAILABLE,
+                "The broker is shutting down; retry the request (the session is kept)".to_owned(),
             ),
             Self::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,

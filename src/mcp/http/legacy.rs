@@ -140,8 +140,7 @@ pub(super) async fn legacy_inner(
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     let is_request = matches!(first, Message::Request { .. });
-    let in_flight = session.in_flight.load(std::sync::atomic::Ordering::SeqCst);
-    if is_request && in_flight >= edge.config.max_in_flight_per_session {
+    if is_request && !session.reserve_requests(1, edge.config.max_in_flight_per_session) {
         return Err(EdgeError::TooManyInFlight(
             edge.config.max_in_flight_per_session,
         ));

@@ -130,9 +130,9 @@ async fn post_to_session(
         .iter()
         .filter(|m| matches!(m, Message::Request { .. }))
         .count();
-    let in_flight = session.in_flight.load(std::sync::atomic::Ordering::SeqCst);
-    if requests > 0 && in_flight + requests > edge.config.max_in_flight_per_session {
-        // Each request in flight holds a stream and its replay buffer: bound them.
+    // Each request in flight holds a stream and its replay buffer: bound them. The share is
+    // taken here, before forwarding, and given back by the session as each is answered.
+    if requests > 0 && !session.reserve_requests(requests, edge.config.max_in_flight_per_session) {
         return Err(EdgeError::TooManyInFlight(
             edge.config.max_in_flight_per_session,
         ));
@@ -183,7 +183,15 @@ pub(super) async fn forward(
     stream: Option<u64>,
 ) -> Result<(), EdgeError> {
     let (reply, result) = oneshot::channel();
-    session
+    let reserved = if stream.is_some() {
+        messages
+            .iter()
+            .filter(|m| matches!(m, Message::Request { .. }))
+            .count()
+    } else {
+        0
+    };
+    if session
         .commands
         .send(Command::Forward {
             messages,
@@ -191,7 +199,12 @@ pub(super) async fn forward(
             reply,
         })
         .await
-        .map_err(|_| EdgeError::SessionNotFound)?;
+        .is_err()
+    {
+        // The session's actor has stopped: it ended meanwhile.
+        session.release_requests(reserved);
+        return Err(EdgeError::SessionNotFound);
+    }
     // Only a request that may respawn the child can turn into a 404 (a dead Forgejo grant);
     // with a child running, the answer comes on the stream and waiting for the actor's
     // acknowledgement would only add a wake-up to every call.
@@ -200,9 +213,17 @@ pub(super) async fn forward(
     }
     match result.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(SessionError::Gone)) | Err(_) => {
-            // The user's Forgejo grant died (or the session ended meanwhile): 404 from now on.
+        Ok(Err(SessionError::Gone)) => {
+            // The user's Forgejo grant died: 404 from now on.
             edge.registry.end(session, "upstream grant dead").await;
+            Err(EdgeError::SessionNotFound)
+        }
+        Ok(Err(SessionError::Ended)) => Err(EdgeError::SessionNotFound),
+        Ok(Err(SessionError::ShuttingDown)) => Err(EdgeError::ShuttingDown),
+        Err(_) => {
+            // The actor stopped without a word (it cannot, short of a bug): the session is
+            // unusable, so it ends rather than answering 500s forever.
+            edge.registry.end(session, "session stopped").await;
             Err(EdgeError::SessionNotFound)
         }
     }

@@ -58,6 +58,28 @@ impl SessionShared {
         }
     }
 
+    /// Takes `requests` of the session's in-flight allowance, or none if that would pass
+    /// `limit`. Taken by the HTTP side before it forwards, so that concurrent POSTs cannot all
+    /// pass the check; each request gives its share back when it is answered (or refused).
+    pub fn reserve_requests(&self, requests: usize, limit: usize) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |in_flight| {
+                in_flight
+                    .checked_add(requests)
+                    .filter(|total| *total <= limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what [`SessionShared::reserve_requests`] took.
+    pub fn release_requests(&self, requests: usize) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |in_flight| {
+                Some(in_flight.saturating_sub(requests))
+            });
+    }
+
     pub fn protocol_version(&self) -> Option<String> {
         self.negotiated
             .lock()
@@ -78,9 +100,15 @@ impl std::fmt::Debug for SessionShared {
 /// Why a forwarded message could not be taken.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SessionError {
-    /// The user's Forgejo grant is dead or the session was ended: the client must start over.
-    #[error("session ended")]
+    /// The user's Forgejo grant is dead: the session must end and the client start over.
+    #[error("the user's Forgejo grant is dead")]
     Gone,
+    /// The session ended before the message was taken (it was queued behind the end).
+    #[error("session ended")]
+    Ended,
+    /// The broker is shutting down; the session is kept for after the restart.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
 }
 
 pub enum Command {
@@ -218,10 +246,20 @@ impl Actor {
                 Step::Command(None) | Step::Shutdown => {
                     // Broker shutdown: stop the child, keep the record (resume after restart).
                     self.stop_child("broker shutdown").await;
+                    self.refuse_queued(
+                        SessionError::ShuttingDown,
+                        "the broker is shutting down; retry the request",
+                    )
+                    .await;
                     return;
                 }
                 Step::Command(Some(Command::End { reason, reply })) => {
                     self.stop_child(&reason).await;
+                    self.refuse_queued(
+                        SessionError::Ended,
+                        "the session ended; the request was not completed",
+                    )
+                    .await;
                     if let Ok(mut streams) = self.shared.streams.lock() {
                         streams.close_all();
                     }
@@ -233,6 +271,48 @@ impl Actor {
                 Step::Tick => self.housekeeping().await,
             }
         }
+    }
+
+    /// The actor is about to stop: no command is taken any more, and each one already queued
+    /// (a request that looked the session up just before it ended) is answered, its requests
+    /// with a JSON-RPC error on their stream, rather than dropped unanswered.
+    async fn refuse_queued(&mut self, why: SessionError, text: &str) {
+        self.commands.close();
+        while let Some(command) = self.commands.recv().await {
+            match command {
+                Command::Initialize { reply, .. } => {
+                    let _ = reply.send(InitializeOutcome::Failed(SpawnError::Initialize(
+                        why.to_string(),
+                    )));
+                }
+                Command::Forward {
+                    messages,
+                    stream,
+                    reply,
+                } => {
+                    if let Some(stream) = stream {
+                        for message in messages {
+                            if let Message::Request { id, .. } = message {
+                                self.release_reservation();
+                                self.answer_error(stream, &id, codes::CHILD_UNAVAILABLE, text);
+                            }
+                        }
+                    }
+                    let _ = reply.send(Err(why.clone()));
+                }
+                Command::Hibernate { reply, .. } => {
+                    let _ = reply.send(false);
+                }
+                Command::End { reply, .. } => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    /// A forwarded request that will not be answered by the child gives back its share.
+    fn release_reservation(&self) {
+        self.shared.release_requests(1);
     }
 
     async fn handle_command(&mut self, command: Command) {
@@ -333,6 +413,7 @@ impl Actor {
                     // Answered on the stream as well, in case nobody waits for the verdict.
                     for message in messages {
                         if let (Message::Request { id, .. }, Some(stream)) = (message, stream) {
+                            self.release_reservation();
                             self.answer_error(
                                 stream,
                                 &id,
@@ -347,6 +428,7 @@ impl Actor {
                     // Requests get a JSON-RPC error, never silence (item 142).
                     for message in messages {
                         if let (Message::Request { id, .. }, Some(stream)) = (message, stream) {
+                            self.release_reservation();
                             self.answer_error(
                                 stream,
                                 &id,
@@ -384,6 +466,7 @@ impl Actor {
         };
         if self.child.is_none() {
             // The child died while an earlier message of this batch was written.
+            self.release_reservation();
             self.answer_error(
                 stream,
                 client_id,
@@ -413,7 +496,8 @@ impl Actor {
                 tool: (method == "tools/call").then(|| peek.name.clone().unwrap_or_default()),
             },
         );
-        self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        // The request keeps the in-flight share the HTTP side reserved for it until it is
+        // answered ([`Actor::finish_client_request`]).
         let line = message.to_line_with_id(Some(&Id::number(broker_id)));
         self.write_line(line).await;
     }
@@ -527,7 +611,7 @@ impl Actor {
         if let Some(token) = progress_token {
             self.progress.remove(token);
         }
-        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.release_reservation();
     }
 
     async fn write_line(&mut self, line: String) {

@@ -241,8 +241,12 @@ pub fn confine<S: Syscall>(
             )
         );
 
-        // 15. Read-only binds of exactly what the profile needs, nosuid and nodev, keeping
-        //     any flags the kernel locked on the source mount.
+        // 15. Read-only binds of exactly what the profile needs, nosuid and nodev, all the way
+        //     down: a recursive bind brings the mounts below its source along (a separate
+        //     /usr/local, something mounted under /opt), and a remount reaches only the top
+        //     one, so `mount_setattr(AT_RECURSIVE)` sets the flags on each. Before Linux 5.12
+        //     the source alone is bound (what is mounted below it stays out of sight) and
+        //     remounted, keeping any flags the kernel locked on it.
         let mut source_fds = sources.iter();
         for bind in &plan.binds {
             let target = format!("{NEW_ROOT}{}", bind.path());
@@ -262,6 +266,16 @@ pub fn confine<S: Syscall>(
             step!(
                 Stage::BindMounts,
                 sys.mount(Some(&source), &target, None, MS_BIND | MS_REC, None)
+            );
+            match sys.mount_setattr_read_only(&target) {
+                Ok(()) => continue,
+                Err(Errno(libc::ENOSYS)) => {}
+                Err(errno) => return StageError::new(Stage::BindMounts, errno),
+            }
+            step!(Stage::BindMounts, sys.umount_detach(&target));
+            step!(
+                Stage::BindMounts,
+                sys.mount(Some(&source), &target, None, MS_BIND, None)
             );
             let locked = match sys.mount_flags(&target) {
                 Ok(flags) => flags,
@@ -684,6 +698,7 @@ mod tests {
             ("mount proc", Stage::MountProc),
             ("pivot_root . .", Stage::PivotRoot),
             ("become_mapped_root", Stage::Identity),
+            ("mount_setattr_read_only", Stage::BindMounts),
             ("clear_capabilities", Stage::Capabilities),
             ("set_no_new_privs", Stage::NoNewPrivs),
             ("landlock", Stage::Landlock),
@@ -707,6 +722,63 @@ mod tests {
                 "{call}: no exec after a failure"
             );
         }
+    }
+
+    /// The binds' calls for `/usr` (the first bind of [`plan`]), in order.
+    fn usr_bind_calls(sys: &Recorder) -> Vec<String> {
+        let first = index(sys, "mount /oldroot/proc/self/fd/");
+        sys.calls[first..]
+            .iter()
+            .take_while(|call| !call.starts_with("mkdir") && !call.starts_with("symlink"))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn binds_are_read_only_all_the_way_down() {
+        let (sys, result) = run_child(&plan(), None);
+        assert!(matches!(result, Ok(Role::ChildFinished(_))));
+        let calls = usr_bind_calls(&sys);
+        assert_eq!(
+            calls,
+            [
+                "mount /oldroot/proc/self/fd/14 /newroot/usr - 0x5000 -",
+                "mount_setattr_read_only /newroot/usr",
+            ],
+            "a recursive bind (MS_BIND | MS_REC), then read-only on every mount below it"
+        );
+    }
+
+    #[test]
+    fn without_mount_setattr_a_bind_takes_only_its_source_mount() {
+        let mut sys = Recorder::new(true);
+        sys.fail_on = Some("mount_setattr_read_only /newroot/usr".to_owned());
+        sys.fail_errno = libc::ENOSYS;
+        let programs = vec![policies::guard_program(policies::Arch::X86_64)];
+        let result = confine(&mut sys, &plan(), Some(b"tok-123"), &programs);
+        assert!(
+            matches!(
+                result,
+                Ok(Role::ChildFinished(StageError {
+                    stage: Stage::Exec,
+                    ..
+                }))
+            ),
+            "{result:?}"
+        );
+        let calls = usr_bind_calls(&sys);
+        assert_eq!(
+            calls,
+            [
+                "mount /oldroot/proc/self/fd/14 /newroot/usr - 0x5000 -",
+                "mount_setattr_read_only /newroot/usr",
+                "umount_detach /newroot/usr",
+                "mount /oldroot/proc/self/fd/14 /newroot/usr - 0x1000 -",
+                "mount_flags /newroot/usr",
+                "mount - /newroot/usr - 0x1027 -",
+            ],
+            "a kernel before 5.12: the source alone (MS_BIND), remounted read-only, nosuid, nodev"
+        );
     }
 
     #[test]

@@ -14,8 +14,10 @@ pub struct Recorder {
     pub calls: Vec<String>,
     /// Which side of `fork` to continue on.
     pub fork_as_child: bool,
-    /// The first call whose text starts with this prefix fails with `EPERM`.
+    /// The first call whose text starts with this prefix fails with `fail_errno`.
     pub fail_on: Option<String>,
+    /// The errno of that failure (`EPERM` unless a test says otherwise).
+    pub fail_errno: i32,
     /// What `control_recv` returns, in order.
     pub inbox: Vec<Vec<u8>>,
     /// Token bytes written to pipes (to assert where the token went).
@@ -30,6 +32,7 @@ impl Recorder {
             calls: Vec::new(),
             fork_as_child,
             fail_on: None,
+            fail_errno: libc::EPERM,
             inbox: vec![maps],
             written: Vec::new(),
             next_fd: 10,
@@ -49,7 +52,7 @@ impl Recorder {
         self.calls.push(call);
         if fails {
             self.fail_on = None;
-            return Err(Errno(libc::EPERM));
+            return Err(Errno(self.fail_errno));
         }
         Ok(())
     }
@@ -159,6 +162,9 @@ impl Syscall for Recorder {
     fn mount_flags(&mut self, path: &str) -> SysResult<u64> {
         self.record(format!("mount_flags {path}"))?;
         Ok(0)
+    }
+    fn mount_setattr_read_only(&mut self, path: &str) -> SysResult<()> {
+        self.record(format!("mount_setattr_read_only {path}"))
     }
     fn umount_detach(&mut self, target: &str) -> SysResult<()> {
         self.record(format!("umount_detach {target}"))

@@ -231,6 +231,32 @@ impl Syscall for Linux {
         Ok(keep)
     }
 
+    fn mount_setattr_read_only(&mut self, path: &str) -> SysResult<()> {
+        let path = c_string(path)?;
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: `path` is NUL-terminated; `attr` is a valid `struct mount_attr` of the size
+        // passed, alive for the call; the kernel only reads it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::AT_RECURSIVE as libc::c_uint,
+                &raw const attr,
+                std::mem::size_of::<libc::mount_attr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+
     fn umount_detach(&mut self, target: &str) -> SysResult<()> {
         let target = c_string(target)?;
         // SAFETY: `target` is NUL-terminated.

@@ -26,6 +26,9 @@ pub struct ProbeTargets {
     pub abstract_socket: Option<String>,
     /// Host files that must not be readable (database, config, key file).
     pub deny_read: Vec<String>,
+    /// Directories bound into the sandbox that must be visible and on a read-only mount
+    /// (a mount below a bound directory included).
+    pub read_only: Vec<String>,
     /// How much the memory bomb tries to allocate.
     pub memory_bomb_mib: u64,
     /// Stop the fork bomb here (a success beyond it means no limit).
@@ -206,6 +209,37 @@ pub fn run(targets: &ProbeTargets) -> Report {
             &format!("read {path}"),
             std::fs::read(path).and_then(non_empty),
         ));
+    }
+
+    // --- Mounts: read-only everywhere but /tmp, /proc and the device binds. ---
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(mountinfo) => {
+            let writable = writable_mounts(&mountinfo);
+            attempts.push(Attempt {
+                name: "writable-mount".into(),
+                escaped: !writable.is_empty(),
+                detail: format!(
+                    "read-write mounts besides /tmp, /proc and the device binds: {writable:?}"
+                ),
+            });
+        }
+        Err(error) => controls.push(control("read-mountinfo", Err::<(), _>(error))),
+    }
+    for path in &targets.read_only {
+        controls.push(control(
+            &format!("visible {path}"),
+            std::fs::read_dir(path).and_then(|mut entries| {
+                entries
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("empty"))?
+            }),
+        ));
+        let read_only = mount_is_read_only(path);
+        attempts.push(Attempt {
+            name: format!("writable-mount {path}"),
+            escaped: !matches!(read_only, Ok(true)),
+            detail: format!("statvfs: read-only {read_only:?}"),
+        });
     }
 
     // --- The network: nothing but our own endpoint. ---
@@ -500,6 +534,33 @@ pub fn run(targets: &ProbeTargets) -> Report {
     Report { attempts, controls }
 }
 
+/// Mount points whose per-mount options are read-write, from `/proc/self/mountinfo`, leaving
+/// out what a confined child may write: its /tmp, its /proc and the device binds in /dev.
+pub fn writable_mounts(mountinfo: &str) -> Vec<String> {
+    const WRITABLE: [&str; 5] = ["/tmp", "/proc", "/dev/null", "/dev/zero", "/dev/urandom"];
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ').skip(4);
+            let mount_point = fields.next()?;
+            let options = fields.next()?;
+            let writable = options.split(',').any(|option| option == "rw");
+            (writable && !WRITABLE.contains(&mount_point)).then(|| mount_point.to_owned())
+        })
+        .collect()
+}
+
+fn mount_is_read_only(path: &str) -> std::io::Result<bool> {
+    let path = std::ffi::CString::new(path).map_err(std::io::Error::other)?;
+    // SAFETY: statvfs is plain data; all-zero is valid.
+    let mut info: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `info` writable.
+    if unsafe { libc::statvfs(path.as_ptr(), &raw mut info) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.f_flag & libc::ST_RDONLY != 0)
+}
+
 fn non_empty(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
     if bytes.is_empty() {
         Err(std::io::Error::other("empty"))
@@ -710,6 +771,7 @@ pub fn parse_targets(args: impl Iterator<Item = String>) -> ProbeTargets {
             }
             "abstract" => targets.abstract_socket = Some(value.to_owned()),
             "deny-read" => targets.deny_read.push(value.to_owned()),
+            "read-only" => targets.read_only.push(value.to_owned()),
             "memory-bomb-mib" => targets.memory_bomb_mib = value.parse().unwrap_or(0),
             "fork-bomb-cap" => targets.fork_bomb_cap = value.parse().unwrap_or(4096),
             _ => {}

@@ -58,6 +58,9 @@ pub trait Syscall {
     /// The `MS_*` flags a read-only remount of `path` must keep (the "locked" flags of a mount
     /// inherited into a user namespace, bubblewrap's `bind-mount.c`).
     fn mount_flags(&mut self, path: &str) -> SysResult<u64>;
+    /// `mount_setattr(path, AT_RECURSIVE)` setting read-only, nosuid and nodev on the mount at
+    /// `path` and every mount below it (Linux 5.12; `ENOSYS` before).
+    fn mount_setattr_read_only(&mut self, path: &str) -> SysResult<()>;
     fn umount_detach(&mut self, target: &str) -> SysResult<()>;
     fn mkdir(&mut self, path: &str, mode: u32) -> SysResult<()>;
     /// Creates an empty file to bind a file onto.

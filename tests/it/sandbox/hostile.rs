@@ -305,3 +305,93 @@ async fn each_session_runs_as_its_own_host_uid_when_the_broker_is_root() {
     assert!(groups1.is_empty(), "supplementary groups kept: {groups1:?}");
     assert_ne!(uid1[0], uid2[0], "two sessions share a host uid");
 }
+
+/// A tmpfs mounted on the host for one test, unmounted when dropped (even if the test fails).
+struct HostTmpfs(PathBuf);
+
+impl HostTmpfs {
+    fn mount(at: &std::path::Path) -> std::io::Result<Self> {
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("size=1m,mode=0755"),
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for HostTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A directory bound into the sandbox with a mount below it (a separate /usr/local, a volume
+/// under /opt): the recursive bind brings that mount along, and it must be read-only inside
+/// too, not only the bound directory's own mount (a remount reaches only the top one).
+#[tokio::test]
+async fn a_mount_below_a_bound_directory_is_read_only_inside_the_sandbox() {
+    require_sandbox!();
+    if !super::is_root() {
+        eprintln!("skipped: mounting below a bound directory needs root on the host");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let bound = tempfile::tempdir().unwrap();
+    // The child runs as its own host uid: it must be able to read what it is given.
+    std::fs::set_permissions(bound.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(bound.path().join("top-file"), "top").unwrap();
+    let below = bound.path().join("below");
+    std::fs::create_dir(&below).unwrap();
+    let _tmpfs = HostTmpfs::mount(&below).expect("a tmpfs below the bound directory");
+    std::fs::write(below.join("marker"), "below").unwrap();
+    assert!(
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!(" {} ", below.display())),
+        "the host sees the mount below"
+    );
+
+    let (launcher, _) = launcher(config("native", vec![bound.path().to_path_buf()]));
+    let args = [
+        format!("read-only={}", bound.path().display()),
+        format!("read-only={}", below.display()),
+    ];
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut probe = launcher
+        .launch_sandboxed(spec(PROBE.as_ref(), &arg_refs, None))
+        .await
+        .expect("probe starts");
+    let output = read_all_stdout(&mut probe, Duration::from_secs(120)).await;
+    let report: serde_json::Value = serde_json::from_str(output.trim())
+        .unwrap_or_else(|e| panic!("probe output is not JSON ({e}): {output}"));
+    let named = |list: &str, prefix: &str| -> Vec<serde_json::Value> {
+        report[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| entry["name"].as_str().unwrap().starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    let visible = named("controls", "visible ");
+    assert_eq!(visible.len(), 2, "{output}");
+    for control in &visible {
+        assert_eq!(
+            control["ok"], true,
+            "the bind and the mount below it are seen: {control}"
+        );
+    }
+    let mounts = named("attempts", "writable-mount");
+    assert_eq!(
+        mounts.len(),
+        3,
+        "the mountinfo scan and both paths: {output}"
+    );
+    for attempt in &mounts {
+        assert_eq!(attempt["escaped"], false, "{attempt}");
+    }
+}

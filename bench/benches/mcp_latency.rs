@@ -54,7 +54,7 @@ use bench::{CpuTime, quantile};
 use bytes::Bytes;
 use forgejo_mcp_broker::app::{self, AppDeps};
 use forgejo_mcp_broker::config::Config;
-use forgejo_mcp_broker::oauth::store::{GrantRecord, IssuedHashes};
+use forgejo_mcp_broker::oauth::store::{CodeRecord, GrantRecord, IssuedHashes};
 use forgejo_mcp_broker::secret::{SecretString, hash_token};
 use forgejo_mcp_broker::supervisor::plain::PlainLauncher;
 use forgejo_mcp_broker::upstream::{GrantStore, TokenSet};
@@ -391,12 +391,31 @@ impl Broker {
             revoked: false,
         };
         let (access_hash, refresh_hash) = (hash_token(&token), hash_token(&refresh));
+        // A grant comes from a code's first use, as at the token endpoint.
+        let code_hash = hash_token(&format!("bench-code-{user}-{}", random_suffix()));
+        self.running
+            .auth
+            .oauth_store
+            .insert_code(
+                &code_hash,
+                &CodeRecord {
+                    client_id: grant.client_id.clone(),
+                    redirect_uri: "http://127.0.0.1/callback".to_owned(),
+                    code_challenge: "bench".to_owned(),
+                    resource: grant.resource.clone(),
+                    scope: None,
+                    user_id: user,
+                    username: grant.username.clone(),
+                    expires_at: now + 60,
+                },
+            )
+            .expect("code");
         self.running
             .auth
             .oauth_store
             .create_grant(
                 &grant,
-                "no-code",
+                &code_hash,
                 &IssuedHashes {
                     access_hash: &access_hash,
                     access_expires_at: now + 3600,

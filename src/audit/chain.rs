@@ -118,8 +118,9 @@ impl AuditKey {
     }
 
     /// Constant-time check of a checkpoint's HMAC. Only the canonical spelling (64 lowercase
-    /// hex digits, as written) is accepted: every byte of a checkpoint line is fixed by the key,
-    /// so not even a change of letter case goes unnoticed.
+    /// hex digits, as written) is accepted, so not even a change of letter case goes unnoticed;
+    /// the rest of the line is held to its canonical form by
+    /// [`RawLine::is_canonical_checkpoint`].
     pub fn verify_checkpoint(&self, seq: u64, time: &str, prev: &str, hmac_hex: &str) -> bool {
         let canonical = hmac_hex.len() == 64
             && hmac_hex
@@ -260,6 +261,25 @@ pub struct RawLine {
 impl RawLine {
     pub fn parse(line: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(line)
+    }
+
+    /// Whether `line` (which parsed as `self`) is a checkpoint exactly as a writer writes it.
+    /// The HMAC covers only seq, time and prev: anything else on a checkpoint line (an
+    /// `"event"` added to the last line of a closed log, say) would otherwise pass unnoticed.
+    pub fn is_canonical_checkpoint(&self, line: &str) -> bool {
+        let Some(checkpoint) = &self.checkpoint else {
+            return false;
+        };
+        serde_json::to_string(&CheckpointLine {
+            seq: self.seq,
+            time: &self.time,
+            prev: &self.prev,
+            checkpoint: Checkpoint {
+                key_id: checkpoint.key_id.clone(),
+                hmac: checkpoint.hmac.clone(),
+            },
+        })
+        .is_ok_and(|canonical| canonical == line)
     }
 
     pub fn event_name(&self) -> Option<&str> {

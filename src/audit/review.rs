@@ -24,6 +24,11 @@ pub enum BreakKind {
     CheckpointForged,
     /// A checkpoint made with a key other than the one given.
     CheckpointUnknownKey { key_id: String },
+    /// A checkpoint line carries more (or other) than a writer writes: text was added to it.
+    CheckpointAltered,
+    /// The writer found the log shorter than it had left it (records removed, or the file
+    /// deleted) and recorded it; the records between were lost.
+    Rewound { last_written: u64, found: u64 },
 }
 
 impl fmt::Display for BreakKind {
@@ -49,6 +54,17 @@ impl fmt::Display for BreakKind {
             Self::CheckpointUnknownKey { key_id } => write!(
                 f,
                 "checkpoint made with another key (key id {key_id}): wrong key given, or forged"
+            ),
+            Self::CheckpointAltered => write!(
+                f,
+                "checkpoint line altered: it carries more than seq, time, prev and its HMAC"
+            ),
+            Self::Rewound {
+                last_written,
+                found,
+            } => write!(
+                f,
+                "the broker found its log rewound: it had written up to seq {last_written}, the file then ended at seq {found} (records removed or the file deleted)"
             ),
         }
     }
@@ -245,6 +261,10 @@ pub fn verify_files(files: &[PathBuf], key: Option<&AuditKey>) -> std::io::Resul
                         return Ok(report);
                     }
                 }
+                if !raw.is_canonical_checkpoint(line) {
+                    report.first_break = Some(at(seq, BreakKind::CheckpointAltered));
+                    return Ok(report);
+                }
                 report.checkpoints += 1;
                 report.last_checkpoint_seq = seq;
                 report.unauthenticated_tail = 0;
@@ -322,7 +342,10 @@ pub fn select(files: &[PathBuf], filter: &ShowFilter) -> std::io::Result<Vec<Val
             let Ok(record) = serde_json::from_str::<Value>(line) else {
                 continue;
             };
-            if record.get("event").is_some() && filter.matches(&record) {
+            if record.get("event").is_some()
+                && record.get("checkpoint").is_none()
+                && filter.matches(&record)
+            {
                 selected.push(record);
             }
         }

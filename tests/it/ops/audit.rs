@@ -101,6 +101,35 @@ fn a_closed_log_verifies_completely() {
     assert!(keyless.to_string().contains("NOT verified"));
 }
 
+/// The HMAC of a checkpoint covers its seq, time and prev only: text added to the last
+/// checkpoint of a closed log (where no next line's `prev` covers it) must still be caught, and
+/// never shown as an event.
+#[test]
+fn text_added_to_a_checkpoint_line_is_caught_and_never_shown_as_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), 12);
+    let mut log = lines(&path);
+    let last = log.len() - 1;
+    assert!(log[last].contains("\"checkpoint\""), "{}", log[last]);
+    let forged = format!(
+        "{},\"event\":\"user_revoked\",\"user_id\":7,\"by\":\"admin\"}}",
+        log[last].strip_suffix('}').unwrap()
+    );
+    log[last] = forged;
+    write_lines(&path, &log);
+    let report = verify(&path);
+    assert!(!report.is_ok(VerifyPolicy::STRICT), "{report}");
+    assert_eq!(
+        break_of(&report),
+        (log.len(), Some(15), BreakKind::CheckpointAltered)
+    );
+    let shown = select(std::slice::from_ref(&path), &ShowFilter::default()).unwrap();
+    assert!(
+        shown.iter().all(|record| record["event"] != "user_revoked"),
+        "{shown:?}"
+    );
+}
+
 #[test]
 fn a_tampered_line_breaks_the_link_to_the_next() {
     let dir = tempfile::tempdir().unwrap();

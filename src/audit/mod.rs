@@ -164,6 +164,12 @@ pub enum AuditEvent {
         action: String,
         detail: String,
     },
+    /// The writer found the log ending before the last record it wrote (`last_written`), at
+    /// `found`: records were removed or the file deleted. `audit verify` reports it as a break.
+    AuditLogRewound {
+        last_written: u64,
+        found: u64,
+    },
 }
 
 impl AuditEvent {

@@ -269,6 +269,22 @@ pub fn verify_files(files: &[PathBuf], key: Option<&AuditKey>) -> std::io::Resul
                 report.last_checkpoint_seq = seq;
                 report.unauthenticated_tail = 0;
             } else {
+                if raw.event_name() == Some("audit_log_rewound") {
+                    let number = |name: &str| {
+                        raw.fields
+                            .get(name)
+                            .and_then(Value::as_u64)
+                            .unwrap_or_default()
+                    };
+                    report.first_break = Some(at(
+                        seq,
+                        BreakKind::Rewound {
+                            last_written: number("last_written"),
+                            found: number("found"),
+                        },
+                    ));
+                    return Ok(report);
+                }
                 report.records += 1;
                 report.unauthenticated_tail += 1;
             }

@@ -275,9 +275,21 @@ struct WriterState {
     /// Seq of the active file's first line (names it when rotated).
     first_seq: Option<u64>,
     head: ChainHead,
+    /// Whether `head` is where this writer knows the chain to be (after its first resync): a
+    /// log found behind it later was cut or deleted, which no writer ever does.
+    head_known: bool,
+    /// Such a rewind, found by `resync`, to be recorded before anything else is written.
+    rewound: Option<AuditEvent>,
     since_checkpoint: u64,
+    /// When the file was last fsynced: checkpoints written under load are made durable at most
+    /// once per [`SYNC_INTERVAL`].
+    last_sync: Instant,
     write_errors: Arc<AtomicU64>,
 }
+
+/// Under load, how often a checkpoint written with a batch is fsynced (a quiet log's timer,
+/// flush, close and rotation always fsync theirs).
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
@@ -423,7 +435,10 @@ impl WriterState {
             size: u64::MAX,
             first_seq: None,
             head: ChainHead::genesis(),
+            head_known: false,
+            rewound: None,
             since_checkpoint: 0,
+            last_sync: Instant::now(),
             write_errors: Arc::new(AtomicU64::new(0)),
         };
         // Read the head now, so a corrupt log is refused at start rather than on first write.
@@ -440,10 +455,27 @@ impl WriterState {
         // When the last write was, if it left the queue empty (a full batch means a backlog,
         // which is written without pause).
         let mut last_write: Option<Instant> = None;
+        // When the records pending a checkpoint must get one: `checkpoint_every` after the
+        // first of them, however many follow (a fresh timeout per message would never fire
+        // while events keep coming less than `checkpoint_every` apart).
+        let mut checkpoint_due: Option<Instant> = None;
         loop {
+            if self.since_checkpoint == 0 || self.key.is_none() {
+                checkpoint_due = None;
+            } else if checkpoint_due.is_none() {
+                checkpoint_due = Some(Instant::now() + self.config.checkpoint_every);
+            }
+            if checkpoint_due.is_some_and(|due| due <= Instant::now()) {
+                self.locked(Self::checkpoint_if_pending);
+                checkpoint_due = None;
+                continue;
+            }
+            let wait = checkpoint_due.map_or(self.config.checkpoint_every, |due| {
+                due.saturating_duration_since(Instant::now())
+            });
             let message = match carried.take() {
                 Some(message) => Ok(message),
-                None => receiver.recv_timeout(self.config.checkpoint_every),
+                None => receiver.recv_timeout(wait),
             };
             match message {
                 Ok(Message::Event(time, event)) => {
@@ -524,7 +556,13 @@ impl WriterState {
             return;
         }
         match self.resync() {
-            Ok(()) => operation(self),
+            Ok(()) => {
+                if let Some(event) = self.rewound.take() {
+                    let now = self.clock.now();
+                    self.write_events(&[(now, Box::new(event))]);
+                }
+                operation(self);
+            }
             Err(error) => self.count_error("resync", &error),
         }
         if let Err(error) = self.file.unlock() {
@@ -571,6 +609,22 @@ impl WriterState {
             tracing::warn!(target: "audit", path = %self.config.path.display(), "cutting a torn last line left by a crash");
             self.file.set_len(complete).map_err(open_error)?;
         }
+        // Writers only ever append (rotation keeps the chain): a log that now ends before what
+        // this writer wrote, or at the same seq with another line, was cut, rewritten or
+        // deleted. Continuing silently would let the next checkpoint sign over the gap.
+        if self.head_known
+            && (head.next_seq < self.head.next_seq
+                || (head.next_seq == self.head.next_seq && head.prev != self.head.prev))
+        {
+            let last_written = self.head.next_seq.saturating_sub(1);
+            let found = head.next_seq.saturating_sub(1);
+            tracing::error!(target: "audit", path = %self.config.path.display(), last_written, found, "the audit log was cut, rewritten or deleted behind the writer; recording it");
+            self.rewound = Some(AuditEvent::AuditLogRewound {
+                last_written,
+                found,
+            });
+        }
+        self.head_known = true;
         self.head = head;
         self.first_seq = first_seq;
         self.size = complete;
@@ -613,6 +667,8 @@ impl WriterState {
         // Work on a copy: a failed write must not advance the chain past lines not written.
         let mut head = self.head.clone();
         let mut since_checkpoint = self.since_checkpoint;
+        // Whether a checkpoint went into this batch (fsynced with it, now and then).
+        let mut signed = false;
         for (time, event) in batch {
             let seq = head.next_seq;
             match head.event_line(*time, event) {
@@ -633,6 +689,7 @@ impl WriterState {
             {
                 pending.push(&line);
                 since_checkpoint = 0;
+                signed = true;
             }
             let reached = self
                 .size
@@ -657,7 +714,12 @@ impl WriterState {
                 since_checkpoint = self.since_checkpoint;
             }
         }
-        self.commit(pending, &head, since_checkpoint);
+        if self.commit(pending, &head, since_checkpoint)
+            && signed
+            && self.last_sync.elapsed() >= SYNC_INTERVAL
+        {
+            self.sync();
+        }
     }
 
     /// One write of `pending` on the O_APPEND file, under the lock; on success the chain
@@ -701,6 +763,7 @@ impl WriterState {
         {
             self.head = head;
             self.since_checkpoint = 0;
+            self.sync();
         }
     }
 
@@ -711,6 +774,7 @@ impl WriterState {
     }
 
     fn sync(&mut self) {
+        self.last_sync = Instant::now();
         if let Err(error) = self.file.sync_data() {
             self.count_error("fsync", &error);
         }

@@ -130,6 +130,49 @@ fn text_added_to_a_checkpoint_line_is_caught_and_never_shown_as_an_event() {
     );
 }
 
+/// Someone with write access to the log cuts it (or deletes it) while the broker runs: the
+/// writer, which knows where it left the chain, must not continue from the cut and let its next
+/// checkpoint sign over the gap.
+#[test]
+fn a_log_cut_or_deleted_under_the_writer_is_recorded_and_fails_verify() {
+    for delete in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let clock = ManualClock::new(START);
+        let audit = FileAudit::open(
+            file_config(&path, 1 << 30, 1000),
+            key(),
+            clock.clone(),
+            Metrics::new(),
+        )
+        .unwrap();
+        for n in 0..5 {
+            audit.record(token_issued(n));
+        }
+        audit.flush();
+        let log = lines(&path);
+        assert_eq!(log.len(), 6, "5 records and the flush's checkpoint");
+        if delete {
+            std::fs::remove_file(&path).unwrap();
+        } else {
+            write_lines(&path, &log[..2]);
+        }
+        audit.record(token_issued(9));
+        audit.close();
+        let report = verify(&path);
+        assert!(!report.is_ok(VerifyPolicy::STRICT), "{report}");
+        let (_, _, kind) = break_of(&report);
+        assert_eq!(
+            kind,
+            BreakKind::Rewound {
+                last_written: 6,
+                found: if delete { 0 } else { 2 }
+            },
+            "delete: {delete}"
+        );
+    }
+}
+
 #[test]
 fn a_tampered_line_breaks_the_link_to_the_next() {
     let dir = tempfile::tempdir().unwrap();
@@ -524,6 +567,9 @@ fn every_event() -> Vec<AuditEvent> {
             | E::UpstreamApiDenied { .. }
             | E::RateLimited { .. }
             | E::VaultEvent { .. } => {}
+            // Written by the writer itself when it finds the log cut; a break for verify
+            // (`a_log_cut_or_deleted_under_the_writer_is_recorded_and_fails_verify`).
+            E::AuditLogRewound { .. } => {}
         }
     }
     events
@@ -809,6 +855,36 @@ fn a_quiet_writer_checkpoints_pending_records_on_its_timer() {
     }
     let report = verify_files(std::slice::from_ref(&path), Some(&key())).unwrap();
     assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
+    audit.close();
+}
+
+/// Records arriving more often than `checkpoint_every` still get their checkpoint about
+/// `checkpoint_every` after the first of them (a timer restarted by every record never fired).
+#[test]
+fn a_steady_trickle_of_records_still_gets_its_timed_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let config = AuditFileConfig {
+        checkpoint_every: Duration::from_millis(300),
+        ..file_config(&path, 1 << 30, 1000)
+    };
+    let audit = FileAudit::open(config, key(), ManualClock::new(START), Metrics::new()).unwrap();
+    // One record every 50 ms, well inside the 300 ms period, until a checkpoint shows (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("\"checkpoint\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} records over 10 s and no checkpoint: {text}"
+        );
+        audit.record(token_issued(n));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
     audit.close();
 }
 

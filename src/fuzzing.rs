@@ -119,11 +119,15 @@ pub fn jsonrpc_oracle(data: &[u8]) {
         !framed.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']),
         "a line break reaches the child: {framed:?}"
     );
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&framed).expect("the framed line parses"),
-        serde_json::from_str::<serde_json::Value>(&line).expect("the line parses"),
-        "framing changed the message"
-    );
+    // `Value` cannot hold every number JSON can spell (`1e999` is valid JSON, passed through
+    // verbatim); the comparison is for the lines it can represent.
+    if let Ok(original) = serde_json::from_str::<serde_json::Value>(&line) {
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&framed).expect("the framed line parses"),
+            original,
+            "framing changed the message"
+        );
+    }
 }
 
 /// Request targets a sandboxed child sends the egress proxy (path and query, as hyper hands

@@ -391,8 +391,8 @@ pub fn render_table(records: &[Value]) -> String {
     ]];
     let text = |value: Option<&Value>| match value {
         None | Some(Value::Null) => "-".to_owned(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+        Some(Value::String(s)) => terminal_safe(s),
+        Some(other) => terminal_safe(&other.to_string()),
     };
     for record in records {
         let details = record
@@ -436,6 +436,28 @@ pub fn render_table(records: &[Value]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `text` with what a terminal would act on rather than show (control characters: line
+/// breaks, escape sequences; bidi overrides and zero-width characters) written as `\u{…}`.
+/// Records hold strings that came from clients (a tool name, an error parameter); the JSON
+/// escapes them, but `audit show` prints them decoded to an operator's terminal.
+fn terminal_safe(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = c.is_control()
+            || matches!(
+                c,
+                '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+                    | '\u{FEFF}'
+            );
+        if hidden {
+            safe.extend(c.escape_unicode());
+        } else {
+            safe.push(c);
+        }
+    }
+    safe
 }
 
 /// The files of a log given on the command line, or found from its active path.

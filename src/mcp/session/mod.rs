@@ -164,6 +164,19 @@ struct LiveChild {
     stderr_task: tokio::task::JoinHandle<()>,
 }
 
+/// The tool name an audit record keeps: the client chose it, so at most
+/// [`MAX_AUDITED_TOOL_NAME`] characters (a body of megabytes must not become a record of
+/// megabytes; `audit show` escapes what a terminal would act on).
+pub(super) fn audited_tool_name(name: Option<&str>) -> String {
+    let name = name.unwrap_or_default();
+    match name.char_indices().nth(MAX_AUDITED_TOOL_NAME) {
+        Some((end, _)) => format!("{}…", name.get(..end).unwrap_or_default()),
+        None => name.to_owned(),
+    }
+}
+
+const MAX_AUDITED_TOOL_NAME: usize = 128;
+
 /// Child → client requests awaiting the client's answer, per session. A client that never
 /// answers (or a child that keeps asking) must not grow the broker's memory without bound.
 const MAX_OUTBOUND_REQUESTS: usize = 256;
@@ -493,7 +506,7 @@ impl Actor {
                 stream,
                 progress_token,
                 deadline: Instant::now() + self.ctx.config.request_timeout(),
-                tool: (method == "tools/call").then(|| peek.name.clone().unwrap_or_default()),
+                tool: (method == "tools/call").then(|| audited_tool_name(peek.name.as_deref())),
             },
         );
         // The request keeps the in-flight share the HTTP side reserved for it until it is

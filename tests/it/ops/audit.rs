@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use forgejo_mcp_broker::audit::chain::{ChainHead, line_hash};
 use forgejo_mcp_broker::audit::review::{
-    BreakKind, ShowFilter, VerifyPolicy, VerifyReport, order_files, select, verify_files,
+    BreakKind, ShowFilter, VerifyPolicy, VerifyReport, order_files, render_table, select,
+    verify_files,
 };
 use forgejo_mcp_broker::audit::writer::log_files;
 use forgejo_mcp_broker::audit::{AuditEvent, AuditFileConfig, AuditKey, AuditSink, FileAudit};
@@ -171,6 +172,26 @@ fn a_log_cut_or_deleted_under_the_writer_is_recorded_and_fails_verify() {
             "delete: {delete}"
         );
     }
+}
+
+/// Strings from clients (a tool name) reach `audit show`'s table decoded: what a terminal would
+/// act on (line breaks, escape sequences, bidi overrides) is shown escaped, never acted on.
+#[test]
+fn audit_show_never_prints_a_clients_control_characters() {
+    let record = serde_json::to_value(AuditEvent::ToolCalled {
+        session: "s1".into(),
+        user_id: 7,
+        tool: "x\n\u{1b}[2Kfake row\u{202E}gnp.exe".into(),
+        outcome: "ok".into(),
+    })
+    .unwrap();
+    let table = render_table(&[record]);
+    assert_eq!(table.lines().count(), 2, "a header and one row: {table:?}");
+    assert!(!table.contains(['\u{1b}', '\u{202E}', '\r']), "{table:?}");
+    assert!(
+        table.contains("x\\u{a}\\u{1b}[2Kfake row\\u{202e}gnp.exe"),
+        "{table}"
+    );
 }
 
 #[test]

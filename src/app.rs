@@ -288,9 +288,11 @@ pub async fn start_on(
     listener: TcpListener,
     deps: AppDeps,
 ) -> Result<RunningApp, StartError> {
-    std::fs::create_dir_all(&config.server.data_dir).map_err(|source| StartError::DataDir {
-        path: config.server.data_dir.clone(),
-        source,
+    crate::store::create_data_dir(&config.server.data_dir).map_err(|source| {
+        StartError::DataDir {
+            path: config.server.data_dir.clone(),
+            source,
+        }
     })?;
     crate::supervisor::sandbox_config::preflight(&config.sandbox)?;
     let db = Db::open(&config.server.database_path())?;

@@ -253,7 +253,7 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_path)?;
     log_to_stderr(config.log.format, &config.log.filter);
     let data_dir = &config.server.data_dir;
-    std::fs::create_dir_all(data_dir)
+    forgejo_mcp_broker::store::create_data_dir(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let db = forgejo_mcp_broker::store::Db::open(&config.server.database_path())?;
     let clock: forgejo_mcp_broker::clock::SharedClock =

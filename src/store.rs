@@ -19,6 +19,11 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("cannot create database file {path}: {source}")]
+    CreateFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("migration {component} step {step} failed: {source}")]
     Migration {
         component: String,
@@ -157,8 +162,13 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     /// Opens (creating if needed) the database file with WAL and foreign keys on. The file is
-    /// created owner-only (it holds token hashes and vault ciphertext).
+    /// created owner-only (it holds token hashes and vault ciphertext), and an existing one is
+    /// made so.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        create_owner_only(path).map_err(|source| StoreError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let connection = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -308,6 +318,39 @@ impl Db {
     }
 }
 
+/// Creates the broker's data directory, and any missing parent, owner-only (0700). It holds
+/// the database and, by default, the vault's key file; with the default mode (0755 under the
+/// usual umask) every local user could list it. An existing directory keeps its mode: the
+/// operator chose it.
+pub fn create_data_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Creates the database file empty and owner-only (0600) unless it exists, before SQLite
+/// opens it. SQLite itself would create it with its default mode (0644 under the usual umask)
+/// and leave it readable by every local user until [`restrict_permissions`] runs; it accepts an
+/// empty file as a new database and creates `-wal` and `-shm` with the database file's mode.
+/// `create_new` (`O_EXCL`): an existing file, the usual case, is never truncated or reopened
+/// for writing here, even if another process created it a moment ago.
+fn create_owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Tightens files an older broker or an operator left looser than 0600.
 fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for candidate in [
@@ -380,6 +423,54 @@ mod tests {
             "no longer the watch's"
         );
         assert_stamps_follow_other_connections(&watching, &writer);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_database_file_is_created_owner_only_and_an_existing_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.db");
+        // The mode it has before SQLite ever sees it (a chmod afterwards would be too late).
+        create_owner_only(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let db = Db::open(&path).unwrap();
+        db.migrate("test", &["CREATE TABLE t (a INTEGER);"])
+            .unwrap();
+        write_through(&db, 1);
+        for file in [
+            path.clone(),
+            path.with_extension("db-wal"),
+            path.with_extension("db-shm"),
+        ] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        // An existing database is neither truncated nor replaced.
+        let reopened = Db::open(&path).unwrap();
+        let rows: i64 = reopened
+            .call(|c| {
+                c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .map_err(StoreError::from)
+            })
+            .unwrap();
+        assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn a_created_data_dir_is_owner_only_and_an_existing_one_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("var/forgejo-mcp-broker");
+        create_data_dir(&data_dir).unwrap();
+        assert_eq!(mode(&data_dir), 0o700);
+        assert_eq!(mode(&dir.path().join("var")), 0o700);
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_data_dir(&data_dir).unwrap();
+        assert_eq!(mode(&data_dir), 0o750);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod scan;
 pub mod source;
 pub mod status;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -313,6 +314,25 @@ pub(crate) fn unlock(
     Ok(master)
 }
 
+/// A data key row is active although its version is below `min_decryption_version`: only a
+/// write to the database outside the broker (a restored old row, tampering) does that, since
+/// retirement deletes the wrapped key and raises the minimum in one transaction. Such a key
+/// is never loaded — its envelopes were all re-encrypted before it retired, so honouring it
+/// could only open values someone put back — and, like an unreadable row, it is reported
+/// while the broker keeps serving with its other keys.
+fn report_below_minimum(deps: &VaultDeps, version: u32, minimum: u32) {
+    tracing::error!(
+        target: "vault",
+        version,
+        min_decryption_version = minimum,
+        "a retired data key is marked active again in the database (restored or tampered row); it is not loaded"
+    );
+    deps.record(
+        "data_key_below_minimum",
+        format!("version={version} min_decryption_version={minimum}"),
+    );
+}
+
 /// What `vault init` did.
 #[derive(Debug)]
 pub struct InitReport {
@@ -430,6 +450,8 @@ pub struct Vault {
     origin: String,
     /// The last failed attempt to reload the master key from its source (after a rotation).
     last_reload: Mutex<Option<ReloadAttempt>>,
+    /// Data key versions already reported as active below `min_decryption_version`.
+    reported_below_minimum: Mutex<BTreeSet<u32>>,
     /// The target version the previous job step found no older row for (rotation.rs).
     pub(crate) retire_candidate: Mutex<Option<u32>>,
     metrics: Option<crate::metrics::Metrics>,
@@ -490,6 +512,10 @@ impl Vault {
         }
         let mut keyring = Keyring::new();
         for (version, wrapped) in active {
+            if version < meta.min_decryption_version {
+                report_below_minimum(&deps, version, meta.min_decryption_version);
+                continue;
+            }
             let key = master
                 .unwrap_data_key(version, &wrapped)
                 .map_err(|_| KeystoreError::DataKeyUnreadable { version })?;
@@ -520,6 +546,7 @@ impl Vault {
             counters: VaultCounters::default(),
             origin,
             last_reload: Mutex::new(None),
+            reported_below_minimum: Mutex::new(BTreeSet::new()),
             retire_candidate: Mutex::new(None),
             metrics: None,
             env,
@@ -604,7 +631,8 @@ impl Vault {
     /// retired ones. After a master-key rotation this process's master key no longer unwraps
     /// new data keys; it then re-reads its configured source once per new version (the
     /// operator may have replaced the key file in place), and otherwise keeps serving with the
-    /// keys it has and warns: a restart with the new key picks them up.
+    /// keys it has and warns: a restart with the new key picks them up. A version below
+    /// `min_decryption_version` is never loaded, whatever its row says (`report_below_minimum`).
     pub fn refresh_keys(&self) -> Result<(), KeystoreError> {
         let (meta, active) = self.db.call(read_key_state)?;
         let Some(meta) = meta else {
@@ -612,6 +640,19 @@ impl Vault {
         };
         for (version, wrapped) in active {
             if self.keyring.read(|keyring| keyring.contains(version)) {
+                continue;
+            }
+            if version < meta.min_decryption_version {
+                // Reported once per version, not at every tick; the job retires the row
+                // again once no sealed value uses the version (rotation.rs).
+                let mut reported = self
+                    .reported_below_minimum
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if reported.insert(version) {
+                    self.count("load_data_key", false);
+                    report_below_minimum(&self.deps, version, meta.min_decryption_version);
+                }
                 continue;
             }
             let unwrapped = {

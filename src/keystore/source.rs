@@ -330,6 +330,16 @@ pub fn generate_key_file(path: &Path) -> Result<KeyMaterial, KeySourceError> {
     file.write_all(key.to_key_file().as_bytes())
         .map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
+    // The file's directory entry is durable only once its directory is synced (fsync(2)):
+    // without it a crash right after `vault init` could lose the file while the database
+    // already holds a vault sealed under the key, which nothing could then open.
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(write_error)?;
     Ok(key)
 }
 

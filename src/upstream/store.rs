@@ -170,8 +170,12 @@ impl GrantStore {
         }))
     }
 
-    /// Forgejo refused the refresh: the grant is dead until the user authorizes again. The
-    /// ciphertexts are dropped too: a dead token set is of no use to anyone.
+    /// Forgejo refused the refresh: the grant is dead until the user authorizes again. Only
+    /// the refresh token's ciphertext is dropped. The access token's stays (sealed, never
+    /// handed out again: a dead grant yields `GrantDead`) until the user authorizes again or
+    /// `users revoke` deletes the row: `access_token` is NOT NULL, and an empty placeholder
+    /// would read as an unreadable value to `get` and to the vault's re-encryption job, which
+    /// then never retires the key version.
     pub fn mark_dead(&self, user_id: UserId, now: UnixSeconds) -> Result<(), GrantStoreError> {
         self.db.call(|connection| {
             connection.execute(

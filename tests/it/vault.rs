@@ -498,6 +498,82 @@ fn data_key_rotation_reencrypts_in_the_background_then_retires_the_old_key() {
     check_row(&restarted, &db, 4);
 }
 
+/// `min_decryption_version` is enforced, not only shown: a retired data key whose row someone
+/// with write access to the database puts back (from an old backup) is never loaded, neither
+/// at start nor at a tick, so envelopes under it stay closed; the job retires the row again.
+#[test]
+fn a_retired_data_key_put_back_as_active_is_never_loaded() {
+    let fixture = Fixture::new();
+    fixture.init();
+    let vault = fixture.open().unwrap();
+    let db = fixture.db();
+    write_row(&vault, &db, 1);
+    // What an old backup holds: the wrapped v1 key and a value sealed under it.
+    let (_, old_access, _) = sealed_columns(&db).remove(0);
+    let wrapped_v1: Vec<u8> = db
+        .call(|connection| {
+            connection
+                .query_row(
+                    "SELECT wrapped FROM vault_data_keys WHERE version = 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(StoreError::from)
+        })
+        .unwrap();
+    rotation::rotate_data_key(
+        &db,
+        &fixture.config,
+        fixture.data_dir(),
+        &fixture.deps(),
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(run_job_to_idle(&vault).retired, vec![1]);
+    let serving = fixture.open().unwrap();
+    assert_eq!(serving.versions(), vec![2]);
+
+    db.call(|connection| {
+        connection
+            .execute(
+                "UPDATE vault_data_keys SET state = 'active', wrapped = ?1, retired_at = NULL
+                 WHERE version = 1",
+                params![wrapped_v1],
+            )
+            .map_err(StoreError::from)
+    })
+    .unwrap();
+    assert_eq!(active_versions(&db), vec![1, 2]);
+    let old_aad = aad("access_token", "1", 1);
+
+    // A serving broker's tick does not load it.
+    serving.refresh_keys().unwrap();
+    assert_eq!(serving.versions(), vec![2]);
+    assert!(serving.open(&old_aad, &old_access).is_err());
+    // Nor does a restart.
+    let restarted = fixture.open().unwrap();
+    assert_eq!(restarted.versions(), vec![2]);
+    assert!(restarted.open(&old_aad, &old_access).is_err());
+    check_row(&restarted, &db, 1);
+
+    // Reported once per process (not at every tick), then retired again by the job.
+    assert_eq!(run_job_to_idle(&serving).retired, vec![1]);
+    assert_eq!(active_versions(&db), vec![2]);
+    let reports = fixture
+        .audit
+        .events()
+        .iter()
+        .filter(|event| {
+            matches!(
+                event,
+                AuditEvent::VaultEvent { action, detail }
+                    if action == "data_key_below_minimum" && detail.contains("version=1 ")
+            )
+        })
+        .count();
+    assert_eq!(reports, 2);
+}
+
 #[test]
 fn a_rotation_stopped_midway_resumes_after_a_restart() {
     let fixture = Fixture::new();

@@ -41,4 +41,5 @@ pub mod secret;
 pub mod standin;
 pub mod store;
 pub mod supervisor;
+pub mod text;
 pub mod upstream;

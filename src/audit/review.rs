@@ -445,13 +445,7 @@ pub fn render_table(records: &[Value]) -> String {
 fn terminal_safe(text: &str) -> String {
     let mut safe = String::with_capacity(text.len());
     for c in text.chars() {
-        let hidden = c.is_control()
-            || matches!(
-                c,
-                '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-                    | '\u{FEFF}'
-            );
-        if hidden {
+        if c.is_control() || crate::text::is_invisible_or_reordering(c) {
             safe.extend(c.escape_unicode());
         } else {
             safe.push(c);

@@ -293,6 +293,7 @@ fn consent_response(
         client_id: &client.client_id,
         client_id_host: client_id_host.as_deref(),
         redirect_host: redirect_url.host_str().unwrap_or(""),
+        redirect_uri: redirect_url.as_str(),
         redirect_is_loopback: is_loopback_url(redirect_url),
         forgejo_origin: &forgejo_origin,
         forgejo_scopes: state.upstream.client().scopes(),

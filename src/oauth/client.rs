@@ -110,7 +110,14 @@ fn optional_string(
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(text)) => {
-            if text.chars().count() > max || text.chars().any(char::is_control) {
+            // No control characters, and none that a reader does not see but that reorder or
+            // hide what is shown around them (a name carrying U+202E garbles the consent page
+            // sentence that holds it).
+            if text.chars().count() > max
+                || text
+                    .chars()
+                    .any(|c| c.is_control() || crate::text::is_invisible_or_reordering(c))
+            {
                 Err(METADATA(error))
             } else {
                 Ok(Some(text.clone()))
@@ -476,6 +483,15 @@ mod tests {
             ),
             (
                 serde_json::json!({"redirect_uris": ["https://a.example/cb"], "client_name": "x".repeat(201)}),
+                "invalid_client_metadata",
+            ),
+            // A right-to-left override would reorder the consent page sentence around the name.
+            (
+                serde_json::json!({"redirect_uris": ["https://a.example/cb"], "client_name": "Claude\u{202E}lanigiro"}),
+                "invalid_client_metadata",
+            ),
+            (
+                serde_json::json!({"redirect_uris": ["https://a.example/cb"], "client_name": "Clau\u{200B}de"}),
                 "invalid_client_metadata",
             ),
             (

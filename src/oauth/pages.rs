@@ -10,6 +10,9 @@ pub struct ConsentView<'a> {
     /// Host of a CIMD `client_id` URL (item 48: show who vouches for the document).
     pub client_id_host: Option<&'a str>,
     pub redirect_host: &'a str,
+    /// The whole redirect URI (item 82): hosts shared by path between owners
+    /// (`script.google.com/macros/s/…`) look alike by host alone.
+    pub redirect_uri: &'a str,
     pub redirect_is_loopback: bool,
     pub forgejo_origin: &'a str,
     pub forgejo_scopes: &'a [String],
@@ -27,7 +30,9 @@ pub fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control() => out.push('\u{FFFD}'),
+            c if c.is_control() || crate::text::is_invisible_or_reordering(c) => {
+                out.push('\u{FFFD}');
+            }
             c => out.push(c),
         }
     }
@@ -70,7 +75,7 @@ pub fn consent_page(view: &ConsentView<'_>) -> String {
 <p>The application <strong>{name}</strong> (client id <code>{client_id}</code>) asks to act on \
 <strong>{forgejo}</strong> on your behalf through this broker.</p>{vouched}\
 <p>After you allow it, you will sign in at Forgejo, and then be sent back to \
-<strong>{redirect_host}</strong>.</p>{loopback}\
+<strong>{redirect_host}</strong>, at <code>{redirect_uri}</code>.</p>{loopback}\
 <p>It will be able to:</p><ul>{scopes}</ul>\
 <form method=\"post\" action=\"/oauth/consent\">\
 <input type=\"hidden\" name=\"request\" value=\"{request}\">\
@@ -82,6 +87,7 @@ pub fn consent_page(view: &ConsentView<'_>) -> String {
         client_id = escape(view.client_id),
         forgejo = escape(view.forgejo_origin),
         redirect_host = escape(view.redirect_host),
+        redirect_uri = escape(view.redirect_uri),
         request = escape(view.request_id),
         csrf = escape(view.csrf),
     )
@@ -138,6 +144,7 @@ mod tests {
             client_id: "abc",
             client_id_host: None,
             redirect_host: "claude.ai",
+            redirect_uri: "https://claude.ai/api/mcp/auth_callback",
             redirect_is_loopback: false,
             forgejo_origin: "https://git.example.org",
             forgejo_scopes: &scopes,
@@ -146,6 +153,7 @@ mod tests {
         });
         assert!(page.contains("&lt;b&gt;Evil&lt;/b&gt;"));
         assert!(page.contains("claude.ai"));
+        assert!(page.contains("<code>https://claude.ai/api/mcp/auth_callback</code>"));
         assert!(page.contains("name=\"csrf\" value=\"c1\""));
         assert!(!page.contains("<script"));
     }

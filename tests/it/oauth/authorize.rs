@@ -120,6 +120,13 @@ async fn the_consent_page_is_hardened_and_names_client_and_redirect_host() {
     assert_eq!(page.headers["cache-control"], "no-store");
     assert!(page.html.contains("Test Client"));
     assert!(page.html.contains("claude.ai"));
+    // The whole redirect URI, not only its host (item 82).
+    assert!(
+        page.html
+            .contains("<code>https://claude.ai/api/mcp/auth_callback</code>"),
+        "{}",
+        page.html
+    );
     assert!(!page.html.contains("<script"));
     assert!(
         page.html

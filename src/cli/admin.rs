@@ -1,5 +1,9 @@
 //! `forgejo-mcp-broker admin clients|users ...`: operator actions on the database, audited.
+//!
+//! A command reports its result only once its audit records are on disk: an action whose record
+//! could not be written exits non-zero and says so (the action itself is done and stays done).
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,13 +84,30 @@ enum UsersCommand {
     },
 }
 
-fn print_one(value: &impl Serialize, json: bool, human: String) -> anyhow::Result<()> {
+/// Adds one result line to `out`: JSON, or the `human` text.
+fn print_one(
+    out: &mut String,
+    value: &impl Serialize,
+    json: bool,
+    human: String,
+) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(value)?);
+        writeln!(out, "{}", serde_json::to_string(value)?)?;
     } else {
-        println!("{human}");
+        writeln!(out, "{human}")?;
     }
     Ok(())
+}
+
+/// Why the audit log at `path` lacks some of this command's records, if it does. Read after
+/// [`FileAudit::close`](forgejo_mcp_broker::audit::FileAudit::close), when the counts are final.
+fn audit_shortfall(path: &std::path::Path, write_errors: u64, dropped: u64) -> Option<String> {
+    (write_errors > 0 || dropped > 0).then(|| {
+        format!(
+            "the audit log {} lacks this command's records ({write_errors} write error(s), {dropped} record(s) dropped): what the command did is done, but not audited; fix the log's storage (space, permissions) and record the action by other means",
+            path.display()
+        )
+    })
 }
 
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
@@ -106,26 +127,48 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let mut out = String::new();
     let result = runtime.block_on(async {
         let admin = Admin::open(&config, &deps)?;
-        execute(&admin, args.command, args.json).await
+        execute(&admin, args.command, args.json, &mut out).await
     });
-    // Every action is on disk, checkpointed, before the command reports success.
+    // Tasks of the runtime (an upstream call finishing in a task of its own) are done
+    // recording before the writer stops: a record after `close` would be dropped.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    // Every action is on disk, checkpointed, and known to be, before the command reports it: a
+    // write error or a dropped record turns its success into a failure.
     audit.close();
-    result
+    let shortfall = audit_shortfall(
+        &config.audit.path(&config.server.data_dir),
+        audit.write_errors(),
+        audit.dropped(),
+    );
+    // What was done is printed even then: the operator must know it.
+    print!("{out}");
+    match (result, shortfall) {
+        (result, None) => result,
+        (Ok(_), Some(shortfall)) => Err(anyhow::anyhow!(shortfall)),
+        (Err(error), Some(shortfall)) => Err(error.context(shortfall)),
+    }
 }
 
-async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Result<ExitCode> {
+async fn execute(
+    admin: &Admin,
+    command: AdminCommand,
+    json: bool,
+    out: &mut String,
+) -> anyhow::Result<ExitCode> {
     match command {
         AdminCommand::Clients {
             command: ClientsCommand::List,
         } => {
             let clients = admin.list_clients()?;
             if !json {
-                println!("CLIENT_ID  KIND  NAME  CREATED  LIVE_GRANTS");
+                writeln!(out, "CLIENT_ID  KIND  NAME  CREATED  LIVE_GRANTS")?;
             }
             for client in &clients {
                 print_one(
+                    out,
                     client,
                     json,
                     format!(
@@ -144,6 +187,7 @@ async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Re
         } => {
             let deletion = admin.delete_client(&client_id)?;
             print_one(
+                out,
                 &deletion,
                 json,
                 format!(
@@ -157,10 +201,11 @@ async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Re
         } => {
             let sessions = admin.list_sessions(user)?;
             if !json {
-                println!("SESSION  USER_ID  CLIENT_ID  CREATED  LAST_SEEN");
+                writeln!(out, "SESSION  USER_ID  CLIENT_ID  CREATED  LAST_SEEN")?;
             }
             for session in &sessions {
                 print_one(
+                    out,
                     session,
                     json,
                     format!(
@@ -179,6 +224,7 @@ async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Re
         } => {
             let ended = admin.end_session(&session)?;
             print_one(
+                out,
                 &ended,
                 json,
                 format!("ended session {} of user {}", ended.session, ended.user_id),
@@ -189,10 +235,11 @@ async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Re
         } => {
             let users = admin.list_users()?;
             if !json {
-                println!("USER_ID  USERNAME  UPSTREAM  LIVE_GRANTS");
+                writeln!(out, "USER_ID  USERNAME  UPSTREAM  LIVE_GRANTS")?;
             }
             for user in &users {
                 print_one(
+                    out,
                     user,
                     json,
                     format!(
@@ -207,6 +254,7 @@ async fn execute(admin: &Admin, command: AdminCommand, json: bool) -> anyhow::Re
         } => {
             let revocation = admin.revoke_user(user_id, force).await?;
             print_one(
+                out,
                 &revocation,
                 json,
                 format!(

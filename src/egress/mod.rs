@@ -15,8 +15,9 @@
 //! Every request is checked against the upstream API policy (`policies/upstream/`, method and
 //! path, after the path is resolved against Forgejo's URL) before the user's token is even
 //! fetched; a refused one gets `403` and an `upstream_api_denied` audit record, and never
-//! reaches Forgejo. Every forwarded call is audited (method, path, status; never headers or
-//! bodies).
+//! reaches Forgejo. Every call is audited (method, path, status; never headers or bodies); one
+//! that was sent is audited whatever becomes of the child's connection, since Forgejo may act on
+//! it ([`CallRecord`]).
 //!
 //! What else a child's request cannot do with the user's token:
 //! - leave Forgejo's origin: the target is Forgejo's URL with the child's path set on it,
@@ -73,6 +74,10 @@ const NOT_FORWARDED_RESPONSE: [&str; 9] = [
     "set-cookie",
     "www-authenticate",
 ];
+
+/// The `status` of an `upstream_api_call` whose answer never reached the broker: it stopped
+/// while Forgejo was still answering. Not an HTTP status, so it cannot be mistaken for one.
+const NO_ANSWER: u16 = 0;
 
 /// The refusal of a request that would act as another user: Forgejo lets a site
 /// administrator's token act as anyone named in a `Sudo` header or a `sudo` form field.
@@ -188,7 +193,8 @@ impl Egress {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         match self.forward_inner(session, request).await {
-            Ok(response) => {
+            Ok(Reply::Upstream(response)) => response,
+            Ok(Reply::Local(response)) => {
                 self.audit.record(AuditEvent::UpstreamApiCall {
                     session: session.session_label.clone(),
                     user_id: session.user_id,
@@ -268,7 +274,7 @@ impl Egress {
         &self,
         session: &EgressSession,
         request: Request<hyper::body::Incoming>,
-    ) -> Result<Response<Body>, Refused> {
+    ) -> Result<Reply, Refused> {
         let (parts, body) = request.into_parts();
         if let SessionCredential::Placeholder(placeholder) = &session.credential {
             let presented = parts
@@ -283,10 +289,10 @@ impl Egress {
                 })
                 .unwrap_or_default();
             if !constant_time_eq(presented.as_bytes(), placeholder.expose_secret().as_bytes()) {
-                return Ok(plain(
+                return Ok(Reply::Local(plain(
                     StatusCode::UNAUTHORIZED,
                     "egress: unknown session credential",
-                ));
+                )));
             }
         }
         let (path, query) = parts
@@ -294,10 +300,10 @@ impl Egress {
             .path_and_query()
             .map_or(("/", None), |pq| (pq.path(), pq.query()));
         let Some(target) = target_url(&self.forgejo, path, query) else {
-            return Ok(plain(
+            return Ok(Reply::Local(plain(
                 StatusCode::BAD_REQUEST,
                 "egress: a path on Forgejo only (origin-form)",
-            ));
+            )));
         };
         // Before the token is fetched (a refused call must not even refresh it).
         self.check_policy(&parts.method, &target)?;
@@ -312,10 +318,10 @@ impl Egress {
         {
             Ok(collected) => collected.to_bytes(),
             Err(_) => {
-                return Ok(plain(
+                return Ok(Reply::Local(plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "egress: body too large",
-                ));
+                )));
             }
         };
         let form = form_body(&parts.headers);
@@ -332,18 +338,18 @@ impl Egress {
                                 Some(value)
                             }
                             Err(_) => {
-                                return Ok(plain(
+                                return Ok(Reply::Local(plain(
                                     StatusCode::BAD_GATEWAY,
                                     "egress: unusable token",
-                                ));
+                                )));
                             }
                         }
                     }
                     Err(_) => {
-                        return Ok(plain(
+                        return Ok(Reply::Local(plain(
                             StatusCode::UNAUTHORIZED,
                             "egress: the user must authorize again",
-                        ));
+                        )));
                     }
                 }
             }
@@ -361,13 +367,21 @@ impl Egress {
                     )));
                 }
                 None => {
-                    return Ok(plain(
+                    return Ok(Reply::Local(plain(
                         StatusCode::BAD_GATEWAY,
                         "egress: Forgejo unreachable",
-                    ));
+                    )));
                 }
             }
         }
+        let record = CallRecord {
+            audit: Arc::clone(&self.audit),
+            session: session.session_label.clone(),
+            user_id: session.user_id,
+            method: parts.method.to_string(),
+            path: path.to_owned(),
+            written: false,
+        };
         let mut outgoing = self.client.request(parts.method, target).body(body);
         for (name, value) in &parts.headers {
             if FORWARDED_REQUEST.contains(&name.as_str()) {
@@ -377,13 +391,31 @@ impl Egress {
         if let Some(authorization) = authorization {
             outgoing = outgoing.header(header::AUTHORIZATION, authorization);
         }
-        let upstream = match outgoing.send().await {
-            Ok(upstream) => upstream,
-            Err(_) => {
-                return Ok(plain(
+        // Sent and recorded in a task of its own, which this handler awaits: once the request
+        // is on its way Forgejo may act on it, so its record must not depend on the child.
+        // Hyper drops this handler when the child closes its socket, and the session's cancel
+        // drops the whole connection; the task lives on until Forgejo answers (the client's
+        // timeout bounds it), and if it is dropped itself (the broker stopping) the record is
+        // written then.
+        let call = tokio::spawn(async move {
+            let mut record = record;
+            let sent = outgoing.send().await;
+            record.write(
+                sent.as_ref()
+                    .map_or(StatusCode::BAD_GATEWAY.as_u16(), |upstream| {
+                        upstream.status().as_u16()
+                    }),
+            );
+            sent
+        });
+        let upstream = match call.await {
+            Ok(Ok(upstream)) => upstream,
+            // Recorded as such by the call (or with `NO_ANSWER`, if its task ended first).
+            Ok(Err(_)) | Err(_) => {
+                return Ok(Reply::Upstream(plain(
                     StatusCode::BAD_GATEWAY,
                     "egress: Forgejo unreachable",
-                ));
+                )));
             }
         };
         let mut response = Response::builder().status(upstream.status());
@@ -392,9 +424,57 @@ impl Egress {
                 response = response.header(name, value);
             }
         }
-        Ok(response
-            .body(Body::from_stream(upstream.bytes_stream()))
-            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "egress: bad upstream response")))
+        Ok(Reply::Upstream(
+            response
+                .body(Body::from_stream(upstream.bytes_stream()))
+                .unwrap_or_else(|_| {
+                    plain(StatusCode::BAD_GATEWAY, "egress: bad upstream response")
+                }),
+        ))
+    }
+}
+
+/// What the proxy answers a request it does not refuse.
+enum Reply {
+    /// Forgejo's answer (or a 502 for none): the call's [`CallRecord`] has audited it.
+    Upstream(Response<Body>),
+    /// The proxy's own answer to a request it never sent (unknown credential, body too large,
+    /// Forgejo unreachable for a check), still to be audited with that answer's status.
+    Local(Response<Body>),
+}
+
+/// The `upstream_api_call` record of a request handed to Forgejo, written exactly once: with
+/// Forgejo's status (or 502 when the call failed) by [`CallRecord::write`], or with
+/// [`NO_ANSWER`] when it is dropped unwritten (the task sending the call was dropped: the broker
+/// stopped while Forgejo was still answering). Forgejo may have acted on the request in every
+/// case, so no path leaves it out of the log. Identifiers only, like every audit record.
+struct CallRecord {
+    audit: SharedAudit,
+    session: String,
+    user_id: UserId,
+    method: String,
+    path: String,
+    written: bool,
+}
+
+impl CallRecord {
+    fn write(&mut self, status: u16) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
+        self.audit.record(AuditEvent::UpstreamApiCall {
+            session: std::mem::take(&mut self.session),
+            user_id: self.user_id,
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            status,
+        });
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.write(NO_ANSWER);
     }
 }
 

@@ -323,3 +323,46 @@ async fn admin_revoke_of_a_user_kills_their_live_mcp_session() {
     }
     broker.shutdown().await;
 }
+
+/// An admin action whose audit record cannot be written is not reported as a success: the
+/// command says the record is missing and exits non-zero, after saying what it did (done is
+/// done). The log here is `/dev/full`: it opens, and every write fails (ENOSPC), as on a full
+/// disk; a permission would not stop the tests, which run as root.
+#[tokio::test]
+async fn an_admin_action_the_audit_log_cannot_record_fails_the_command() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let broker = TestBroker::start().await;
+    let (client, _) = broker.login_new_client().await;
+    let config_path = broker.data_dir.path().join("broker.toml");
+    std::fs::write(
+        &config_path,
+        format!("{}\n[audit]\npath = \"/dev/full\"\n", broker.config_text()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let client_id = client.client_id.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_forgejo-mcp-broker"))
+            .arg("admin")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["clients", "delete", &client_id])
+            .env_remove("FORGEJO_MCP_BROKER_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the audit log /dev/full lacks this command's records"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("deleted client"), "{stdout}");
+    broker.shutdown().await;
+}

@@ -3,10 +3,12 @@
 //! Forgejo, nor makes the broker fetch the user's token; what it allows is forwarded with the
 //! token injected. Forgejo here is a recorder that answers every request and remembers its
 //! method, path and `Authorization`; it is mounted under a path prefix, as a Forgejo behind a
-//! reverse proxy can be.
+//! reverse proxy can be. A call Forgejo received is audited even if the child hangs up, or the
+//! broker stops, before Forgejo answers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use forgejo_mcp_broker::audit::{AuditEvent, MemoryAudit};
@@ -414,4 +416,147 @@ async fn acting_as_another_user_is_refused_and_only_api_headers_are_forwarded() 
         assert_eq!(denied, 7 + usize::from(admin));
         cancel.cancel();
     }
+}
+
+/// A Forgejo stand-in that holds every answer until the test lets it go: each request's arrival
+/// is reported on the receiver, and answers (200) wait until the sender says `true`.
+async fn holding_forgejo() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let app = axum::Router::new().fallback(move || {
+        let (arrived, mut released) = (arrived.clone(), released.clone());
+        async move {
+            arrived.send(()).unwrap();
+            released.wait_for(|released| *released).await.unwrap();
+            "{}"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, arrivals, release)
+}
+
+/// A request for Forgejo, as the child writes it, left open (no `Connection: close`).
+fn create_issue() -> String {
+    format!(
+        "POST /api/v1/repos/alice/notes/issues HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token {PLACEHOLDER}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// The `upstream_api_call` records of `audit` for [`create_issue`]: their statuses.
+fn create_issue_calls(audit: &MemoryAudit) -> Vec<u16> {
+    audit
+        .events()
+        .into_iter()
+        .filter_map(|event| match event {
+            AuditEvent::UpstreamApiCall {
+                session,
+                user_id: 7,
+                method,
+                path,
+                status,
+            } if session == "s-policy"
+                && method == "POST"
+                && path == "/api/v1/repos/alice/notes/issues" =>
+            {
+                Some(status)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Forgejo has the child's request (and may act on it) once the proxy sent it: the child
+/// closing its socket before Forgejo answers does not take the call out of the audit log.
+#[tokio::test]
+async fn a_call_is_audited_when_the_child_hangs_up_before_forgejo_answers() {
+    let (forgejo, mut arrivals, release) = holding_forgejo().await;
+    let audit = MemoryAudit::new();
+    let (proxy, cancel) = start_proxy(
+        &format!("http://{forgejo}/"),
+        Arc::new(Credentials::default()),
+        audit.clone(),
+        Some(policies::UpstreamPolicy::builtin().unwrap()),
+        SessionCredential::Placeholder(SecretString::from(PLACEHOLDER.to_owned())),
+    );
+    let mut child = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    child.write_all(create_issue().as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+        .await
+        .expect("the request never reached Forgejo")
+        .unwrap();
+
+    // The child hangs up; the proxy closing its side too says it gave up on the request.
+    child.shutdown().await.unwrap();
+    let mut unanswered = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), child.read_to_end(&mut unanswered))
+        .await
+        .expect("the proxy kept the connection open")
+        .unwrap();
+    assert!(unanswered.is_empty(), "{unanswered:?}");
+    drop(child);
+    release.send(true).unwrap();
+
+    // Recorded with Forgejo's answer (bounded poll: the record follows Forgejo's answer).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while create_issue_calls(&audit).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the call was never audited: {:?}",
+            audit.events()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(create_issue_calls(&audit), vec![200]);
+    let audited = format!("{:?}", audit.events());
+    assert!(!audited.contains(REAL_TOKEN) && !audited.contains(PLACEHOLDER));
+    cancel.cancel();
+}
+
+/// The broker stopping (its runtime dropping every task) while Forgejo is still answering
+/// leaves the call in the audit log too, with status 0: sent, Forgejo's answer unknown. `serve`
+/// stops the runtime this way before it closes the audit file.
+#[test]
+fn a_call_is_audited_when_the_broker_stops_before_forgejo_answers() {
+    let outside = tokio::runtime::Runtime::new().unwrap();
+    let broker = tokio::runtime::Runtime::new().unwrap();
+    let (forgejo, mut arrivals, release) = outside.block_on(holding_forgejo());
+    let audit = MemoryAudit::new();
+    let (proxy, _cancel) = broker.block_on(async {
+        start_proxy(
+            &format!("http://{forgejo}/"),
+            Arc::new(Credentials::default()),
+            audit.clone(),
+            Some(policies::UpstreamPolicy::builtin().unwrap()),
+            SessionCredential::Placeholder(SecretString::from(PLACEHOLDER.to_owned())),
+        )
+    });
+    let child = outside.spawn(async move {
+        let mut child = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        child.write_all(create_issue().as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = child.read_to_end(&mut answer).await;
+    });
+    outside.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+            .await
+            .expect("the request never reached Forgejo")
+            .unwrap();
+    });
+
+    // Returns once every task of the broker's runtime is dropped.
+    broker.shutdown_timeout(Duration::from_secs(10));
+    assert_eq!(create_issue_calls(&audit), vec![0], "{:?}", audit.events());
+    release.send(true).unwrap();
+    outside.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), child)
+            .await
+            .expect("the child's connection outlived the broker")
+            .unwrap();
+    });
 }

@@ -443,8 +443,15 @@ pub async fn start_on(
             let limits = config.limits.clone();
             let metrics_router = crate::metrics::router(metrics.clone());
             tasks.spawn(async move {
-                crate::http::serve(metrics_listener, metrics_router, &limits, shutdown, DRAIN)
-                    .await;
+                crate::http::serve(
+                    metrics_listener,
+                    metrics_router,
+                    &limits,
+                    &[],
+                    shutdown,
+                    DRAIN,
+                )
+                .await;
                 tracing::debug!(task = "metrics-http", "stopped");
             });
             tracing::info!(metrics_addr = %bound, "serving metrics");
@@ -454,8 +461,9 @@ pub async fn start_on(
 
     let shutdown = cancel.clone();
     let limits = config.limits.clone();
+    let trusted_proxies = config.server.trusted_proxies.clone();
     tasks.spawn(async move {
-        crate::http::serve(listener, router, &limits, shutdown, DRAIN).await;
+        crate::http::serve(listener, router, &limits, &trusted_proxies, shutdown, DRAIN).await;
         tracing::debug!(task = "http", "stopped");
     });
     // Shutdown stops every MCP child; the session records stay for the next start.

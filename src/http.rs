@@ -2,11 +2,12 @@
 //! visible order (outermost first), and serves them with the generic caps of issue #7 (header
 //! size and read timeout, body size and read timeout).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::BuildHasher as _;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,6 +17,7 @@ use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt as _};
@@ -25,7 +27,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::metrics::Metrics;
-use crate::ratelimit::HttpLimitsConfig;
+use crate::ratelimit::{HttpLimitsConfig, RateKey};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -132,10 +134,15 @@ impl MakeRequestId for RequestIds {
 /// hyper's connection builder rather than `axum::serve`: only it has a header read timeout, so a
 /// client that trickles its request head (slowloris) is dropped instead of holding a connection
 /// and a task forever. Each request gets the peer address as `ConnectInfo<SocketAddr>`.
+///
+/// Connections are capped (`limits.max_connections` in all, `limits.max_connections_per_ip`
+/// per client address, `exempt` peers — trusted proxies — aside), and data a client leaves
+/// unacknowledged for `limits.send_timeout_secs` ends its connection (`TCP_USER_TIMEOUT`).
 pub async fn serve<S, B>(
     listener: TcpListener,
     router: S,
     limits: &HttpLimitsConfig,
+    exempt: &[IpAddr],
     shutdown: CancellationToken,
     drain: Duration,
 ) where
@@ -156,9 +163,15 @@ pub async fn serve<S, B>(
         .max_headers(100);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let slots = ConnectionSlots::new(limits, exempt);
+    let send_timeout = u32::try_from(limits.send_timeout().as_millis()).unwrap_or(u32::MAX);
     loop {
         // Reap finished connections so the set holds only live ones.
         while connections.try_join_next().is_some() {}
+        let total = tokio::select! {
+            total = slots.total() => total,
+            () = shutdown.cancelled() => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -171,10 +184,24 @@ pub async fn serve<S, B>(
             },
             () = shutdown.cancelled() => break,
         };
+        let Some(slot) = slots.take(total, peer.ip()) else {
+            // Closed at once: the client already holds its share of connections.
+            tracing::debug!(peer = %peer.ip(), "connection refused: too many from this address");
+            continue;
+        };
         // Small JSON-RPC answers and SSE events must leave at once: Nagle plus delayed ACKs
         // otherwise hold them for up to 40 ms (measured in bench/benches/mcp_latency.rs).
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        // A client that stops reading (or shrinks its window to zero) would otherwise hold the
+        // connection, its task and its descriptor for as long as TCP keeps probing.
+        if let Err(error) = nix::sys::socket::setsockopt(
+            &stream,
+            nix::sys::socket::sockopt::TcpUserTimeout,
+            &send_timeout,
+        ) {
+            tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
         }
         let router = router.clone();
         let service =
@@ -186,6 +213,8 @@ pub async fn serve<S, B>(
             });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         connections.spawn(async move {
+            // Held until the connection ends.
+            let _slot = slot;
             // Timeouts and resets are the client's doing; they are not the broker's errors.
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
@@ -203,4 +232,92 @@ pub async fn serve<S, B>(
     }
     // Aborts whatever is left and waits until every connection task has ended.
     connections.shutdown().await;
+}
+
+/// Open connections per client address.
+type AddressCounts = Arc<Mutex<HashMap<RateKey, usize>>>;
+
+/// The connection caps of [`serve`]: a semaphore for the total, a count per client address.
+struct ConnectionSlots {
+    total: Arc<Semaphore>,
+    max_total: usize,
+    per_address: AddressCounts,
+    max_per_address: usize,
+    exempt: Arc<[IpAddr]>,
+    /// Whether the total cap is reached (logged when it starts and when it ends).
+    saturated: AtomicBool,
+}
+
+/// One open connection's share; given back when dropped.
+struct ConnectionSlot {
+    _total: OwnedSemaphorePermit,
+    address: Option<(RateKey, AddressCounts)>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some((key, per_address)) = &self.address
+            && let Ok(mut counts) = per_address.lock()
+            && let Some(count) = counts.get_mut(key)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(key);
+            }
+        }
+    }
+}
+
+impl ConnectionSlots {
+    fn new(limits: &HttpLimitsConfig, exempt: &[IpAddr]) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(limits.max_connections)),
+            max_total: limits.max_connections,
+            per_address: Arc::new(Mutex::new(HashMap::new())),
+            max_per_address: limits.max_connections_per_ip,
+            exempt: exempt.iter().map(|ip| ip.to_canonical()).collect(),
+            saturated: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits for room under the total cap.
+    async fn total(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.total).try_acquire_owned() {
+            if self.saturated.swap(false, Ordering::Relaxed) {
+                tracing::info!("connections below the limit again; accepting");
+            }
+            return Some(permit);
+        }
+        if !self.saturated.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                limit = self.max_total,
+                "open connections at limits.max_connections; new ones wait until one closes"
+            );
+        }
+        Arc::clone(&self.total).acquire_owned().await.ok()
+    }
+
+    /// The connection's slot, or `None` when its address already holds its share.
+    fn take(&self, total: Option<OwnedSemaphorePermit>, peer: IpAddr) -> Option<ConnectionSlot> {
+        let total = total?;
+        let peer = peer.to_canonical();
+        if self.exempt.contains(&peer) {
+            return Some(ConnectionSlot {
+                _total: total,
+                address: None,
+            });
+        }
+        let key = RateKey::ip(peer);
+        let mut counts = self.per_address.lock().ok()?;
+        let count = counts.entry(key).or_insert(0);
+        if *count >= self.max_per_address {
+            return None;
+        }
+        *count += 1;
+        drop(counts);
+        Some(ConnectionSlot {
+            _total: total,
+            address: Some((key, Arc::clone(&self.per_address))),
+        })
+    }
 }

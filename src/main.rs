@@ -18,6 +18,10 @@ use forgejo_mcp_broker::supervisor::sandbox_config::SandboxConfig;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long `serve` waits, once the app has shut down, for blocking work still running on the
+/// runtime (a vault or SQLite call) before the audit log is closed anyway.
+const RUNTIME_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
 #[derive(Parser)]
 #[command(name = "forgejo-mcp-broker", version, about)]
 struct Cli {
@@ -138,6 +142,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit: every connection, child pipe and
+/// database file is a descriptor, and service managers start services at a soft limit of 1024
+/// (systemd) whatever the hard limit allows. Warns when even the hard limit leaves little room
+/// beyond `limits.max_connections`.
+fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let wanted = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1024);
+    if limit < wanted {
+        tracing::warn!(
+            open_files = limit,
+            max_connections,
+            "the open-file limit leaves little room beside limits.max_connections for children, the database and the audit log; raise LimitNOFILE or lower limits.max_connections"
+        );
+    }
+}
+
 /// The error and its causes, `: `-separated, each said once: many of the broker's errors
 /// already quote their source in their own message.
 fn render_error(error: &anyhow::Error) -> String {
@@ -160,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             log_to_stderr(config.log.format, &config.log.filter);
+            raise_open_file_limit(config.limits.max_connections);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("broker")
@@ -167,7 +198,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot start the async runtime")?;
             let (deps, audit) = AppDeps::for_config(&config)?;
             let served = runtime.block_on(serve(config, deps));
-            // After the runtime stopped serving: the final checkpoint covers every event.
+            // The runtime stops before the audit writer does: tasks `serve` does not own can
+            // still be recording (a login or token refresh finishing in a task of its own, an
+            // egress call whose record is written when its task is dropped), and a record after
+            // `close` is dropped ("writer stopped"). Shutting down drops every task, which
+            // records what its guards record, and waits for blocking work up to the deadline.
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN_DEADLINE);
+            // The final checkpoint covers every event.
             audit.close();
             served?;
             Ok(ExitCode::SUCCESS)

@@ -152,6 +152,17 @@ pub struct HttpLimitsConfig {
     /// Longest pause while a client sends a request body; then the request fails and the
     /// connection is dropped.
     pub body_read_timeout_secs: u64,
+    /// Open connections in total. At the cap the broker stops accepting (new connections wait
+    /// in the kernel's backlog) until one closes: each holds a file descriptor, and a full
+    /// descriptor table would stop children, the database and the audit log too.
+    pub max_connections: usize,
+    /// Open connections per client address (an IPv4 address or an IPv6 /64, as rate limits
+    /// key them); one more is closed at once. `server.trusted_proxies` are exempt: a reverse
+    /// proxy carries everyone's connections.
+    pub max_connections_per_ip: usize,
+    /// Longest time data the broker sent may stay unacknowledged (a client that stopped
+    /// reading, a zero window) before the kernel drops the connection (`TCP_USER_TIMEOUT`).
+    pub send_timeout_secs: u64,
 }
 
 impl Default for HttpLimitsConfig {
@@ -161,6 +172,9 @@ impl Default for HttpLimitsConfig {
             max_header_bytes: 16 * 1024,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
+            max_connections: 1024,
+            max_connections_per_ip: 128,
+            send_timeout_secs: 60,
         }
     }
 }
@@ -172,6 +186,10 @@ impl HttpLimitsConfig {
 
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_secs(self.body_read_timeout_secs)
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_secs)
     }
 }
 
@@ -192,6 +210,15 @@ impl Validate for HttpLimitsConfig {
         }
         if self.body_read_timeout_secs == 0 {
             errors.push("limits.body_read_timeout_secs", "must be positive");
+        }
+        if self.max_connections == 0 {
+            errors.push("limits.max_connections", "must be positive");
+        }
+        if self.max_connections_per_ip == 0 {
+            errors.push("limits.max_connections_per_ip", "must be positive");
+        }
+        if !(1..=3600).contains(&self.send_timeout_secs) {
+            errors.push("limits.send_timeout_secs", "must be between 1 and 3600");
         }
     }
 }

@@ -23,26 +23,38 @@ pub struct ClientIp(pub IpAddr);
 /// are client-supplied and never believed; an unparsable entry stops the walk (everything left
 /// of it is untrusted). Without a peer address (no `ConnectInfo`) every client shares
 /// `0.0.0.0`, which fails closed.
+///
+/// Addresses are compared in canonical form: on a dual-stack listener an IPv4 proxy connects as
+/// `::ffff:10.0.0.5`, which must still match a configured `10.0.0.5`. Entries are split as
+/// bytes: a client's non-ASCII bytes in the part of the header it wrote must not make the
+/// whole header (and the proxy's own entry after them) unreadable.
 pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trusted_proxies: &[IpAddr]) -> IpAddr {
-    let Some(peer) = peer else {
+    let Some(peer) = peer.map(|peer| peer.to_canonical()) else {
         return IpAddr::from([0, 0, 0, 0]);
     };
-    if !trusted_proxies.contains(&peer) {
+    let trusted = |address: &IpAddr| {
+        trusted_proxies
+            .iter()
+            .any(|proxy| proxy.to_canonical() == *address)
+    };
+    if !trusted(&peer) {
         return peer;
     }
     let mut client = peer;
-    let entries: Vec<&str> = headers
+    let entries: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
         .collect();
     for entry in entries.iter().rev() {
-        let Ok(address) = entry.trim().parse::<IpAddr>() else {
+        let Some(address) = std::str::from_utf8(entry)
+            .ok()
+            .and_then(|text| text.trim().parse::<IpAddr>().ok())
+        else {
             break;
         };
-        client = address;
-        if !trusted_proxies.contains(&address) {
+        client = address.to_canonical();
+        if !trusted(&client) {
             break;
         }
     }
@@ -142,6 +154,30 @@ mod tests {
         let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
         assert_eq!(
             client_ip(&headers, Some(ip("10.0.0.1")), &trusted),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn a_proxy_seen_through_a_dual_stack_listener_is_still_trusted() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        assert_eq!(
+            client_ip(&headers, Some(ip("::ffff:10.0.0.1")), &[ip("10.0.0.1")]),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn a_clients_non_ascii_bytes_do_not_hide_the_entry_the_proxy_appended() {
+        let mut headers = HeaderMap::new();
+        // nginx's `$proxy_add_x_forwarded_for`: the client's own header, then the real address.
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap(),
+        );
+        assert_eq!(
+            client_ip(&headers, Some(ip("10.0.0.1")), &[ip("10.0.0.1")]),
             ip("198.51.100.7")
         );
     }

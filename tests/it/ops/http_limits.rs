@@ -17,7 +17,110 @@ fn limits() -> HttpLimitsConfig {
         max_header_bytes: 8192,
         header_read_timeout_secs: 1,
         body_read_timeout_secs: 1,
+        ..HttpLimitsConfig::default()
     }
+}
+
+/// A connection from `source` (any 127.0.0.x is loopback) that sends nothing: it holds its
+/// slot until the header read timeout, which these tests set long.
+async fn idle_connection(server: &TestServer, source: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    socket.connect(server.addr).await.unwrap()
+}
+
+/// Sends `GET /healthz` on `stream` and reads the answer until the server closes the
+/// connection or `deadline` passes (a bound, not a timing assertion).
+async fn health_answer(stream: &mut TcpStream, deadline: Duration) -> Option<String> {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut received = Vec::new();
+    tokio::time::timeout(deadline, stream.read_to_end(&mut received))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&received).into_owned())
+}
+
+#[tokio::test]
+async fn one_address_gets_its_share_of_connections_and_no_more() {
+    let server = TestServer::start(
+        echo(),
+        HttpLimitsConfig {
+            header_read_timeout_secs: 60,
+            max_connections_per_ip: 3,
+            ..limits()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(idle_connection(&server, [127, 0, 0, 1]).await);
+    }
+    // A fourth from the same address is closed unanswered.
+    let mut fourth = idle_connection(&server, [127, 0, 0, 1]).await;
+    let answer = health_answer(&mut fourth, Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some(""), "closed without an answer");
+    // Another address is served.
+    let mut other = idle_connection(&server, [127, 0, 0, 2]).await;
+    let answer = health_answer(&mut other, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Once one of the three closes, the address may connect again.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..200 {
+        let mut stream = idle_connection(&server, [127, 0, 0, 1]).await;
+        let answer = health_answer(&mut stream, Duration::from_secs(10)).await;
+        if answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200"))
+        {
+            again = answer;
+            break;
+        }
+        // The server has not yet seen the close: try again (bounded).
+        tokio::task::yield_now().await;
+    }
+    assert!(again.is_some(), "the freed slot was never given back");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_total_cap_a_new_connection_waits_for_a_free_slot() {
+    let server = TestServer::start(
+        echo(),
+        HttpLimitsConfig {
+            header_read_timeout_secs: 60,
+            max_connections: 2,
+            ..limits()
+        },
+    )
+    .await;
+    let first = idle_connection(&server, [127, 0, 0, 1]).await;
+    let _second = idle_connection(&server, [127, 0, 0, 2]).await;
+    let mut third = idle_connection(&server, [127, 0, 0, 3]).await;
+    // Not served while both slots are held (the connection waits in the backlog) …
+    assert_eq!(
+        health_answer(&mut third, Duration::from_millis(500)).await,
+        None,
+        "a third connection was served past max_connections = 2"
+    );
+    // … and served once one closes.
+    drop(first);
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut received))
+        .await
+        .expect("the waiting connection is served once a slot frees")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&received);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop().await;
 }
 
 fn echo() -> Router {

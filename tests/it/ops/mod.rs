@@ -52,7 +52,15 @@ impl TestServer {
         let cancel = CancellationToken::new();
         let shutdown = cancel.clone();
         let task = tokio::spawn(async move {
-            http::serve(listener, router, &limits, shutdown, Duration::from_secs(2)).await;
+            http::serve(
+                listener,
+                router,
+                &limits,
+                &[],
+                shutdown,
+                Duration::from_secs(2),
+            )
+            .await;
         });
         Self {
             addr,

@@ -42,9 +42,10 @@ const MS_BIND: u64 = 4096;
 const MS_REC: u64 = 16384;
 const MS_PRIVATE: u64 = 1 << 18;
 
-// securebits (linux/securebits.h): no privilege from uid 0, no fixups on uid change, no
-// ambient raise, all locked, so an exec'd program can never regain capabilities.
-const SECURE_BITS_LOCKED_NOROOT: u64 = 0x2f | 0x80 | 0x10;
+// securebits (linux/securebits.h): NOROOT (0x01), NO_SETUID_FIXUP (0x04) and
+// NO_CAP_AMBIENT_RAISE (0x40) set, KEEP_CAPS (0x10) clear, each locked (0x02, 0x08, 0x80,
+// 0x20), so an exec'd program can never regain capabilities.
+const SECURE_BITS_LOCKED_NOROOT: u64 = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80;
 
 /// Staging mount point and the directories inside it (bubblewrap's double `pivot_root`).
 const STAGING: &str = "/tmp";
@@ -188,6 +189,15 @@ pub fn confine<S: Syscall>(
             step!(Stage::Identity, sys.clear_groups());
         }
         step!(Stage::Identity, sys.become_mapped_root());
+        // 11b. The kernel clears the parent-death signal when the effective ids change (a root
+        //      broker's launcher is host uid 0; the child now runs as the session's uid): set
+        //      it again. Nothing below changes ids; dropping capabilities does not clear it. If
+        //      the launcher died in between, the status write of step 25 fails and the child
+        //      exits before it runs anything.
+        step!(
+            Stage::ParentDeathSignal,
+            sys.set_parent_death_signal(libc::SIGKILL)
+        );
 
         // 12. Nothing we mount may propagate back to the host.
         step!(
@@ -732,6 +742,34 @@ mod tests {
             .take_while(|call| !call.starts_with("mkdir") && !call.starts_with("symlink"))
             .cloned()
             .collect()
+    }
+
+    #[test]
+    fn the_parent_death_signal_is_set_again_after_the_identity_changes() {
+        let (sys, _) = run_child(&plan(), None);
+        let identity = index(&sys, "become_mapped_root");
+        assert!(
+            sys.calls[identity..]
+                .iter()
+                .any(|call| call == "set_parent_death_signal 9"),
+            "a change of effective uid clears PR_SET_PDEATHSIG: {:#?}",
+            sys.calls
+        );
+    }
+
+    #[test]
+    fn securebits_forbid_ambient_raise_and_keep_no_capabilities() {
+        let (sys, _) = run_child(&plan(), None);
+        let call = &sys.calls[index(&sys, "set_securebits")];
+        let bits = u64::from_str_radix(
+            call.trim_start_matches("set_securebits ")
+                .trim_start_matches("0x"),
+            16,
+        )
+        .unwrap_or_else(|_| panic!("{call}"));
+        assert_eq!(bits & 0x40, 0x40, "SECBIT_NO_CAP_AMBIENT_RAISE: {call}");
+        assert_eq!(bits & 0x10, 0, "SECBIT_KEEP_CAPS clear: {call}");
+        assert_eq!(bits & 0xaa, 0xaa, "every bit locked: {call}");
     }
 
     #[test]

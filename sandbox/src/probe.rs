@@ -505,7 +505,7 @@ pub fn run(targets: &ProbeTargets) -> Report {
     );
     controls.push(Control {
         name: "rlimits-without-address-space-cap".into(),
-        ok: address_space == "unlimited" && open_files != "unlimited" && core == "0",
+        ok: address_space == "unlimited" && open_files != "unlimited" && core == "1",
         detail: format!("address space {address_space}, open files {open_files}, core {core}"),
     });
     controls.push(control(

@@ -407,7 +407,10 @@ impl Inner {
         let mib = 1u64 << 20;
         let mut rlimits = vec![
             limit(libc::RLIMIT_NOFILE, self.config.open_files_limit),
-            limit(libc::RLIMIT_CORE, 0),
+            // 1, not 0: with a piped `core_pattern` (systemd-coredump, apport) the kernel
+            // ignores the limit and runs the host's root helper on the crashed child, unless
+            // the limit is exactly 1 (core(5)). A file dump of at most one byte is none.
+            limit(libc::RLIMIT_CORE, 1),
             limit(libc::RLIMIT_FSIZE, self.config.file_size_limit_mib * mib),
             limit(libc::RLIMIT_MEMLOCK, 64 * 1024),
         ];

@@ -224,6 +224,13 @@ struct Visitor {
     ip: std::net::IpAddr,
 }
 
+/// What the per-client cap on authorizations in progress counts by: the hashed subscriber
+/// prefix of the client address (an IPv6 /64, as rate limits key it), so that rotating through
+/// the addresses of one /64 does not make one requester many.
+fn pending_origin(client_ip: std::net::IpAddr) -> String {
+    hash_token(&crate::ratelimit::subscriber_prefix(client_ip).to_string())
+}
+
 /// Step 3: stores the pending authorization, bound to this browser (its existing cookie, or a
 /// new one) and to a fresh single-use CSRF token; both only as hashes.
 fn open_consent(
@@ -260,7 +267,7 @@ fn open_consent(
     };
     state.store.insert_pending(
         &pending,
-        &hash_token(&client_ip.to_string()),
+        &pending_origin(client_ip),
         now,
         state.config.max_pending_authorizations,
         state.config.max_pending_per_client,
@@ -474,6 +481,27 @@ pub fn code_redirect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_authorizations_count_one_requester_per_ipv6_64() {
+        let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            pending_origin(ip("2001:db8:1:2::1")),
+            pending_origin(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_ne!(
+            pending_origin(ip("2001:db8:1:2::1")),
+            pending_origin(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            pending_origin(ip("::ffff:198.51.100.7")),
+            pending_origin(ip("198.51.100.7"))
+        );
+        assert_ne!(
+            pending_origin(ip("198.51.100.7")),
+            pending_origin(ip("198.51.100.8"))
+        );
+    }
 
     const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 

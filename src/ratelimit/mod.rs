@@ -187,18 +187,21 @@ pub enum RateKey {
     User(UserId),
 }
 
+/// The part of a client address that names one subscriber: an IPv4 address (an IPv4-mapped
+/// IPv6 one folded to it), or an IPv6 /64. Everything keyed per client address uses it.
+pub fn subscriber_prefix(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 impl RateKey {
     pub fn ip(address: IpAddr) -> Self {
-        match address {
-            IpAddr::V4(v4) => Self::Ip(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::Ip(IpAddr::V4(v4)),
-                None => {
-                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                    Self::Ip(IpAddr::V6(prefix.into()))
-                }
-            },
-        }
+        Self::Ip(subscriber_prefix(address))
     }
 
     pub fn client(client_id: &str) -> Self {

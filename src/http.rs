@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::hash::BuildHasher as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,6 +74,10 @@ pub fn router(
             .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
                 options.limits.body_read_timeout(),
             ))
+            .map_request({
+                let total = options.limits.body_total_timeout();
+                move |request: Request<_>| request.map(|body| DeadlineBody::new(body, total))
+            })
             .layer(tower_http::limit::RequestBodyLimitLayer::new(
                 options.limits.max_body_bytes,
             ))
@@ -319,5 +324,64 @@ impl ConnectionSlots {
             _total: total,
             address: Some((key, Arc::clone(&self.per_address))),
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that must be complete within a deadline from when its request arrived
+    /// (`limits.body_total_timeout_secs`). tower-http's body timeout restarts with every chunk,
+    /// so on its own a client sending a byte every few seconds holds its connection for days.
+    struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: tokio::time::Sleep,
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, total: Duration) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::sleep(total),
+        }
+    }
+}
+
+/// The request body was not complete by its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not complete within limits.body_total_timeout_secs")]
+struct BodyDeadlineElapsed;
+
+impl<B> HttpBody for DeadlineBody<B>
+where
+    B: HttpBody,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let std::task::Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+        }
+        match this.deadline.poll(cx) {
+            std::task::Poll::Ready(()) => {
+                std::task::Poll::Ready(Some(Err(Box::new(BodyDeadlineElapsed))))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

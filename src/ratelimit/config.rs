@@ -152,6 +152,10 @@ pub struct HttpLimitsConfig {
     /// Longest pause while a client sends a request body; then the request fails and the
     /// connection is dropped.
     pub body_read_timeout_secs: u64,
+    /// Longest time a client may take to send a whole request body, however steadily it
+    /// trickles (the per-pause timeout alone lets one byte every few seconds hold a connection
+    /// for days).
+    pub body_total_timeout_secs: u64,
     /// Open connections in total. At the cap the broker stops accepting (new connections wait
     /// in the kernel's backlog) until one closes: each holds a file descriptor, and a full
     /// descriptor table would stop children, the database and the audit log too.
@@ -172,6 +176,7 @@ impl Default for HttpLimitsConfig {
             max_header_bytes: 16 * 1024,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
+            body_total_timeout_secs: 120,
             max_connections: 1024,
             max_connections_per_ip: 128,
             send_timeout_secs: 60,
@@ -186,6 +191,10 @@ impl HttpLimitsConfig {
 
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_secs(self.body_read_timeout_secs)
+    }
+
+    pub fn body_total_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_total_timeout_secs)
     }
 
     pub fn send_timeout(&self) -> Duration {
@@ -210,6 +219,12 @@ impl Validate for HttpLimitsConfig {
         }
         if self.body_read_timeout_secs == 0 {
             errors.push("limits.body_read_timeout_secs", "must be positive");
+        }
+        if self.body_total_timeout_secs < self.body_read_timeout_secs {
+            errors.push(
+                "limits.body_total_timeout_secs",
+                "must be at least limits.body_read_timeout_secs",
+            );
         }
         if self.max_connections == 0 {
             errors.push("limits.max_connections", "must be positive");

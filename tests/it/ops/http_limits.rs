@@ -187,6 +187,59 @@ async fn a_stalled_body_fails_the_request_and_drops_the_connection() {
     server.stop().await;
 }
 
+/// A body trickled a byte at a time, each pause shorter than `body_read_timeout_secs`, still
+/// has to be complete within `body_total_timeout_secs`; otherwise one client holds a
+/// connection (and, with enough of them, every connection slot) for as long as it likes.
+#[tokio::test]
+async fn a_trickled_body_fails_at_its_total_deadline() {
+    let server = TestServer::start(
+        echo(),
+        HttpLimitsConfig {
+            body_read_timeout_secs: 2,
+            body_total_timeout_secs: 2,
+            ..limits()
+        },
+    )
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    // One byte every 200 ms (well inside the 2 s pause timeout) for up to 30 s, until the
+    // server answers or closes.
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let mut sent = 0;
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received.extend_from_slice(&buffer[..n]),
+                },
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if sent < 999 && stream.write_all(b"x").await.is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        outcome.is_ok(),
+        "the trickle was still accepted after 30 s ({sent} bytes)"
+    );
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 4"),
+        "a trickled body must not succeed: {text}"
+    );
+    assert!(sent < 999, "the whole body went through ({sent} bytes)");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_bodies_get_413() {
     let server = TestServer::start(echo(), limits()).await;

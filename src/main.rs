@@ -317,8 +317,19 @@ fn vault_command(command: VaultCommand) -> anyhow::Result<ExitCode> {
         clock,
     };
     let result = vault_verb(command, &config, &db, &deps);
+    // As for `admin` verbs: an operation whose records did not reach the log fails the
+    // command, though what it did is done (and was printed).
     audit.close();
-    result
+    let shortfall = cli::admin::audit_shortfall(
+        &config.audit.path(&config.server.data_dir),
+        audit.write_errors(),
+        audit.dropped(),
+    );
+    match (result, shortfall) {
+        (result, None) => result,
+        (Ok(_), Some(shortfall)) => Err(anyhow::anyhow!(shortfall)),
+        (Err(error), Some(shortfall)) => Err(error.context(shortfall)),
+    }
 }
 
 fn vault_verb(

@@ -101,7 +101,11 @@ fn print_one(
 
 /// Why the audit log at `path` lacks some of this command's records, if it does. Read after
 /// [`FileAudit::close`](forgejo_mcp_broker::audit::FileAudit::close), when the counts are final.
-fn audit_shortfall(path: &std::path::Path, write_errors: u64, dropped: u64) -> Option<String> {
+pub(crate) fn audit_shortfall(
+    path: &std::path::Path,
+    write_errors: u64,
+    dropped: u64,
+) -> Option<String> {
     (write_errors > 0 || dropped > 0).then(|| {
         format!(
             "the audit log {} lacks this command's records ({write_errors} write error(s), {dropped} record(s) dropped): what the command did is done, but not audited; fix the log's storage (space, permissions) and record the action by other means",

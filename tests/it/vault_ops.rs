@@ -582,3 +582,29 @@ fn logs_written_to_a_pipe_carry_no_escape_sequences() {
     assert!(logs.contains("DEBUG"), "a log line was written: {logs}");
     assert!(!logs.contains('\x1b'), "escape sequences in {logs:?}");
 }
+
+/// A vault operation whose audit record cannot be written fails the command (after saying what
+/// it did, which is done), as `admin` verbs do. `/dev/full` opens and fails every write.
+#[tokio::test]
+async fn a_vault_operation_the_audit_log_cannot_record_fails_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), "").await.unwrap();
+    assert!(running.shutdown(Duration::from_secs(5)).await);
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), 9, "[audit]\npath = \"/dev/full\""),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (ok, text) = cli(&config, &["rotate-data-key"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("data key v2 added"),
+        "what was done is said: {text}"
+    );
+    assert!(
+        text.contains("the audit log /dev/full lacks this command's records"),
+        "{text}"
+    );
+}

@@ -22,6 +22,8 @@ pub(super) enum EdgeError {
     SessionNotFound,
     #[error("body too large")]
     BodyTooLarge(usize),
+    #[error("body unreadable")]
+    BodyUnreadable,
     #[error("not JSON")]
     Parse,
     #[error("invalid message: {0}")]
@@ -83,6 +85,11 @@ impl IntoResponse for EdgeError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 codes::LIMIT_REACHED,
                 format!("Request body larger than the {limit}-byte limit"),
+            ),
+            Self::BodyUnreadable => (
+                StatusCode::BAD_REQUEST,
+                codes::BAD_REQUEST,
+                "Bad Request: the request body could not be read (too slow, or cut off)".to_owned(),
             ),
             Self::Parse => (
                 StatusCode::BAD_REQUEST,

@@ -350,12 +350,30 @@ fn answer_kind(headers: &HeaderMap) -> Result<Answer, EdgeError> {
     }
 }
 
+/// Whether reading a body failed on a size limit (this read's own, or the router's), as
+/// opposed to a timeout or a broken connection.
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
 /// A POST body's messages, and whether they came as a JSON array (a batch, even of one: it is
 /// answered with an array, and only where batches are allowed).
 async fn read_body(body: Body, limit: usize) -> Result<(Vec<Message>, bool), EdgeError> {
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| EdgeError::BodyTooLarge(limit))?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        if is_length_limit(&error) {
+            EdgeError::BodyTooLarge(limit)
+        } else {
+            // Too slow (the body timeouts) or cut off: not a size problem.
+            EdgeError::BodyUnreadable
+        }
+    })?;
     let text = std::str::from_utf8(&bytes).map_err(|_| EdgeError::Parse)?;
     if text.trim_start().starts_with('[') {
         let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| EdgeError::Parse)?;
@@ -374,5 +392,31 @@ async fn read_body(body: Body, limit: usize) -> Result<(Vec<Message>, bool), Edg
             _ => EdgeError::InvalidMessage("not a JSON-RPC 2.0 message"),
         })?;
         Ok((vec![message], false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing_body(error: Box<dyn std::error::Error + Send + Sync>) -> Body {
+        let chunks: Vec<Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>> =
+            vec![Ok(bytes::Bytes::from_static(b"{\"jsonrpc\"")), Err(error)];
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_is_unreadable_not_too_large() {
+        let timeout: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "slow"));
+        assert!(matches!(
+            read_body(failing_body(timeout), 1024).await,
+            Err(EdgeError::BodyUnreadable)
+        ));
+        let big = Body::from(vec![b' '; 2048]);
+        assert!(matches!(
+            read_body(big, 1024).await,
+            Err(EdgeError::BodyTooLarge(1024))
+        ));
     }
 }

@@ -1,5 +1,6 @@
-//! The broker's own HTML: the consent page and the error page. Plain HTML forms, no
-//! JavaScript, no external resources; framing denied (mcp-spec-checklist item 82).
+//! The broker's own HTML: the consent page and the error page. Plain HTML forms, no external
+//! resources, framing denied (mcp-spec-checklist item 82); the one script is the consent
+//! page's guard against double-click clickjacking, allowed by its hash.
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
@@ -37,6 +38,39 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// The consent page's one script, against double-click clickjacking: a page that gets the
+/// user to double-click can open the consent page as a top-level window under the second click
+/// (framing is denied, so this is what is left). The buttons start disabled and are enabled
+/// only after the user has moved the pointer or pressed a key on this page and a moment has
+/// passed, so a click that was aimed elsewhere lands on a disabled button. Without scripts the
+/// buttons stay enabled (the form works as before); the CSP allows this script by its hash
+/// and nothing else.
+pub const CONSENT_GUARD_SCRIPT: &str = "(()=>{const b=[...document.querySelectorAll('button')];\
+b.forEach(x=>{x.disabled=true});let t;const arm=()=>{clearTimeout(t);\
+t=setTimeout(()=>b.forEach(x=>{x.disabled=false}),600)};\
+for(const e of['pointermove','keydown','touchstart'])addEventListener(e,arm,{once:true})})();";
+
+/// The Content-Security-Policy of every broker page: nothing may load or run but the inline
+/// style and [`CONSENT_GUARD_SCRIPT`], named by its SHA-256.
+fn content_security_policy() -> &'static HeaderValue {
+    static POLICY: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let hash = base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(CONSENT_GUARD_SCRIPT.as_bytes()));
+        HeaderValue::from_str(&format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+             frame-ancestors 'none'; base-uri 'none'"
+        ))
+        .unwrap_or_else(|_| {
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+            )
+        })
+    });
+    &POLICY
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}\
@@ -82,7 +116,8 @@ pub fn consent_page(view: &ConsentView<'_>) -> String {
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
 <button type=\"submit\" name=\"decision\" value=\"approve\">Allow</button>\
 <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button>\
-</form><p><small>If you did not expect this, choose Deny.</small></p></body></html>",
+</form><p><small>If you did not expect this, choose Deny.</small></p>\
+<script>{CONSENT_GUARD_SCRIPT}</script></body></html>",
         name = escape(view.client_name),
         client_id = escape(view.client_id),
         forgejo = escape(view.forgejo_origin),
@@ -104,13 +139,11 @@ pub fn error_page(code: &str, description: &str) -> String {
 }
 
 /// Headers every broker page carries: no framing (clickjacking on the consent button), no
-/// scripts, no caching, no referrer leaking the query.
+/// script but the consent page's guard, no caching, no referrer leaking the query.
 pub fn harden_page_headers(headers: &mut HeaderMap) {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        content_security_policy().clone(),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -155,6 +188,34 @@ mod tests {
         assert!(page.contains("claude.ai"));
         assert!(page.contains("<code>https://claude.ai/api/mcp/auth_callback</code>"));
         assert!(page.contains("name=\"csrf\" value=\"c1\""));
-        assert!(!page.contains("<script"));
+        // One script, the guard, and the CSP allows exactly it.
+        assert_eq!(page.matches("<script").count(), 1);
+        assert!(page.contains(&format!("<script>{CONSENT_GUARD_SCRIPT}</script>")));
+    }
+
+    #[test]
+    fn the_csp_allows_the_consent_guard_by_its_hash_and_nothing_else() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let mut headers = HeaderMap::new();
+        harden_page_headers(&mut headers);
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        let hash = base64::engine::general_purpose::STANDARD
+            .encode(sha2::Sha256::digest(CONSENT_GUARD_SCRIPT.as_bytes()));
+        assert!(
+            csp.contains(&format!("script-src 'sha256-{hash}';")),
+            "{csp}"
+        );
+        assert!(csp.starts_with("default-src 'none';"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        let script_src = csp
+            .split(';')
+            .map(str::trim)
+            .find(|directive| directive.starts_with("script-src"))
+            .unwrap();
+        assert_eq!(script_src, format!("script-src 'sha256-{hash}'"), "{csp}");
+        // The guard starts with the buttons disabled and enables them only after input.
+        assert!(CONSENT_GUARD_SCRIPT.contains("x.disabled=true"));
+        assert!(CONSENT_GUARD_SCRIPT.contains("pointermove"));
     }
 }

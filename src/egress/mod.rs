@@ -17,7 +17,7 @@
 //! fetched; a refused one gets `403` and an `upstream_api_denied` audit record, and never
 //! reaches Forgejo. Every call is audited (method, path, status; never headers or bodies); one
 //! that was sent is audited whatever becomes of the child's connection, since Forgejo may act on
-//! it ([`CallRecord`]).
+//! it (`CallRecord`).
 //!
 //! What else a child's request cannot do with the user's token:
 //! - leave Forgejo's origin: the target is Forgejo's URL with the child's path set on it,

@@ -71,6 +71,10 @@ pub struct OAuthConfig {
     /// documents of clients with no live grant, are deleted (checklist item 65: Claude and
     /// VS Code register again and again). 0 keeps them forever.
     pub unused_client_ttl_secs: u64,
+    /// Registered (DCR) clients kept with no grant and no authorization in progress, at most;
+    /// registering one more forgets the oldest such. Registration is open to anyone, and per
+    /// address limits do not stop someone holding many addresses from filling the disk.
+    pub max_unused_clients: u64,
     /// Cap on authorizations in progress, in total and per client and client address.
     pub max_pending_authorizations: u64,
     pub max_pending_per_client: u64,
@@ -100,6 +104,7 @@ impl Default for OAuthConfig {
             upstream_login_ttl_secs: 600,
             upstream_refresh_ahead_secs: 300,
             unused_client_ttl_secs: 30 * 24 * 3600,
+            max_unused_clients: 10_000,
             max_pending_authorizations: 10_000,
             max_pending_per_client: 100,
             cimd_enabled: true,
@@ -165,6 +170,9 @@ impl Validate for OAuthConfig {
         }
         if self.consent_ttl_secs > 3600 {
             errors.push("oauth.consent_ttl_secs", "must be at most 3600");
+        }
+        if self.max_unused_clients == 0 {
+            errors.push("oauth.max_unused_clients", "must be positive");
         }
         if self.refresh_grace_secs > 300 {
             errors.push("oauth.refresh_grace_secs", "must be at most 300");

@@ -56,7 +56,13 @@ pub async fn register(
         metadata: metadata.clone(),
         expires_at: None,
     };
-    state.store.put_client(&record, now)?;
+    let forgotten = state
+        .store
+        .register_client(&record, now, state.config.max_unused_clients)?;
+    for client_id in forgotten {
+        // Made room: the oldest client nobody had used (`oauth.max_unused_clients`).
+        state.audit.record(AuditEvent::ClientExpired { client_id });
+    }
     state.audit.record(AuditEvent::ClientRegistered {
         client_id: client_id.clone(),
         client_name: metadata.client_name.clone(),

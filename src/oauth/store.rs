@@ -268,6 +268,47 @@ impl OAuthStore {
         })
     }
 
+    /// Stores a newly registered (DCR) client, first forgetting the oldest registered clients
+    /// nobody uses (no grant, no authorization in progress) as far as needed to keep at most
+    /// `max_unused` of them. Returns the ids forgotten.
+    pub fn register_client(
+        &self,
+        record: &ClientRecord,
+        now: UnixSeconds,
+        max_unused: u64,
+    ) -> Result<Vec<String>, OAuthError> {
+        let metadata = serde_json::to_string(&record.metadata)
+            .map_err(|_| OAuthError::ServerError("cannot store the client"))?;
+        let keep = i64::try_from(max_unused.saturating_sub(1)).unwrap_or(i64::MAX);
+        self.call(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let forgotten = {
+                let mut statement = tx.prepare(
+                    "DELETE FROM oauth_clients WHERE client_id IN (
+                       SELECT client_id FROM oauth_clients
+                       WHERE kind = 'dcr'
+                         AND NOT EXISTS (SELECT 1 FROM oauth_grants g
+                                         WHERE g.client_id = oauth_clients.client_id)
+                         AND NOT EXISTS (SELECT 1 FROM oauth_pending p
+                                         WHERE p.client_id = oauth_clients.client_id)
+                       ORDER BY created_at DESC, rowid DESC
+                       LIMIT -1 OFFSET ?1)
+                     RETURNING client_id",
+                )?;
+                statement
+                    .query_map(params![keep], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?
+            };
+            tx.execute(
+                "INSERT INTO oauth_clients (client_id, kind, secret_hash, metadata, created_at, expires_at)
+                 VALUES (?1, 'dcr', ?2, ?3, ?4, NULL)",
+                params![record.client_id, record.secret_hash, metadata, now],
+            )?;
+            tx.commit()?;
+            Ok(forgotten)
+        })
+    }
+
     pub fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, OAuthError> {
         let row = self.call(|c| {
             Ok(c.query_row(

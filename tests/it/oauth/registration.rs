@@ -167,3 +167,51 @@ async fn the_registration_audit_record_carries_the_address_behind_a_trusted_prox
     assert_eq!(ips, [Some("198.51.100.7".to_owned())]);
     broker.shutdown().await;
 }
+
+/// Registration is open to anyone, and per-address limits do not stop someone with many
+/// addresses: the registered clients nobody uses are capped, the oldest forgotten first; a
+/// client with a grant is never counted or forgotten.
+#[tokio::test]
+async fn registering_past_the_unused_client_cap_forgets_the_oldest_unused_client() {
+    let broker = TestBroker::builder()
+        .oauth("max_unused_clients = 2")
+        .start()
+        .await;
+    let (used, _) = broker.login_new_client().await;
+    let mut unused = Vec::new();
+    for _ in 0..3 {
+        unused.push(
+            broker
+                .register_public_client(&["https://app.example/cb"])
+                .await,
+        );
+    }
+    let known = |client: &crate::fixtures::TestClient| {
+        let url = broker.authorize_url(client, &[]);
+        async move {
+            TestBroker::http()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        }
+    };
+    assert!(
+        !known(&unused[0]).await,
+        "the oldest unused client is forgotten"
+    );
+    assert!(known(&unused[1]).await && known(&unused[2]).await);
+    assert!(known(&used).await, "a client with a grant is kept");
+    let expired: Vec<String> = broker
+        .audit_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            AuditEvent::ClientExpired { client_id } => Some(client_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(expired, [unused[0].client_id.clone()]);
+    broker.shutdown().await;
+}

@@ -4,7 +4,7 @@
 //! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run
 //! nothing but the broker's concurrent arm, for a profiler, and `--and-bare`, `--and-direct`
 //! with it to run the bare bridge's and the direct arm alone after it; `--message-bytes N`
-//! makes every answer carry N bytes; `--warm N` makes each session of the concurrent run N
+//! makes every answer carry N bytes; `--echo-spin-us N` makes the echo child busy N µs per call; `--warm N` makes each session of the concurrent run N
 //! calls before it is measured, 10 by default).
 //!
 //! The concurrent ratios move with the state of the child, not only with the bridge: the
@@ -110,14 +110,20 @@ fn call_line(id: usize) -> &'static str {
     lines.get(id).copied().expect("an id within MAX_CALLS")
 }
 
+/// The number after `flag` on the command line, if given.
+fn flag_value(flag: &str) -> Option<u64> {
+    std::env::args()
+        .skip_while(|arg| arg != flag)
+        .nth(1)
+        .map(|n| n.parse().unwrap_or_else(|_| panic!("{flag} N")))
+}
+
 /// The echo tool's argument: "hello from the benchmark", or with `--message-bytes N` that
 /// padded to N bytes, so that the answer carries N bytes (a large tool result).
 fn message() -> String {
     const GREETING: &str = "hello from the benchmark";
-    let bytes = std::env::args()
-        .skip_while(|arg| arg != "--message-bytes")
-        .nth(1)
-        .map(|n| n.parse::<usize>().expect("--message-bytes N"))
+    let bytes = flag_value("--message-bytes")
+        .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(0);
     format!(
         "{GREETING}{}",
@@ -892,10 +898,18 @@ async fn run() {
         }
     };
     let floor = start_http_floor().await;
+    // `--echo-spin-us N`: the echo child computes N µs per call before answering.
+    let spin = flag_value("--echo-spin-us");
     let echo = Child {
-        label: "echo child (bench-echo-child: answers in a few µs)",
+        label: if spin.is_some() {
+            "echo child (bench-echo-child --spin-us: busy per call)"
+        } else {
+            "echo child (bench-echo-child: answers in a few µs)"
+        },
         program: ECHO_CHILD.into(),
-        args: Vec::new(),
+        args: spin
+            .map(|n| vec!["--spin-us".to_owned(), n.to_string()])
+            .unwrap_or_default(),
     };
     if !std::env::args().any(|arg| arg == "--skip-echo") {
         bench_child(&echo, &plan, floor).await;

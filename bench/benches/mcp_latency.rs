@@ -115,7 +115,7 @@ fn flag_value(flag: &str) -> Option<u64> {
     std::env::args()
         .skip_while(|arg| arg != flag)
         .nth(1)
-        .map(|n| n.parse().unwrap_or_else(|_| panic!("{flag} N")))
+        .map(|n| n.parse().expect("a number after the flag"))
 }
 
 /// The echo tool's argument: "hello from the benchmark", or with `--message-bytes N` that

@@ -89,7 +89,8 @@ pub fn detect(root: bool, cgroups: &CgroupBackend) -> Vec<LayerReport> {
                     userns.clone()
                 }
                 "distinct-uid" => distinct_uid(root),
-                "cgroup-memory" | "cgroup-pids" => cgroup_status(cgroups),
+                "cgroup-memory" => cgroup_memory_status(cgroups),
+                "cgroup-pids" => cgroup_status(cgroups),
                 "landlock-fs" => part(landlock.fs, "filesystem", landlock.abi, 1),
                 "landlock-net" => part(landlock.net, "TCP bind/connect", landlock.abi, 4),
                 "landlock-scope" => part(
@@ -135,6 +136,47 @@ pub fn distinct_uid(root: bool) -> LayerStatus {
             "the broker is not root: every session runs as the broker's own uid; pid namespaces, landlock signal scoping and seccomp keep sessions apart".to_owned(),
         )
     }
+}
+
+/// The memory layer: [`cgroup_status`], degraded when the host swaps and the cgroups cannot
+/// cap a session's swap (no swap accounting): the child could then page past its memory limit
+/// into the host's swap.
+pub fn cgroup_memory_status(cgroups: &CgroupBackend) -> LayerStatus {
+    cgroup_memory_status_with(cgroups, host_swap_bytes())
+}
+
+fn cgroup_memory_status_with(cgroups: &CgroupBackend, swap_bytes: u64) -> LayerStatus {
+    let swap_file = match cgroups {
+        CgroupBackend::V2 { base } => base.join("memory.swap.max"),
+        CgroupBackend::V1 { memory, .. } => memory.join("memory.memsw.limit_in_bytes"),
+        CgroupBackend::Unavailable { .. } => return cgroup_status(cgroups),
+    };
+    if swap_bytes > 0 && !swap_file.exists() {
+        return LayerStatus::Degraded(format!(
+            "the host has swap and no swap accounting ({} is missing): a session's memory limit does not cover swap",
+            swap_file.display()
+        ));
+    }
+    cgroup_status(cgroups)
+}
+
+/// `SwapTotal` from `/proc/meminfo`, in bytes (0 when unreadable).
+fn host_swap_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| {
+            meminfo
+                .lines()
+                .find_map(|line| line.strip_prefix("SwapTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024))
 }
 
 pub fn cgroup_status(cgroups: &CgroupBackend) -> LayerStatus {
@@ -225,6 +267,34 @@ mod tests {
                 PartState::Unavailable,
                 PartState::Unavailable
             )
+        );
+    }
+
+    #[test]
+    fn memory_without_swap_accounting_is_degraded_only_where_the_host_swaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = dir.path().join("memory");
+        std::fs::create_dir(&memory).unwrap();
+        let v1 = CgroupBackend::V1 {
+            memory: memory.clone(),
+            pids: dir.path().join("pids"),
+        };
+        assert_eq!(cgroup_memory_status_with(&v1, 0), LayerStatus::Enforced);
+        let degraded = cgroup_memory_status_with(&v1, 1 << 30);
+        assert_eq!(degraded.label(), "degraded", "{degraded:?}");
+        std::fs::write(memory.join("memory.memsw.limit_in_bytes"), "0").unwrap();
+        assert_eq!(
+            cgroup_memory_status_with(&v1, 1 << 30),
+            LayerStatus::Enforced
+        );
+        let v2 = CgroupBackend::V2 {
+            base: dir.path().to_path_buf(),
+        };
+        assert_eq!(cgroup_memory_status_with(&v2, 1 << 30).label(), "degraded");
+        std::fs::write(dir.path().join("memory.swap.max"), "max").unwrap();
+        assert_eq!(
+            cgroup_memory_status_with(&v2, 1 << 30),
+            LayerStatus::Enforced
         );
     }
 

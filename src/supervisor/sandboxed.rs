@@ -533,7 +533,8 @@ impl Inner {
             .map(|layer| {
                 let status = match layer {
                     "distinct-uid" => sandbox::host::distinct_uid(distinct),
-                    "cgroup-memory" | "cgroup-pids" => sandbox::host::cgroup_status(&self.cgroups),
+                    "cgroup-memory" => sandbox::host::cgroup_memory_status(&self.cgroups),
+                    "cgroup-pids" => sandbox::host::cgroup_status(&self.cgroups),
                     "landlock-fs" | "landlock-net" | "landlock-scope" => {
                         let [fs, net, scope] = sandbox::host::landlock_layers(landlock);
                         [fs, net, scope]

@@ -84,6 +84,18 @@ pub fn router(
             .map_request(|request: Request<_>| request.map(Body::new)),
     );
     ServiceBuilder::new()
+        // A client's own request id is kept only if it is a plain token: it is written into
+        // every log line of the request, where spaces or `key=value` text would fake fields.
+        .map_request(|mut request: Request<Body>| {
+            if request
+                .headers()
+                .get(REQUEST_ID)
+                .is_some_and(|id| !is_plain_request_id(id.as_bytes()))
+            {
+                request.headers_mut().remove(REQUEST_ID);
+            }
+            request
+        })
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
@@ -104,6 +116,15 @@ pub fn router(
             }),
         )
         .service(router)
+}
+
+/// A client-chosen request id the broker keeps: 1 to 64 of `A-Z a-z 0-9 - _ . :` (UUIDs,
+/// hex ids, the usual tracing formats), nothing a log line would read as more than one value.
+fn is_plain_request_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Request ids: unique within the process and unguessable (a counter run through SipHash

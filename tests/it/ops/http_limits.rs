@@ -304,6 +304,21 @@ async fn every_response_carries_a_fresh_request_id_or_the_clients_own() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "client-chose-this");
+    // An id that would read as several log fields (or is absurdly long) is replaced by ours.
+    for forged in ["a b", "x status=200 user=admin", &"x".repeat(65)] {
+        let response = client
+            .get(server.url("/healthz"))
+            .header("x-request-id", forged)
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(id, forged);
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
     server.stop().await;
 }
 

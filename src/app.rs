@@ -433,6 +433,11 @@ pub async fn start_on(
     let metrics_addr = match config.metrics.listen {
         None => None,
         Some(address) => {
+            if !address.ip().is_loopback() {
+                // No authentication on /metrics: counts of users, clients and sessions, and
+                // failure rates, for anyone who can reach the address.
+                tracing::warn!(%address, "metrics.listen is not a loopback address: /metrics is served without authentication to whoever can reach it; firewall it or bind it to 127.0.0.1");
+            }
             let metrics_listener = TcpListener::bind(address)
                 .await
                 .map_err(|source| StartError::Bind { address, source })?;

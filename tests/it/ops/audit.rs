@@ -34,6 +34,22 @@ fn file_config(path: &Path, rotate_bytes: u64, every: u64) -> AuditFileConfig {
     }
 }
 
+/// A writer on `path` with the test key, timed by `clock`.
+fn open_log(
+    path: &Path,
+    rotate_bytes: u64,
+    every: u64,
+    clock: &Arc<ManualClock>,
+) -> Arc<FileAudit> {
+    FileAudit::open(
+        file_config(path, rotate_bytes, every),
+        key(),
+        clock.clone(),
+        Metrics::new(),
+    )
+    .unwrap()
+}
+
 fn token_issued(n: i64) -> AuditEvent {
     AuditEvent::TokenIssued {
         client_id: format!("client-{}", n % 3),
@@ -46,13 +62,7 @@ fn token_issued(n: i64) -> AuditEvent {
 fn write_log(dir: &Path, events: i64) -> PathBuf {
     let path = dir.join("audit.jsonl");
     let clock = ManualClock::new(START);
-    let audit = FileAudit::open(
-        file_config(&path, 1 << 30, 5),
-        key(),
-        clock.clone(),
-        Metrics::new(),
-    )
-    .unwrap();
+    let audit = open_log(&path, 1 << 30, 5, &clock);
     for n in 0..events {
         clock.advance(60);
         audit.record(token_issued(n));
@@ -140,13 +150,7 @@ fn a_log_cut_or_deleted_under_the_writer_is_recorded_and_fails_verify() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let clock = ManualClock::new(START);
-        let audit = FileAudit::open(
-            file_config(&path, 1 << 30, 1000),
-            key(),
-            clock.clone(),
-            Metrics::new(),
-        )
-        .unwrap();
+        let audit = open_log(&path, 1 << 30, 1000, &clock);
         for n in 0..5 {
             audit.record(token_issued(n));
         }
@@ -601,13 +605,7 @@ fn every_event_type_is_written_verified_and_found_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let clock = ManualClock::new(START);
-    let audit = FileAudit::open(
-        file_config(&path, 1 << 30, 10),
-        key(),
-        clock.clone(),
-        Metrics::new(),
-    )
-    .unwrap();
+    let audit = open_log(&path, 1 << 30, 10, &clock);
     let events = every_event();
     for event in &events {
         audit.record(event.clone());
@@ -726,13 +724,7 @@ fn audit_show_filters_by_user_client_session_event_and_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let clock = ManualClock::new(START);
-    let audit = FileAudit::open(
-        file_config(&path, 1 << 30, 10),
-        key(),
-        clock.clone(),
-        Metrics::new(),
-    )
-    .unwrap();
+    let audit = open_log(&path, 1 << 30, 10, &clock);
     for n in 0..12 {
         clock.advance(60);
         audit.record(token_issued(n));
@@ -948,15 +940,7 @@ fn two_writers_on_one_log_keep_one_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let clock = ManualClock::new(START);
-    let open = || {
-        FileAudit::open(
-            file_config(&path, 8192, 7),
-            key(),
-            clock.clone(),
-            Metrics::new(),
-        )
-        .unwrap()
-    };
+    let open = || open_log(&path, 8192, 7, &clock);
     let serving = open();
     let command = open();
     // Both writers' threads race for the file.

@@ -563,17 +563,6 @@ mod tests {
     }
 
     #[test]
-    fn an_audited_tool_name_is_bounded() {
-        use super::super::session::audited_tool_name;
-        assert_eq!(audited_tool_name(Some("create_issue")), "create_issue");
-        assert_eq!(audited_tool_name(None), "");
-        let long = "é".repeat(10_000);
-        let kept = audited_tool_name(Some(&long));
-        assert_eq!(kept.chars().count(), 129, "128 characters and an ellipsis");
-        assert!(kept.ends_with('…'));
-    }
-
-    #[test]
     fn in_flight_shares_are_taken_whole_or_not_at_all() {
         let audit = MemoryAudit::new();
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -167,7 +167,7 @@ struct LiveChild {
 /// The tool name an audit record keeps: the client chose it, so at most
 /// [`MAX_AUDITED_TOOL_NAME`] characters (a body of megabytes must not become a record of
 /// megabytes; `audit show` escapes what a terminal would act on).
-pub(super) fn audited_tool_name(name: Option<&str>) -> String {
+fn audited_tool_name(name: Option<&str>) -> String {
     let name = name.unwrap_or_default();
     match name.char_indices().nth(MAX_AUDITED_TOOL_NAME) {
         Some((end, _)) => format!("{}…", name.get(..end).unwrap_or_default()),
@@ -306,8 +306,7 @@ impl Actor {
                     if let Some(stream) = stream {
                         for message in messages {
                             if let Message::Request { id, .. } = message {
-                                self.release_reservation();
-                                self.answer_error(stream, &id, codes::CHILD_UNAVAILABLE, text);
+                                self.refuse_request(stream, &id, codes::CHILD_UNAVAILABLE, text);
                             }
                         }
                     }
@@ -326,6 +325,13 @@ impl Actor {
     /// A forwarded request that will not be answered by the child gives back its share.
     fn release_reservation(&self) {
         self.shared.release_requests(1);
+    }
+
+    /// Answers a forwarded request the child will not see with an error on its stream, and
+    /// gives back its in-flight share: the two always go together.
+    fn refuse_request(&self, stream: StreamId, id: &Id, code: i64, message: &str) {
+        self.release_reservation();
+        self.answer_error(stream, id, code, message);
     }
 
     async fn handle_command(&mut self, command: Command) {
@@ -426,8 +432,7 @@ impl Actor {
                     // Answered on the stream as well, in case nobody waits for the verdict.
                     for message in messages {
                         if let (Message::Request { id, .. }, Some(stream)) = (message, stream) {
-                            self.release_reservation();
-                            self.answer_error(
+                            self.refuse_request(
                                 stream,
                                 &id,
                                 codes::CHILD_UNAVAILABLE,
@@ -441,8 +446,7 @@ impl Actor {
                     // Requests get a JSON-RPC error, never silence (item 142).
                     for message in messages {
                         if let (Message::Request { id, .. }, Some(stream)) = (message, stream) {
-                            self.release_reservation();
-                            self.answer_error(
+                            self.refuse_request(
                                 stream,
                                 &id,
                                 codes::CHILD_UNAVAILABLE,
@@ -479,8 +483,7 @@ impl Actor {
         };
         if self.child.is_none() {
             // The child died while an earlier message of this batch was written.
-            self.release_reservation();
-            self.answer_error(
+            self.refuse_request(
                 stream,
                 client_id,
                 codes::CHILD_UNAVAILABLE,
@@ -881,5 +884,20 @@ pub fn new_record(
         created_at: now,
         last_seen: now,
         expires_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audited_tool_name_is_bounded() {
+        assert_eq!(audited_tool_name(Some("create_issue")), "create_issue");
+        assert_eq!(audited_tool_name(None), "");
+        let long = "é".repeat(10_000);
+        let kept = audited_tool_name(Some(&long));
+        assert_eq!(kept.chars().count(), 129, "128 characters and an ellipsis");
+        assert!(kept.ends_with('…'));
     }
 }

@@ -107,6 +107,11 @@ impl Fixture {
         self.open_with(&self.config)
     }
 
+    /// `vault rotate-data-key` against `db`; the new version.
+    fn rotate_data_key(&self, db: &Db) -> u32 {
+        rotation::rotate_data_key(db, &self.config, self.data_dir(), &self.deps(), &no_env).unwrap()
+    }
+
     fn open_with(&self, config: &VaultConfig) -> Result<Vault, KeystoreError> {
         Vault::open(
             self.db(),
@@ -452,14 +457,7 @@ fn data_key_rotation_reencrypts_in_the_background_then_retires_the_old_key() {
         write_row(&vault, &db, id);
     }
     assert_eq!(run_job_to_idle(&vault).reencrypted, 0);
-    let version = rotation::rotate_data_key(
-        &fixture.db(),
-        &fixture.config,
-        fixture.data_dir(),
-        &fixture.deps(),
-        &no_env,
-    )
-    .unwrap();
+    let version = fixture.rotate_data_key(&fixture.db());
     assert_eq!(version, 2);
     // Status before the broker's next tick: all rows pending.
     let registry = SealedRegistry::new().with(TABLE).unwrap();
@@ -521,14 +519,7 @@ fn a_retired_data_key_put_back_as_active_is_never_loaded() {
                 .map_err(StoreError::from)
         })
         .unwrap();
-    rotation::rotate_data_key(
-        &db,
-        &fixture.config,
-        fixture.data_dir(),
-        &fixture.deps(),
-        &no_env,
-    )
-    .unwrap();
+    fixture.rotate_data_key(&db);
     assert_eq!(run_job_to_idle(&vault).retired, vec![1]);
     let serving = fixture.open().unwrap();
     assert_eq!(serving.versions(), vec![2]);
@@ -583,14 +574,7 @@ fn a_rotation_stopped_midway_resumes_after_a_restart() {
     for id in 1..=9 {
         write_row(&vault, &db, id);
     }
-    rotation::rotate_data_key(
-        &db,
-        &fixture.config,
-        fixture.data_dir(),
-        &fixture.deps(),
-        &no_env,
-    )
-    .unwrap();
+    fixture.rotate_data_key(&db);
     let error = vault
         .reencrypt_step(JobHooks {
             stop_after_rows: Some(4),
@@ -644,14 +628,7 @@ fn an_unreadable_row_is_reported_kept_and_keeps_its_key_alive() {
     assert_eq!(error, keystore::MustAuthorizeAgain);
     assert_eq!(vault.counters().row_authentication_failures(), 1);
 
-    rotation::rotate_data_key(
-        &db,
-        &fixture.config,
-        fixture.data_dir(),
-        &fixture.deps(),
-        &no_env,
-    )
-    .unwrap();
+    fixture.rotate_data_key(&db);
     let report = run_job_to_idle(&vault);
     assert_eq!((report.reencrypted, report.failed), (7, 1));
     assert!(
@@ -826,14 +803,7 @@ fn no_secret_in_debug_status_logs_or_the_database_file() {
             write_row(&vault, &db, id);
         }
         let _ = vault.open(&aad("access_token", "99", 1), b"garbage");
-        rotation::rotate_data_key(
-            &db,
-            &fixture.config,
-            fixture.data_dir(),
-            &fixture.deps(),
-            &no_env,
-        )
-        .unwrap();
+        fixture.rotate_data_key(&db);
         run_job_to_idle(&vault);
         (vault, db)
     });

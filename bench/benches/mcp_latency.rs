@@ -1,10 +1,10 @@
 //! Added latency and throughput of `tools/call` through the broker (issue #3 "Measure"), against
 //! the same child driven directly over stdio in the same run. Run with
 //! `cargo bench -p bench --bench mcp_latency` (add `-- --quick` for a short run, `--echo-only`
-//! to skip the Node child, `--skip-echo` to skip the echo child, `--broker-only` to run
-//! nothing but the broker's concurrent arm, for a profiler, and `--and-bare`, `--and-direct`
-//! with it to run the bare bridge's and the direct arm alone after it; `--message-bytes N`
-//! makes every answer carry N bytes; `--echo-spin-us N` makes the echo child busy N µs per call; `--warm N` makes each session of the concurrent run N
+//! to skip the Node child, `--skip-echo` to skip the echo child, `--profile broker,bare,direct`
+//! to run nothing but the named arms' concurrent runs, one after the other, for a profiler
+//! (`--rounds N` of them each, 20 by default); `--message-bytes N`
+//! makes every answer carry N bytes; `--echo-spin-us N` makes the echo child busy N µs per call; `--one-only` runs the one-session phase alone, `--warmup N` makes each arm of it N calls before it is measured (300, 100 with `--quick`); `--warm N` makes each session of the concurrent run N
 //! calls before it is measured, 10 by default).
 //!
 //! The concurrent ratios move with the state of the child, not only with the bridge: the
@@ -77,8 +77,10 @@ struct Plan {
     calls_one: usize,
     calls_each: usize,
     rounds: usize,
-    /// `--broker-only`: the broker's concurrent arm alone, for a profiler.
-    broker_only: bool,
+    /// `--profile ARMS`: these arms' concurrent runs alone, for a profiler.
+    profile: Option<Vec<String>>,
+    /// `--one-only`: the one-session phase alone.
+    one_only: bool,
     /// Calls each session of the concurrent run makes before it is measured (`--warm N`;
     /// default 10).
     warm: usize,
@@ -319,6 +321,7 @@ impl Session {
 // ---- the broker, as `serve` builds it ---------------------------------------------------------
 
 struct Broker {
+    runtime: &'static tokio::runtime::Runtime,
     address: SocketAddr,
     running: app::RunningApp,
     audit: Arc<forgejo_mcp_broker::audit::FileAudit>,
@@ -327,10 +330,7 @@ struct Broker {
 
 impl Broker {
     async fn start(data_dir: &Path, child: &Child) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("addr");
+        let (listener, address) = bind();
         let args = child
             .args
             .iter()
@@ -370,10 +370,20 @@ impl Broker {
         .expect("config");
         let (mut deps, audit) = AppDeps::for_config(&config).expect("deps");
         deps.launcher = Some(Arc::new(PlainLauncher));
-        let running = app::start_on(config.clone(), listener, deps)
+        // Started on a runtime of its own, as `serve` runs it: its own threads, apart from the
+        // client's.
+        let runtime = server_runtime("broker");
+        let served = config.clone();
+        let running = runtime
+            .spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                app::start_on(served, listener, deps).await
+            })
             .await
+            .expect("task")
             .expect("start");
         Self {
+            runtime,
             address,
             running,
             audit,
@@ -449,7 +459,10 @@ impl Broker {
     }
 
     async fn stop(self) {
-        let _ = self.running.shutdown(Duration::from_secs(10)).await;
+        let _ = self
+            .runtime
+            .spawn(self.running.shutdown(Duration::from_secs(10)))
+            .await;
         let audit = self.audit;
         tokio::task::spawn_blocking(move || audit.close())
             .await
@@ -468,19 +481,38 @@ fn random_suffix() -> String {
     forgejo_mcp_broker::secret::random_id(16).expect("random")
 }
 
-/// The HTTP floor: the same client and server stack answering at once, no MCP, no child.
-async fn start_http_floor() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+/// A listening socket on a free loopback port, for a server runtime to take over.
+fn bind() -> (std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("addr");
+    (listener, address)
+}
+
+/// A runtime for one server (the broker, the bare bridge, the HTTP floor), apart from the
+/// client's, as a server process would have: its own worker threads (`--server-workers N`;
+/// tokio's default, one per core, otherwise), so that neither the client's tasks nor another
+/// server's share its workers. Kept for the whole run.
+fn server_runtime(name: &str) -> &'static tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name(name);
+    if let Some(workers) = flag_value("--server-workers") {
+        builder.worker_threads(usize::try_from(workers).expect("--server-workers N"));
+    }
+    Box::leak(Box::new(builder.build().expect("server runtime")))
+}
+
+/// The HTTP floor: the same client and server stack answering at once, no MCP, no child.
+fn start_http_floor() -> SocketAddr {
+    let (listener, address) = bind();
     let router = axum::Router::new().route(
         "/mcp",
         axum::routing::post(|body: String| async move {
             ([("content-type", "application/json")], body)
         }),
     );
-    tokio::spawn(async move {
+    server_runtime("floor").spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
@@ -494,12 +526,10 @@ async fn start_http_floor() -> SocketAddr {
 /// it returned as the body. No authentication, no sessions, no routing, no audit. Unlike the
 /// HTTP floor plus the direct figure, this measures the child as a bridge drives it: woken
 /// once per HTTP round trip, not once per pipe round trip.
-async fn start_bare_bridge(child: Child) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
+fn start_bare_bridge(child: Child) -> SocketAddr {
+    let (listener, address) = bind();
+    server_runtime("bare bridge").spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
@@ -540,6 +570,14 @@ async fn start_bare_bridge(child: Child) -> SocketAddr {
 }
 
 // ---- measuring --------------------------------------------------------------------------------
+
+/// Runs `calls`, adding the CPU time spent meanwhile to `cpu`.
+async fn timed<T>(cpu: &mut CpuTime, calls: impl Future<Output = T>) -> T {
+    let before = CpuTime::now();
+    let out = calls.await;
+    *cpu += CpuTime::now().since(before);
+    out
+}
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -667,17 +705,19 @@ impl<C: Caller> Arm<C> {
     }
 }
 
-/// `--broker-only`: the broker's concurrent arm alone, long enough for a profiler to sample;
-/// with `--and-bare`, then the same load through the bare bridge, and with `--and-direct`, on
-/// the child alone, with no broker children idling beside either.
-async fn profile(child: &Child, plan: &Plan, broker: &Broker) {
-    const ROUNDS: usize = 20;
-    async fn rate<C: Caller>(label: &str, clients: Vec<C>, plan: &Plan) {
+/// `--profile ARMS`: the concurrent run of the named arms alone (`broker`, `bare`, `direct`,
+/// comma-separated), one after the other, `--rounds N` rounds each (20 by default): long
+/// enough for a profiler to sample, and with two round counts under `callgrind`, the
+/// instructions one call costs (`bench/instructions.sh`). An arm's sessions start when it
+/// does, so no other arm's children idle beside it.
+async fn profile(child: &Child, plan: &Plan, broker: &Broker, arms: &[String]) {
+    let rounds = flag_value("--rounds").map_or(20, |n| usize::try_from(n).expect("--rounds N"));
+    async fn rate<C: Caller>(label: &str, clients: Vec<C>, plan: &Plan, rounds: usize) {
         let mut arm = Arm::new(clients);
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             arm.run(plan.calls_each).await;
         }
-        let total = (ROUNDS * SESSIONS * plan.calls_each) as f64;
+        let total = (rounds * SESSIONS * plan.calls_each) as f64;
         println!(
             "  {label}: {:.0} calls/s ({:.0} with all sessions in flight)",
             total / arm.took.as_secs_f64(),
@@ -685,26 +725,36 @@ async fn profile(child: &Child, plan: &Plan, broker: &Broker) {
         );
         arm.cpu_line(label);
     }
-    let mut sessions = Vec::new();
-    for user in 0..SESSIONS {
-        let token = broker.mint_token(100 + user as i64);
-        sessions.push(Session::start(broker.address, &token, "application/json").await);
-    }
-    rate("broker only", sessions, plan).await;
-    if std::env::args().any(|arg| arg == "--and-bare") {
-        let bare = start_bare_bridge(child.clone()).await;
-        let mut bares = Vec::new();
-        for _ in 0..SESSIONS {
-            bares.push(Session::connect(bare, "none", "application/json").await);
+    for arm in arms {
+        match arm.as_str() {
+            "broker" => {
+                let mut sessions = Vec::new();
+                for user in 0..SESSIONS {
+                    let token = broker.mint_token(100 + user as i64);
+                    sessions.push(Session::start(broker.address, &token, "application/json").await);
+                }
+                rate("broker", sessions, plan, rounds).await;
+            }
+            "bare" => {
+                let bare = start_bare_bridge(child.clone());
+                let mut bares = Vec::new();
+                for _ in 0..SESSIONS {
+                    bares.push(Session::connect(bare, "none", "application/json").await);
+                }
+                rate("bare bridge", bares, plan, rounds).await;
+            }
+            "direct" => {
+                let mut directs = Vec::new();
+                for _ in 0..SESSIONS {
+                    directs.push(Direct::start(child).await);
+                }
+                rate("direct", directs, plan, rounds).await;
+            }
+            other => {
+                eprintln!("--profile: unknown arm {other:?} (broker, bare, direct)");
+                std::process::exit(2);
+            }
         }
-        rate("bare only", bares, plan).await;
-    }
-    if std::env::args().any(|arg| arg == "--and-direct") {
-        let mut directs = Vec::new();
-        for _ in 0..SESSIONS {
-            directs.push(Direct::start(child).await);
-        }
-        rate("direct only", directs, plan).await;
     }
 }
 
@@ -712,8 +762,8 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
     println!("== {}", child.label);
     let data_dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start(data_dir.path(), child).await;
-    if plan.broker_only {
-        profile(child, plan, &broker).await;
+    if let Some(arms) = &plan.profile {
+        profile(child, plan, &broker, arms).await;
         broker.stop().await;
         return;
     }
@@ -729,23 +779,30 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
     )
     .await;
     let mut to_floor = Session::connect(floor, "none", "application/json").await;
-    let bare = start_bare_bridge(child.clone()).await;
+    let bare = start_bare_bridge(child.clone());
     let mut to_bare = Session::connect(bare, "none", "application/json").await;
-    direct.calls(plan.warmup).await;
-    via_json.calls(plan.warmup).await;
-    via_sse.calls(plan.warmup).await;
-    to_floor.calls(plan.warmup).await;
-    to_bare.calls(plan.warmup).await;
+    // In chunks: a call's id is at most MAX_CALLS.
+    for chunk in (0..plan.warmup).step_by(1_000) {
+        let n = (plan.warmup - chunk).min(1_000);
+        direct.calls(n).await;
+        via_json.calls(n).await;
+        via_sse.calls(n).await;
+        to_floor.calls(n).await;
+        to_bare.calls(n).await;
+    }
     // Interleaved in rounds so drift in machine load hits all equally.
     let (mut d, mut j, mut s, mut f, mut b) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // CPU per arm: only one arm calls at a time, so the children's time in its rounds is its
+    // child's (the others idle).
+    let mut cpu = [CpuTime::default(); 5];
     let per_round = plan.calls_one / plan.rounds;
     for _ in 0..plan.rounds {
-        f.extend(to_floor.calls(per_round).await);
-        d.extend(direct.calls(per_round).await);
-        j.extend(via_json.calls(per_round).await);
-        s.extend(via_sse.calls(per_round).await);
-        b.extend(to_bare.calls(per_round).await);
+        f.extend(timed(&mut cpu[0], to_floor.calls(per_round)).await);
+        d.extend(timed(&mut cpu[1], direct.calls(per_round)).await);
+        j.extend(timed(&mut cpu[2], via_json.calls(per_round)).await);
+        s.extend(timed(&mut cpu[3], via_sse.calls(per_round)).await);
+        b.extend(timed(&mut cpu[4], to_bare.calls(per_round)).await);
     }
     let (d50, d99) = summary("direct stdio", d);
     let (j50, j99) = summary("broker, JSON response", j);
@@ -769,7 +826,31 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         micros(b50) - micros(d50),
         micros(j50) - micros(b50)
     );
+    let calls = (per_round * plan.rounds).max(1) as f64;
+    for (label, cpu) in [
+        "HTTP floor",
+        "direct",
+        "broker JSON",
+        "broker SSE",
+        "bare bridge",
+    ]
+    .iter()
+    .zip(cpu)
+    {
+        println!(
+            "  CPU per call, {label:<12} bench process {:6.1} µs ({:.2} thread wake-ups), children {:6.1} µs (main threads {:.1} µs; {:.2} thread wake-ups)",
+            micros(cpu.own) / calls,
+            cpu.own_slices as f64 / calls,
+            micros(cpu.descendants) / calls,
+            micros(cpu.descendants_main) / calls,
+            cpu.descendant_slices as f64 / calls,
+        );
+    }
     drop((direct, via_json, via_sse, to_floor, to_bare));
+    if plan.one_only {
+        broker.stop().await;
+        return;
+    }
 
     println!(
         "-- {SESSIONS} sessions, concurrent, {} calls each",
@@ -873,18 +954,24 @@ fn server_everything() -> Option<Child> {
 
 async fn run() {
     let quick = std::env::args().any(|arg| arg == "--quick");
-    let broker_only = std::env::args().any(|arg| arg == "--broker-only");
+    let profile = std::env::args()
+        .skip_while(|arg| arg != "--profile")
+        .nth(1)
+        .map(|arms| arms.split(',').map(str::to_owned).collect::<Vec<_>>());
+    let one_only = std::env::args().any(|arg| arg == "--one-only");
     let warm = std::env::args()
         .skip_while(|arg| arg != "--warm")
         .nth(1)
         .map_or(10, |n| n.parse::<usize>().expect("--warm N"));
-    let plan = if quick {
+    let warmup = flag_value("--warmup").and_then(|n| usize::try_from(n).ok());
+    let mut plan = if quick {
         Plan {
             warmup: 100,
             calls_one: 1_000,
             calls_each: 100,
             rounds: 5,
-            broker_only,
+            profile: profile.clone(),
+            one_only,
             warm,
         }
     } else {
@@ -893,11 +980,15 @@ async fn run() {
             calls_one: 3_000,
             calls_each: 300,
             rounds: 10,
-            broker_only,
+            profile: profile.clone(),
+            one_only,
             warm,
         }
     };
-    let floor = start_http_floor().await;
+    if let Some(warmup) = warmup {
+        plan.warmup = warmup;
+    }
+    let floor = start_http_floor();
     // `--echo-spin-us N`: the echo child computes N µs per call before answering.
     let spin = flag_value("--echo-spin-us");
     let echo = Child {

@@ -5,6 +5,7 @@
 //! hand messages to the session actor → turn what comes back into JSON or SSE. Every error is
 //! an `EdgeError`, mapped to HTTP in one place.
 
+mod cors;
 mod errors;
 mod legacy;
 mod sse;
@@ -171,7 +172,7 @@ pub fn router(
         // a 429 still carries the CORS headers a browser client needs.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(cors)
+                .layer(cors::BrowserCorsLayer::new(cors))
                 .option_layer(rate_limit),
         );
     Ok((router, McpHandle { registry, cancel }))

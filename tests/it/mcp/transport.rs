@@ -100,6 +100,26 @@ async fn a_foreign_origin_gets_403_and_cors_exposes_the_mcp_headers() {
     for header in ["mcp-session-id", "mcp-protocol-version", "www-authenticate"] {
         assert!(exposed.contains(header), "{exposed}");
     }
+    let vary = allowed.headers()["vary"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(vary.contains("origin"), "{vary}");
+    // A client that is not a browser page sends no Origin: no CORS work, no CORS headers.
+    let plain = client
+        .post_builder(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    for header in [
+        "access-control-expose-headers",
+        "access-control-allow-origin",
+        "vary",
+    ] {
+        assert!(plain.headers().get(header).is_none(), "{header}");
+    }
     broker.stop().await;
 }
 

@@ -139,7 +139,8 @@ pub enum AuditEvent {
         session: String,
         user_id: UserId,
         tool: String,
-        outcome: String,
+        /// `ok` or `error`.
+        outcome: &'static str,
     },
     UpstreamApiCall {
         session: String,

@@ -269,8 +269,21 @@ impl Message {
                 }
             }
         };
-        // Serialising borrowed raw values and strings cannot fail.
-        serde_json::to_string(&wire).unwrap_or_default()
+        // Sized up front (with room for the newline the bridge appends): no regrowth while
+        // writing. Serialising borrowed raw values and strings cannot fail, and serde_json
+        // writes UTF-8.
+        let raw_len = |raw: Option<&RawValue>| raw.map_or(0, |raw| raw.get().len());
+        let capacity = 64
+            + wire.id.map_or(0, |id| id.get().len())
+            + wire.method.map_or(0, str::len)
+            + raw_len(wire.params)
+            + raw_len(wire.result)
+            + raw_len(wire.error);
+        let mut out = Vec::with_capacity(capacity);
+        match serde_json::to_writer(&mut out, &wire) {
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     pub fn to_line(&self) -> String {
@@ -381,7 +394,12 @@ pub fn request_line(id: i64, method: &str, params: Option<&RawValue>) -> String 
 /// Neither change alters what the JSON means.
 pub fn single_line(json: String) -> String {
     const BREAKS: [char; 5] = ['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'];
-    if !json.contains(BREAKS) {
+    // A vectorised byte scan first: `\n`, `\r`, and the lead bytes of U+0085 (C2 85) and
+    // U+2028/U+2029 (E2 80 A8/A9). Only a line holding one of those is looked at char by char.
+    let bytes = json.as_bytes();
+    let candidate = memchr::memchr3(b'\n', b'\r', 0xC2, bytes).is_some()
+        || memchr::memchr(0xE2, bytes).is_some();
+    if !candidate || !json.contains(BREAKS) {
         return json;
     }
     let mut line = String::with_capacity(json.len() + 16);

@@ -76,7 +76,9 @@ pub(super) async fn post_inner(
         };
     };
     let session = edge.registry.lookup(session_id, principal)?;
-    post_to_session(edge, session, Some(session_id), messages, batch, answer).await
+    // The answer echoes the request's own header value: no copy of the id.
+    let echoed = headers.get(MCP_SESSION_ID);
+    post_to_session(edge, session, echoed, messages, batch, answer).await
 }
 
 /// Item 133: what only a client of the stateless 2026-07-28 revision sends. Such a request
@@ -98,12 +100,12 @@ fn is_modern(message: &Message) -> bool {
             })
 }
 
-/// A POST's messages on a session the caller owns; `session_id` is echoed in the response
-/// when the client sent it.
+/// A POST's messages on a session the caller owns; `session_id` (the request's header) is
+/// echoed in the response when the client sent it.
 async fn post_to_session(
     edge: &Edge,
     session: Arc<SessionShared>,
-    session_id: Option<&str>,
+    session_id: Option<&HeaderValue>,
     messages: Vec<Message>,
     batch: bool,
     answer: Answer,
@@ -124,6 +126,7 @@ async fn post_to_session(
     if is_initialize {
         // Item 169: a repeated `initialize` on a live session (a client reconnecting through
         // another node) is answered from the session, not refused.
+        let session_id = session_id.and_then(|value| value.to_str().ok());
         return repeat_initialize(&session, messages, session_id.unwrap_or_default());
     }
     let requests = messages
@@ -139,7 +142,7 @@ async fn post_to_session(
     }
     if requests == 0 {
         forward(edge, &session, messages, None).await?;
-        return Ok(with_session(
+        return Ok(echo_session(
             StatusCode::ACCEPTED.into_response(),
             session_id,
         ));
@@ -168,7 +171,7 @@ async fn post_to_session(
             None,
         ),
     };
-    Ok(with_session(response, session_id))
+    Ok(echo_session(response, session_id))
 }
 
 /// Item 103: the priming event is a 2025-11-25 SHOULD; older clients get none.
@@ -309,9 +312,12 @@ pub(super) fn repeat_initialize(
     ))
 }
 
+/// `Content-Type: application/json`, built once (a `&str` would be copied per response).
+pub(super) const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 pub(super) fn single_message_response(line: String, answer: Answer) -> Response {
     match answer {
-        Answer::Json => ([(header::CONTENT_TYPE, "application/json")], line).into_response(),
+        Answer::Json => ([(header::CONTENT_TYPE, JSON)], line).into_response(),
         Answer::Sse => {
             let event = Event::default().data(line);
             let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(event)]);
@@ -340,7 +346,7 @@ pub(super) async fn json_response(mut receiver: mpsc::Receiver<Frame>, batch: bo
                 .join(",")
         )),
     };
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    ([(header::CONTENT_TYPE, JSON)], body).into_response()
 }
 
 /// A delivered line as a response body's bytes.
@@ -350,6 +356,14 @@ impl AsRef<[u8]> for SharedLine {
     fn as_ref(&self) -> &[u8] {
         self.0.as_bytes()
     }
+}
+
+/// `response` with the request's `Mcp-Session-Id` value, if it had one.
+fn echo_session(mut response: Response, session_id: Option<&HeaderValue>) -> Response {
+    if let Some(value) = session_id {
+        response.headers_mut().insert(MCP_SESSION_ID, value.clone());
+    }
+    response
 }
 
 pub(super) fn with_session<'a>(

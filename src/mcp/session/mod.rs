@@ -847,7 +847,7 @@ impl Actor {
                 session: self.shared.label.clone(),
                 user_id: self.shared.user_id,
                 tool,
-                outcome: if is_error { "error" } else { "ok" }.to_owned(),
+                outcome: if is_error { "error" } else { "ok" },
             });
         }
         if let Ok(mut streams) = self.shared.streams.lock() {

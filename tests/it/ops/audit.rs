@@ -186,7 +186,7 @@ fn audit_show_never_prints_a_clients_control_characters() {
         session: "s1".into(),
         user_id: 7,
         tool: "x\n\u{1b}[2Kfake row\u{202E}gnp.exe".into(),
-        outcome: "ok".into(),
+        outcome: "ok",
     })
     .unwrap();
     let table = render_table(&[record]);
@@ -536,7 +536,7 @@ fn every_event() -> Vec<AuditEvent> {
             session: "s-abc".into(),
             user_id: 7,
             tool: "list_issues".into(),
-            outcome: "ok".into(),
+            outcome: "ok",
         },
         E::UpstreamApiCall {
             session: "s-abc".into(),

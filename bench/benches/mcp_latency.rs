@@ -16,14 +16,17 @@
 //! The broker is the production stack, started as `serve` starts it: the public router with
 //! its layers (request ids, tracing under the default `info` subscriber, metrics, body limits,
 //! CORS, per-IP and per-user rate limits), the broker's allocator, the real token verifier over
-//! SQLite (a bearer token checked on every request), the vault, and the hash-chained audit file (every `tools/call` is an audit record). Only the
-//! sandbox is off (its cost is `bench/benches/sandbox.rs`); the tokens are minted into the
-//! database directly instead of through a browser login.
+//! SQLite (a bearer token checked on every request), the vault, and the hash-chained audit
+//! file (every `tools/call` is an audit record). Only the sandbox is off (its cost is
+//! `bench/benches/sandbox.rs`); the tokens are minted into the database directly instead of
+//! through a browser login.
 //!
 //! The client is a lean HTTP/1.1 client (hyper's connection API, one keep-alive connection per
-//! session; request lines and headers built before the timing), the same for the broker and
-//! for the HTTP floor: client and broker share this machine's two cores, so a heavy client
-//! would be charged to the broker.
+//! session; request lines and headers built before the timing), the same for every HTTP arm:
+//! client and servers share this machine's two cores, so a heavy client would be charged to
+//! the broker. Each server (the broker, the bare bridge, the HTTP floor) runs on a tokio
+//! runtime of its own, as a server process would: its tasks never share a worker thread with
+//! the client's (which would spare it the thread wake-ups a remote client costs).
 //!
 //! Four figures per child:
 //! - *direct*: the child over stdio, no HTTP;

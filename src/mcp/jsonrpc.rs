@@ -156,8 +156,22 @@ impl Id {
     }
 
     pub fn number(value: i64) -> Self {
-        // A formatted integer is always valid JSON.
-        Self(RawValue::from_string(value.to_string()).unwrap_or_else(|_| null_raw()))
+        // Formatted on the stack, then one allocation of the exact size (`to_string` would
+        // over-allocate, and the box shrink it in a second). A formatted integer is valid JSON.
+        use std::io::Write as _;
+        let mut digits = [0u8; 20];
+        let mut cursor = std::io::Cursor::new(&mut digits[..]);
+        let written = write!(cursor, "{value}").map(|()| cursor.position());
+        let text = written
+            .ok()
+            .and_then(|len| digits.get(..usize::try_from(len).ok()?))
+            .and_then(|bytes| std::str::from_utf8(bytes).ok());
+        match text {
+            Some(text) => {
+                Self(RawValue::from_string(text.to_owned()).unwrap_or_else(|_| null_raw()))
+            }
+            None => Self(null_raw()),
+        }
     }
 
     pub fn string(value: &str) -> Self {
@@ -445,6 +459,15 @@ pub fn peek(params: Option<&RawValue>) -> PeekParams {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numeric_ids_are_written_exactly_at_every_width() {
+        for value in [0, 7, -1, 1_000_000, i64::MAX, i64::MIN] {
+            let id = Id::number(value);
+            assert_eq!(id.key(), value.to_string());
+            assert_eq!(id.as_i64(), Some(value));
+        }
+    }
+
     #[test]
     fn a_pretty_printed_message_becomes_one_line_that_means_the_same() {
         let smuggled = "{\r\n  \"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"tools/call\",\n  \"params\":\n{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"x\",\"s\":\"a\u{2028}b\u{85}c\u{2029}\"}\r}";

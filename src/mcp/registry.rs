@@ -510,7 +510,7 @@ mod tests {
             .try_send(Command::Forward {
                 messages: vec![request],
                 stream: Some(stream),
-                reply: forward_reply,
+                reply: Some(forward_reply),
             })
             .unwrap();
         ended.await.unwrap();

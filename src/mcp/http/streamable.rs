@@ -185,7 +185,16 @@ pub(super) async fn forward(
     messages: Vec<Message>,
     stream: Option<u64>,
 ) -> Result<(), EdgeError> {
-    let (reply, result) = oneshot::channel();
+    // Only a request that may respawn the child can turn into a 404 (a dead Forgejo grant);
+    // with a child running, the answer comes on the stream, and waiting for the actor's
+    // acknowledgement (or even making the channel for it) would only add to every call.
+    let wait = stream.is_some() && session.pid().is_none();
+    let (reply, result) = if wait {
+        let (reply, result) = oneshot::channel();
+        (Some(reply), Some(result))
+    } else {
+        (None, None)
+    };
     let reserved = if stream.is_some() {
         messages
             .iter()
@@ -208,12 +217,9 @@ pub(super) async fn forward(
         session.release_requests(reserved);
         return Err(EdgeError::SessionNotFound);
     }
-    // Only a request that may respawn the child can turn into a 404 (a dead Forgejo grant);
-    // with a child running, the answer comes on the stream and waiting for the actor's
-    // acknowledgement would only add a wake-up to every call.
-    if stream.is_none() || session.pid().is_some() {
+    let Some(result) = result else {
         return Ok(());
-    }
+    };
     match result.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(SessionError::Gone)) => {

@@ -121,7 +121,9 @@ pub enum Command {
     Forward {
         messages: Vec<Message>,
         stream: Option<StreamId>,
-        reply: oneshot::Sender<Result<(), SessionError>>,
+        /// Where the outcome goes, when the sender waits for it (only a request that may have
+        /// to respawn the child does: no channel per call otherwise).
+        reply: Option<oneshot::Sender<Result<(), SessionError>>>,
     },
     Hibernate {
         reason: &'static str,
@@ -310,7 +312,9 @@ impl Actor {
                             }
                         }
                     }
-                    let _ = reply.send(Err(why.clone()));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(why.clone()));
+                    }
                 }
                 Command::Hibernate { reply, .. } => {
                     let _ = reply.send(false);
@@ -346,7 +350,9 @@ impl Actor {
                 reply,
             } => {
                 let result = self.forward(messages, stream).await;
-                let _ = reply.send(result);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
             }
             Command::Hibernate { reason, reply } => {
                 let stopped = self.child.is_some() && self.pending.is_empty();

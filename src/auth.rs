@@ -5,6 +5,8 @@
 //! and an [`UpstreamCredentials`] for the user's current Forgejo access token when a child (or
 //! the egress proxy) needs one.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::clock::UnixSeconds;
@@ -16,13 +18,15 @@ pub type UserId = i64;
 
 /// Who is calling `/mcp`: the result of a verified broker access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// The strings are shared (`Arc<str>`): a principal is cloned out of the verdict cache on every
+/// request, and a clone should not copy them.
 pub struct Principal {
     pub user_id: UserId,
     /// Forgejo login name at the time the grant was made; for display and the audit log.
-    pub username: String,
-    pub client_id: String,
+    pub username: Arc<str>,
+    pub client_id: Arc<str>,
     /// The token family (one per authorization), so a revocation can find live sessions.
-    pub grant_id: String,
+    pub grant_id: Arc<str>,
     /// When the access token presented expires.
     pub expires_at: UnixSeconds,
 }

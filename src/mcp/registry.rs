@@ -164,7 +164,7 @@ impl Registry {
     /// touched like a lookup. It must be in memory: only its id could load it from disk.
     pub fn sole_session(&self, principal: &Principal) -> Option<Arc<SessionShared>> {
         let now = self.ctx.clock.now();
-        let owner: OwnerKey = (principal.user_id, principal.client_id.clone());
+        let owner: OwnerKey = (principal.user_id, principal.client_id.to_string());
         let mut candidates = {
             let inner = self.inner.lock().ok()?;
             inner
@@ -472,9 +472,9 @@ mod tests {
     fn principal() -> Principal {
         Principal {
             user_id: 7,
-            username: "alice".to_owned(),
-            client_id: "client".to_owned(),
-            grant_id: "grant".to_owned(),
+            username: "alice".into(),
+            client_id: "client".into(),
+            grant_id: "grant".into(),
             expires_at: 2_000_000,
         }
     }

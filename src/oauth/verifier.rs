@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::store::OAuthStore;
 use crate::auth::{AccessTokenVerifier, Principal, TokenRejection};
 use crate::clock::SharedClock;
+use crate::clock::UnixSeconds;
 use crate::secret::{constant_time_eq, hash_token};
 use crate::store::ChangeStamp;
 use crate::upstream::Upstream;
@@ -76,12 +77,28 @@ impl TokenVerifier {
         }
         let principal = Principal {
             user_id: found.grant.user_id,
-            username: found.grant.username,
-            client_id: found.grant.client_id,
-            grant_id: found.grant.grant_id,
+            username: found.grant.username.into(),
+            client_id: found.grant.client_id.into(),
+            grant_id: found.grant.grant_id.into(),
             expires_at: found.expires_at,
         };
         Ok((principal, found.grant.resource))
+    }
+
+    /// A live token's principal, checked for expiry and audience (item 18).
+    fn admit(
+        principal: &Principal,
+        granted_resource: &str,
+        resource: &str,
+        now: UnixSeconds,
+    ) -> Result<Principal, TokenRejection> {
+        if principal.expires_at <= now {
+            return Err(TokenRejection::Expired);
+        }
+        if !constant_time_eq(granted_resource.as_bytes(), resource.as_bytes()) {
+            return Err(TokenRejection::WrongAudience);
+        }
+        Ok(principal.clone())
     }
 
     /// Keeps a verdict reached under `stamp`, unless the database changed meanwhile.
@@ -124,6 +141,7 @@ impl AccessTokenVerifier for TokenVerifier {
             tracing::error!(%error, "cannot read the token store's change stamp");
             TokenRejection::Unavailable
         })?;
+        let now = self.clock.now();
         let cached = {
             let mut verdicts = self
                 .verdicts
@@ -136,23 +154,15 @@ impl AccessTokenVerifier for TokenVerifier {
             verdicts
                 .by_token_hash
                 .get(&token_hash)
-                .map(|verdict| (verdict.principal.clone(), verdict.resource.clone()))
+                .map(|verdict| Self::admit(&verdict.principal, &verdict.resource, resource, now))
         };
-        let (principal, granted_resource) = match cached {
-            Some(hit) => hit,
-            None => {
-                let found = self.look_up_uncached(&token_hash)?;
-                self.remember_at(stamp, &token_hash, &found.0, found.1.clone());
-                found
-            }
-        };
-        if principal.expires_at <= self.clock.now() {
-            return Err(TokenRejection::Expired);
+        if let Some(outcome) = cached {
+            return outcome;
         }
-        if !constant_time_eq(granted_resource.as_bytes(), resource.as_bytes()) {
-            return Err(TokenRejection::WrongAudience);
-        }
-        Ok(principal)
+        let (principal, granted_resource) = self.look_up_uncached(&token_hash)?;
+        let outcome = Self::admit(&principal, &granted_resource, resource, now);
+        self.remember_at(stamp, &token_hash, &principal, granted_resource);
+        outcome
     }
 }
 

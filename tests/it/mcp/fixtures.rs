@@ -38,9 +38,9 @@ impl TestOnlyVerifier {
             token.to_owned(),
             Principal {
                 user_id,
-                username: format!("user{user_id}"),
-                client_id: client_id.to_owned(),
-                grant_id: grant_id.to_owned(),
+                username: format!("user{user_id}").into(),
+                client_id: client_id.into(),
+                grant_id: grant_id.into(),
                 expires_at: i64::MAX,
             },
         );

@@ -37,8 +37,8 @@ async fn the_whole_flow_yields_working_tokens_that_survive_a_restart() {
         .await
         .unwrap();
     assert_eq!(principal.user_id, ALICE);
-    assert_eq!(principal.username, "alice");
-    assert_eq!(principal.client_id, client.client_id);
+    assert_eq!(&*principal.username, "alice");
+    assert_eq!(&*principal.client_id, client.client_id.as_str());
 
     let events = broker.audit_events();
     for name in [

@@ -509,7 +509,7 @@ async fn revoked_families_are_announced_for_the_mcp_edge() {
     assert_eq!(
         events.try_recv().unwrap(),
         AccessEnded::Grant {
-            grant_id,
+            grant_id: grant_id.to_string(),
             user_id: crate::fixtures::ALICE
         }
     );

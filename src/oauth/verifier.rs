@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::store::OAuthStore;
 use crate::auth::{AccessTokenVerifier, Principal, TokenRejection};
-use crate::clock::SharedClock;
-use crate::clock::UnixSeconds;
+use crate::clock::{SharedClock, UnixSeconds};
 use crate::secret::{constant_time_eq, hash_token};
 use crate::store::ChangeStamp;
 use crate::upstream::Upstream;

@@ -574,6 +574,19 @@ fn start_bare_bridge(child: Child) -> SocketAddr {
 
 // ---- measuring --------------------------------------------------------------------------------
 
+/// CPU per call, in µs: in the bench process (client, and broker or bridge), in the children.
+fn cpu_per_call(label: &str, cpu: &CpuTime, calls: usize) -> String {
+    let calls = calls.max(1) as f64;
+    format!(
+        "  CPU per call, {label:<12} bench process {:6.1} µs ({:.2} thread wake-ups), children {:6.1} µs (main threads {:.1} µs; {:.2} thread wake-ups)",
+        micros(cpu.own) / calls,
+        cpu.own_slices as f64 / calls,
+        micros(cpu.descendants) / calls,
+        micros(cpu.descendants_main) / calls,
+        cpu.descendant_slices as f64 / calls,
+    )
+}
+
 /// Runs `calls`, adding the CPU time spent meanwhile to `cpu`.
 async fn timed<T>(cpu: &mut CpuTime, calls: impl Future<Output = T>) -> T {
     let before = CpuTime::now();
@@ -691,17 +704,12 @@ impl<C: Caller> Arm<C> {
         self.samples.extend(runs.into_iter().flatten());
     }
 
-    /// CPU per call, in µs: in the bench process (client, and broker or bridge), in the children.
+    /// CPU per call, and how busy the cores were over the arm's phases.
     fn cpu_line(&self, label: &str) {
-        let calls = self.samples.len().max(1) as f64;
         let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
         println!(
-            "  CPU per call, {label:<12} bench process {:6.1} µs ({:.2} thread wake-ups), children {:6.1} µs (main threads {:.1} µs; {:.2} thread wake-ups); cores busy {:5.1}%",
-            micros(self.cpu.own) / calls,
-            self.cpu.own_slices as f64 / calls,
-            micros(self.cpu.descendants) / calls,
-            micros(self.cpu.descendants_main) / calls,
-            self.cpu.descendant_slices as f64 / calls,
+            "{}; cores busy {:5.1}%",
+            cpu_per_call(label, &self.cpu, self.samples.len()),
             100.0 * (self.cpu.own + self.cpu.descendants).as_secs_f64()
                 / (self.took.as_secs_f64() * cores)
         );
@@ -829,7 +837,6 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
         micros(b50) - micros(d50),
         micros(j50) - micros(b50)
     );
-    let calls = (per_round * plan.rounds).max(1) as f64;
     for (label, cpu) in [
         "HTTP floor",
         "direct",
@@ -840,14 +847,7 @@ async fn bench_child(child: &Child, plan: &Plan, floor: SocketAddr) {
     .iter()
     .zip(cpu)
     {
-        println!(
-            "  CPU per call, {label:<12} bench process {:6.1} µs ({:.2} thread wake-ups), children {:6.1} µs (main threads {:.1} µs; {:.2} thread wake-ups)",
-            micros(cpu.own) / calls,
-            cpu.own_slices as f64 / calls,
-            micros(cpu.descendants) / calls,
-            micros(cpu.descendants_main) / calls,
-            cpu.descendant_slices as f64 / calls,
-        );
+        println!("{}", cpu_per_call(label, &cpu, per_round * plan.rounds));
     }
     drop((direct, via_json, via_sse, to_floor, to_bare));
     if plan.one_only {

@@ -853,19 +853,8 @@ fn a_quiet_writer_checkpoints_pending_records_on_its_timer() {
     };
     let audit = FileAudit::open(config, key(), ManualClock::new(START), Metrics::new()).unwrap();
     audit.record(token_issued(1));
-    // Poll (bounded) for the timer's checkpoint; nothing else would write one.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.contains("\"checkpoint\"") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint was written: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Nothing but the timer would write a checkpoint.
+    poll_for_checkpoint(&path, Duration::from_millis(20), || {});
     let report = verify_files(std::slice::from_ref(&path), Some(&key())).unwrap();
     assert!(report.is_ok(VerifyPolicy::STRICT), "{report}");
     audit.close();
@@ -882,23 +871,31 @@ fn a_steady_trickle_of_records_still_gets_its_timed_checkpoint() {
         ..file_config(&path, 1 << 30, 1000)
     };
     let audit = FileAudit::open(config, key(), ManualClock::new(START), Metrics::new()).unwrap();
-    // One record every 50 ms, well inside the 300 ms period, until a checkpoint shows (bounded).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // One record every 50 ms, well inside the 300 ms period, until a checkpoint shows.
     let mut n = 0;
+    poll_for_checkpoint(&path, Duration::from_millis(50), || {
+        audit.record(token_issued(n));
+        n += 1;
+    });
+    audit.close();
+}
+
+/// Waits (at most 10 s, failing then) until the log at `path` holds a checkpoint, which only
+/// the writer's timer can write in these tests; `between` runs before each pause of `every`.
+fn poll_for_checkpoint(path: &Path, every: Duration, mut between: impl FnMut()) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = std::fs::read_to_string(path).unwrap_or_default();
         if text.contains("\"checkpoint\"") {
-            break;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{n} records over 10 s and no checkpoint: {text}"
+            "no checkpoint within 10 s: {text}"
         );
-        audit.record(token_issued(n));
-        n += 1;
-        std::thread::sleep(Duration::from_millis(50));
+        between();
+        std::thread::sleep(every);
     }
-    audit.close();
 }
 
 mod any_single_byte_change {

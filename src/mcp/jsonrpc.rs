@@ -156,22 +156,8 @@ impl Id {
     }
 
     pub fn number(value: i64) -> Self {
-        // Formatted on the stack, then one allocation of the exact size (`to_string` would
-        // over-allocate, and the box shrink it in a second). A formatted integer is valid JSON.
-        use std::io::Write as _;
-        let mut digits = [0u8; 20];
-        let mut cursor = std::io::Cursor::new(&mut digits[..]);
-        let written = write!(cursor, "{value}").map(|()| cursor.position());
-        let text = written
-            .ok()
-            .and_then(|len| digits.get(..usize::try_from(len).ok()?))
-            .and_then(|bytes| std::str::from_utf8(bytes).ok());
-        match text {
-            Some(text) => {
-                Self(RawValue::from_string(text.to_owned()).unwrap_or_else(|_| null_raw()))
-            }
-            None => Self(null_raw()),
-        }
+        // A formatted integer is always valid JSON.
+        Self(RawValue::from_string(value.to_string()).unwrap_or_else(|_| null_raw()))
     }
 
     pub fn string(value: &str) -> Self {

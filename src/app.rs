@@ -160,6 +160,11 @@ pub fn build_upstream(
 /// How long open requests may run on after shutdown was requested.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// How long shutdown waits for Forgejo code exchanges and refreshes in flight: a login is two
+/// Forgejo requests, and may then wait for the user's refresh in flight, another.
+pub const UPSTREAM_SETTLE: Duration =
+    Duration::from_secs(3 * crate::upstream::client::REQUEST_TIMEOUT.as_secs());
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data directory {path}: {source}")]
@@ -262,13 +267,35 @@ impl RunningApp {
         self.tasks.wait().await;
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to `deadline`), stops every task.
+    /// Stops accepting, lets in-flight requests finish (up to `deadline`), stops every task,
+    /// then waits for the Forgejo code exchanges and refreshes still in flight (up to
+    /// [`UPSTREAM_SETTLE`]): Forgejo has retired the stored set once it answers one, so a
+    /// token set dropped on the way to the database would cost its user their grant. `false`
+    /// if either wait ran out.
     pub async fn shutdown(self, deadline: Duration) -> bool {
         self.cancel.cancel();
         self.tasks.close();
-        tokio::time::timeout(deadline, self.tasks.wait())
+        let stopped = tokio::time::timeout(deadline, self.tasks.wait())
             .await
-            .is_ok()
+            .is_ok();
+        let upstream = &self.auth.upstream;
+        let in_flight = upstream.in_flight();
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                "waiting for Forgejo token exchanges in flight to be stored before stopping"
+            );
+        }
+        let settled = tokio::time::timeout(UPSTREAM_SETTLE, upstream.settle())
+            .await
+            .is_ok();
+        if !settled {
+            tracing::error!(
+                in_flight = upstream.in_flight(),
+                "Forgejo token exchanges were still in flight at shutdown; their users may have to authorize again"
+            );
+        }
+        stopped && settled
     }
 }
 

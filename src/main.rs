@@ -199,8 +199,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (deps, audit) = AppDeps::for_config(&config)?;
             let served = runtime.block_on(serve(config, deps));
             // The runtime stops before the audit writer does: tasks `serve` does not own can
-            // still be recording (a login or token refresh finishing in a task of its own, an
-            // egress call whose record is written when its task is dropped), and a record after
+            // still be recording (an egress call whose record is written when its task is
+            // dropped; a login or refresh that outlived `serve`'s wait), and a record after
             // `close` is dropped ("writer stopped"). Shutting down drops every task, which
             // records what its guards record, and waits for blocking work up to the deadline.
             runtime.shutdown_timeout(RUNTIME_SHUTDOWN_DEADLINE);

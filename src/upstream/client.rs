@@ -62,6 +62,9 @@ struct RawErrorResponse {
     error: Option<String>,
 }
 
+/// The longest one request to Forgejo may take, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The broker as Forgejo's confidential client.
 pub struct ForgejoClient {
     http: reqwest::Client,
@@ -83,7 +86,7 @@ impl ForgejoClient {
         // would resend credentials), bounded time.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(15))
+            .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("forgejo-mcp-broker/", env!("CARGO_PKG_VERSION")))
             .build()

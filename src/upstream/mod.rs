@@ -60,6 +60,10 @@ pub struct Upstream {
     refresh_ahead_secs: i64,
     locks: UserLocks,
     access_ended: AccessEndedSender,
+    /// Code exchanges and refreshes in flight. Once Forgejo has answered one, its token set is
+    /// the only one that works, so shutdown waits for them to be stored
+    /// ([`Upstream::settle`]) instead of dropping them with the runtime.
+    in_flight: tokio_util::task::TaskTracker,
 }
 
 impl Upstream {
@@ -81,7 +85,21 @@ impl Upstream {
             refresh_ahead_secs,
             locks: Arc::new(Mutex::new(HashMap::new())),
             access_ended,
+            in_flight: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// How many code exchanges and refreshes are in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// For shutdown: waits until every code exchange and refresh in flight (and any started
+    /// meanwhile) has finished, its token set stored. Each is bounded by the Forgejo client's
+    /// timeouts.
+    pub async fn settle(&self) {
+        self.in_flight.close();
+        self.in_flight.wait().await;
     }
 
     pub fn client(&self) -> &ForgejoClient {
@@ -128,6 +146,7 @@ impl Upstream {
     /// In a task of its own, like a refresh: exchanging a code moves the (user, app) grant's
     /// refresh counter at Forgejo, so the set stored before is dead from then on, and the new
     /// one must be stored whatever happens to the callback's request (a browser that gives up).
+    /// Shutdown waits for it ([`Upstream::settle`]).
     pub async fn complete_login(
         &self,
         code: &str,
@@ -140,7 +159,7 @@ impl Upstream {
         let locks = self.locks.clone();
         let code = code.to_owned();
         let code_verifier = code_verifier.clone();
-        let task = tokio::spawn(async move {
+        let task = self.in_flight.spawn(async move {
             let failed = |error: &UpstreamError| {
                 audit.record(AuditEvent::UpstreamLoginFailed {
                     reason: error.to_string(),
@@ -201,7 +220,7 @@ impl Upstream {
     /// the caller. A caller's future can be dropped at any await (a child's request abandoned, a
     /// client gone); done in that future, a refresh dropped after Forgejo rotated the token
     /// would lose the new set and leave the user's grant dead. The task owns the lock guard, so
-    /// the next caller waits until the new set is stored.
+    /// the next caller waits until the new set is stored; shutdown waits for it too.
     async fn refresh(
         &self,
         guard: tokio::sync::OwnedMutexGuard<()>,
@@ -215,7 +234,7 @@ impl Upstream {
             audit: self.audit.clone(),
             access_ended: self.access_ended.clone(),
         };
-        let task = tokio::spawn(async move {
+        let task = self.in_flight.spawn(async move {
             let result = refresher.refresh_locked(user_id, grant).await;
             drop(guard);
             result

@@ -9,7 +9,7 @@ use forgejo_mcp_broker::auth::{TokenRejection, UpstreamCredentials, UpstreamCred
 use forgejo_mcp_broker::secret::ExposeSecret;
 use forgejo_mcp_broker::standin::TokenFault;
 
-use crate::fixtures::{ALICE, TestBroker};
+use crate::fixtures::{ALICE, TestBroker, logs};
 
 /// Forgejo access tokens live 600 s; the broker refreshes 300 s ahead.
 async fn broker() -> TestBroker {
@@ -137,6 +137,55 @@ async fn a_caller_that_gives_up_mid_refresh_does_not_lose_the_rotated_tokens() {
             .audit_events()
             .contains(&AuditEvent::UpstreamRefreshed { user_id: ALICE })
     );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_refresh_forgejo_has_already_carried_out() {
+    let logs = logs::capture();
+    let mut broker = broker().await;
+    broker.login_new_client().await;
+    let upstream = broker.app().auth.upstream.clone();
+    let before = upstream.access_token(ALICE).await.unwrap();
+    broker.advance(400);
+    // Forgejo rotates the tokens, then its answer is slow, and the broker is told to stop.
+    broker
+        .standin
+        .inject_token_faults(TokenFault::HangAnswer, 1);
+    let caller = {
+        let upstream = upstream.clone();
+        tokio::spawn(async move { upstream.access_token(ALICE).await })
+    };
+    assert!(
+        broker
+            .standin
+            .wait_for_hung_requests(1, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(upstream.in_flight(), 1);
+    let stopping = tokio::spawn(broker.take_app().shutdown(Duration::from_secs(10)));
+    // Everything else stopped; the refresh is waited for, and the operator is told why.
+    let waiting = "waiting for Forgejo token exchanges in flight to be stored";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !logs.contents().contains(waiting) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shutdown did not wait for the refresh in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!stopping.is_finished());
+    broker.standin.release_hung_requests();
+    assert!(stopping.await.unwrap(), "shutdown ran out of time");
+    let rotated = caller.await.unwrap().unwrap();
+    assert_ne!(rotated.expose_secret(), before.expose_secret());
+    // Stored before shutdown returned: the next start serves it without asking Forgejo (where
+    // the old refresh token no longer works).
+    broker.start_again().await;
+    let upstream = broker.app().auth.upstream.clone();
+    let after = upstream.access_token(ALICE).await.unwrap();
+    assert_eq!(after.expose_secret(), rotated.expose_secret());
+    assert_eq!(broker.standin.counters().refresh_grants, 1);
     broker.shutdown().await;
 }
 

@@ -211,7 +211,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
+            let (notes, refused) = forgejo_mcp_broker::supervisor::trusted::check_configured(
+                &config.mcp.child,
+                &config.sandbox,
+            );
+            if !refused.is_empty() {
+                anyhow::bail!(
+                    "paths another local user could change (children would not start):\n{}",
+                    refused.join("\n")
+                );
+            }
             println!("configuration OK");
+            for note in notes {
+                println!("{note}");
+            }
             println!(
                 "MCP endpoint (paste into the client): {}",
                 config.server.mcp_resource()

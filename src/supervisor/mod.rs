@@ -9,8 +9,10 @@ pub mod plain;
 pub mod sandbox_check;
 pub mod sandbox_config;
 pub mod sandboxed;
+pub mod trusted;
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -121,6 +123,42 @@ pub enum LaunchError {
     Sandbox { stage: String, message: String },
     #[error("too many children running")]
     Capacity,
+    /// The program or a path the child is given could be changed by another local user.
+    #[error("refusing to start the child: {0}")]
+    Untrusted(#[from] trusted::Untrusted),
+}
+
+/// The absolute path `program` names, symlinks kept: as given (relative to the current
+/// directory when it has a slash), or the first executable file of that name in `search` (a
+/// `PATH` value; the broker's own when `None`), as `execvp` would find it.
+pub fn resolve_program(program: &Path, search: Option<&OsStr>) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if program.is_absolute() || program.components().count() > 1 {
+        return std::path::absolute(program);
+    }
+    let inherited = std::env::var_os("PATH");
+    let search = search.or(inherited.as_deref()).unwrap_or_default();
+    std::env::split_paths(search)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+}
+
+/// The program to start for `spec`, resolved (see [`resolve_program`]) and, with its working
+/// directory, checked to be out of other local users' reach ([`trusted`]).
+pub fn trusted_program(spec: &ChildSpec, search: Option<&OsStr>) -> Result<PathBuf, LaunchError> {
+    let program = resolve_program(&spec.program, search).map_err(|source| LaunchError::Spawn {
+        program: spec.program.clone(),
+        source,
+    })?;
+    trusted::check(&program)?;
+    if let Some(dir) = &spec.working_dir {
+        trusted::check(dir)?;
+    }
+    Ok(program)
 }
 
 #[async_trait]

@@ -37,8 +37,16 @@ pub struct PlainLauncher;
 #[async_trait]
 impl ChildLauncher for PlainLauncher {
     async fn launch(&self, spec: ChildSpec) -> Result<ChildHandle, LaunchError> {
-        let mut command = Command::new(&spec.program);
+        // Looked up as `Command` would: in the child's PATH when it gets one.
+        let search = spec
+            .env
+            .iter()
+            .find(|(key, _)| key == "PATH")
+            .map(|(_, value)| std::ffi::OsStr::new(value));
+        let program = super::trusted_program(&spec, search)?;
+        let mut command = Command::new(&program);
         command
+            .arg0(&spec.program)
             .args(&spec.args)
             .env_clear()
             .envs(spec.env.iter().map(|(key, value)| (key, value)))

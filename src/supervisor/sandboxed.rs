@@ -121,8 +121,17 @@ impl SandboxLauncher {
     /// Starts `spec` confined; see [`SandboxedChild`].
     pub async fn launch_sandboxed(&self, spec: ChildSpec) -> Result<SandboxedChild, LaunchError> {
         self.inner.retry_cleanup();
+        // Found in the broker's own PATH: the child's is only seen inside the sandbox. Bound
+        // into the sandbox, and started, where it really is.
+        let program = super::trusted_program(&spec, None)?;
+        // The launcher starts with the broker's privileges: as safe as the program, at least.
+        super::trusted::check(&self.inner.launcher)?;
+        let program = std::fs::canonicalize(&program).map_err(|source| LaunchError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
         let ChildSpec {
-            program,
+            program: _,
             args,
             env,
             working_dir,
@@ -373,10 +382,14 @@ impl Inner {
         ids: IdMapping,
         with_cgroup: bool,
     ) -> Result<LaunchPlan, LaunchError> {
-        let program = resolve_program(program).map_err(|source| LaunchError::Spawn {
-            program: program.to_path_buf(),
-            source,
-        })?;
+        let program = program.to_path_buf();
+        for path in &self.config.extra_read_only {
+            // Paths a profile lists for other distributions may be missing; present, they
+            // must be as safe as the program.
+            if path.exists() {
+                super::trusted::check(path)?;
+            }
+        }
         let mut wanted: Vec<PathBuf> = self.profile.read_only.iter().map(PathBuf::from).collect();
         wanted.extend(self.config.extra_read_only.iter().cloned());
         wanted.push(program.clone());
@@ -570,19 +583,6 @@ fn limit(resource: libc::__rlimit_resource_t, value: u64) -> Rlimit {
         soft: value,
         hard: value,
     }
-}
-
-/// An absolute program path: as given, relative to the current directory, or found in PATH.
-fn resolve_program(program: &Path) -> std::io::Result<PathBuf> {
-    if program.is_absolute() || program.components().count() > 1 {
-        return std::fs::canonicalize(program);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .map(|found| std::fs::canonicalize(&found).unwrap_or(found))
-        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
 }
 
 /// Creates the session's cgroups and moves the launcher into them. On failure, returns what

@@ -132,6 +132,49 @@ async fn a_child_that_exits_at_start_fails_initialize_with_an_error_and_no_sessi
 }
 
 #[tokio::test]
+async fn a_child_program_another_user_could_replace_is_not_started() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let logs = crate::fixtures::logs::capture();
+    // The test child, copied into a directory anyone may write to (no sticky bit).
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let program = open.join("mcp-test-child");
+    std::fs::copy(test_child_path(), &program).unwrap();
+    let mut profile = test_child_profile(&[]);
+    profile.program = program.clone();
+    let broker = Broker::start(test_config(profile)).await;
+    let client = broker.user("t1", 1, "client-a", "grant-1");
+    let reply = client
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers.get("mcp-session-id").is_none());
+    let error = &reply.messages[0]["error"];
+    assert_eq!(error["code"], codes::CHILD_UNAVAILABLE, "{}", reply.body);
+    // The client learns nothing about the host; the operator's log says what and why.
+    assert_eq!(error["message"], "the MCP server could not be started");
+    let logged = logs.contents();
+    assert!(
+        logged.contains(&format!(
+            "{}: writable by group or others (mode 777,",
+            open.display()
+        )),
+        "{logged}"
+    );
+    assert_eq!(broker.handle.running_children(), 0);
+
+    // Fixed (`chmod go-w`), the same program starts.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    assert!(client.pid().await > 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn the_child_environment_is_the_allowlist_plus_the_credential() {
     // SAFETY of the test: a variable in the broker's environment that must not reach the child.
     let broker = Broker::start(test_config(test_child_profile(&[]))).await;

@@ -83,3 +83,50 @@ fn without_any_client_secret_the_config_is_refused_naming_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("forgejo.client_secret"), "{stderr}");
 }
+
+#[test]
+fn check_config_refuses_a_child_program_another_user_could_replace() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let program = open.join("forgejo-mcp");
+    std::fs::write(&program, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(example()).unwrap();
+    let copy = dir.path().join("broker.toml");
+    std::fs::write(
+        &copy,
+        format!("{text}\n[mcp.child]\nprogram = \"{}\"\n", program.display()),
+    )
+    .unwrap();
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_forgejo-mcp-broker"))
+            .args(["check-config", "--config"])
+            .arg(&copy)
+            .env(CLIENT_SECRET_ENV, "gto_example_secret")
+            .output()
+            .unwrap()
+    };
+    // Only root can change it: said, and accepted.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = check();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("mcp.child.program: {}", program.display())),
+        "{stdout}"
+    );
+    // Its directory writable by anyone: refused, naming the key and the directory.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = check();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "mcp.child.program: {}: writable by group or others",
+            open.display()
+        )),
+        "{stderr}"
+    );
+}

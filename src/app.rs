@@ -510,6 +510,11 @@ pub async fn start_on(
             );
         }
     });
+    tasks.spawn(crate::upstream::version::watch(
+        Arc::clone(&auth.upstream),
+        deps.audit.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(crate::oauth::maintenance::run_sweeper(
         crate::oauth::maintenance::Sweeper {
             store: sweep_store,

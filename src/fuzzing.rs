@@ -214,6 +214,22 @@ fn builtin_upstream_policy() -> &'static policies::UpstreamPolicy {
     POLICY.get_or_init(|| policies::UpstreamPolicy::builtin().expect("the builtin policy parses"))
 }
 
+/// `/api/v1/version` answers (the upstream's word): a version is kept only if it is short and
+/// made of version characters, it survives being written out and read back, and the
+/// `+gitea-` suffix alone makes it Forgejo.
+pub fn upstream_version_oracle(data: &[u8]) {
+    use crate::upstream::version::{MAX_VERSION_LEN, Product, UpstreamVersion, parse_version};
+    let Ok(version) = parse_version(data) else {
+        return;
+    };
+    assert!(!version.is_empty() && version.len() <= MAX_VERSION_LEN);
+    assert!(version.bytes().all(|b| b.is_ascii_graphic()), "{version:?}");
+    let again = serde_json::to_vec(&serde_json::json!({ "version": version })).expect("JSON");
+    assert_eq!(parse_version(&again).as_ref(), Ok(&version));
+    let product = UpstreamVersion::classify(version.clone(), false).product;
+    assert_eq!(product == Product::Forgejo, version.contains("+gitea-"));
+}
+
 /// An oracle: panics when its property does not hold for the input.
 pub type Oracle = fn(&[u8]);
 
@@ -226,6 +242,7 @@ pub const TARGETS: &[(&str, Oracle)] = &[
     ("jsonrpc", jsonrpc_oracle),
     ("upstream_path", upstream_path_oracle),
     ("egress_target", egress_target_oracle),
+    ("upstream_version", upstream_version_oracle),
 ];
 
 #[cfg(test)]

@@ -58,6 +58,13 @@ pub enum AuditEvent {
     UpstreamLoginFailed {
         reason: String,
     },
+    /// The forge the broker works against, as its `/api/v1/version` says: at start and when
+    /// it changes.
+    UpstreamVersion {
+        /// `forgejo` or `gitea`.
+        product: String,
+        version: String,
+    },
     UpstreamRefreshed {
         user_id: UserId,
     },

@@ -43,6 +43,9 @@ impl AuditMetrics {
             AuditEvent::UpstreamRefreshed { .. } => self.metrics.upstream_refresh("ok"),
             AuditEvent::UpstreamRefreshFailed { .. } => self.metrics.upstream_refresh("failed"),
             AuditEvent::UpstreamGrantDead { .. } => self.metrics.upstream_refresh("grant_dead"),
+            AuditEvent::UpstreamVersion { product, version } => {
+                self.metrics.set_upstream_version(product, version);
+            }
             AuditEvent::SessionCreated { session, .. }
             | AuditEvent::SessionResumed { session, .. } => {
                 self.session(session, Some(SessionState::Active));

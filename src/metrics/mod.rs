@@ -86,6 +86,13 @@ struct RateLimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    product: String,
+    /// Checked to look like a version ([`crate::upstream::version::parse_version`]).
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VaultLabels {
     operation: &'static str,
     outcome: &'static str,
@@ -119,6 +126,7 @@ struct Inner {
     rate_limit_rejections: Family<RateLimitLabels, Counter>,
     rate_limit_tracked_keys: Gauge,
     vault_operations: Family<VaultLabels, Counter>,
+    upstream_info: Family<UpstreamLabels, Gauge>,
     audit_write_errors: Counter,
     audit_dropped: Counter,
     audit_events: Counter,
@@ -200,6 +208,12 @@ impl Metrics {
             "Vault operations by kind and outcome",
             vault_operations.clone(),
         );
+        let upstream_info = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_info",
+            "The forge the broker works against, as its /api/v1/version says (1 for the current one)",
+            upstream_info.clone(),
+        );
         let audit_write_errors = Counter::default();
         registry.register(
             "audit_write_errors",
@@ -226,6 +240,7 @@ impl Metrics {
             rate_limit_rejections,
             rate_limit_tracked_keys,
             vault_operations,
+            upstream_info,
             audit_write_errors,
             audit_dropped,
             audit_events,
@@ -340,6 +355,17 @@ impl Metrics {
             .vault_operations
             .get_or_create(&VaultLabels { operation, outcome })
             .inc();
+    }
+
+    /// The upstream forge's product and version: the one series of `upstream_info`.
+    pub fn set_upstream_version(&self, product: &str, version: &str) {
+        let info = &self.0.upstream_info;
+        info.clear();
+        info.get_or_create(&UpstreamLabels {
+            product: product.to_owned(),
+            version: version.to_owned(),
+        })
+        .set(1);
     }
 
     pub fn audit_write_error(&self) {

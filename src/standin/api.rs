@@ -160,9 +160,13 @@ async fn version(State(shared): State<SharedState>) -> Response {
     axum::Json(json!({"version": inner.settings.version})).into_response()
 }
 
-/// Forgejo's own version endpoint answers without the Gitea compatibility suffix.
+/// Forgejo's own version endpoint answers without the Gitea compatibility suffix. A stand-in
+/// configured with a version without that suffix plays Gitea, which has no such endpoint.
 async fn forgejo_version(State(shared): State<SharedState>) -> Response {
     let inner = shared.lock();
+    if !inner.settings.version.contains("+gitea-") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let version = inner
         .settings
         .version

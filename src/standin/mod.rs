@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ConsentMode, StandinApp, StandinConfig, StandinUser};
+pub use config::{ConsentMode, DEFAULT_VERSION, StandinApp, StandinConfig, StandinUser};
 pub use data::Issue;
 pub use state::{ApiFault, AuthorizeRecord, StandinCounters, TokenFault, token_marker};
 pub use token::{TokenError, TokenErrorCode, TokenResponse};

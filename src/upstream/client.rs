@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use super::version::{UpstreamVersion, parse_version};
 use crate::clock::UnixSeconds;
 use crate::config::ForgejoConfig;
 use crate::secret::{ExposeSecret, SecretString};
@@ -254,6 +255,44 @@ impl ForgejoClient {
             return Err(UpstreamError::Malformed("user id is not positive"));
         }
         Ok(user)
+    }
+}
+
+impl ForgejoClient {
+    /// `GET /api/v1/version` (no authentication) and, when the answer does not say Forgejo,
+    /// whether `/api/forgejo/v1/version` exists.
+    pub async fn version(&self) -> Result<UpstreamVersion, UpstreamError> {
+        let body = self.get_public("/api/v1/version").await?.ok_or_else(|| {
+            UpstreamError::Unavailable("version endpoint answered 404".to_owned())
+        })?;
+        let reported = parse_version(&body)
+            .map_err(|_| UpstreamError::Malformed("the version answer is not a version"))?;
+        let forgejo_endpoint = !UpstreamVersion::says_forgejo(&reported)
+            && self.get_public("/api/forgejo/v1/version").await?.is_some();
+        Ok(UpstreamVersion::classify(reported, forgejo_endpoint))
+    }
+
+    /// A GET that needs no token: the body of a 2xx, `None` for a 404.
+    async fn get_public(&self, path: &str) -> Result<Option<Vec<u8>>, UpstreamError> {
+        let url = Self::join(&self.api_base, path)?;
+        let response = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|error| UpstreamError::Unavailable(redact(&error)))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Unavailable(format!(
+                "{path} answered {}",
+                status.as_u16()
+            )));
+        }
+        read_capped(response).await.map(Some)
     }
 }
 

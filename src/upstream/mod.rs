@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod store;
+pub mod version;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -434,3 +434,72 @@ async fn sealed_values_survive_a_data_key_rotation_and_retirement() {
     assert!(upstream.access_token(ALICE).await.is_ok());
     broker.shutdown().await;
 }
+
+/// Polls the audit sink until `matches` finds a record (the version is asked in the background).
+async fn wait_for_event(broker: &TestBroker, matches: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(event) = broker
+            .audit_events()
+            .into_iter()
+            .find(|event| matches(event))
+        {
+            return event;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no such audit record: {:?}",
+            broker.audit_events()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_forge_and_its_version_are_recorded_at_start() {
+    let broker = broker().await;
+    let recorded = wait_for_event(&broker, |event| {
+        matches!(event, AuditEvent::UpstreamVersion { .. })
+    })
+    .await;
+    assert_eq!(
+        recorded,
+        AuditEvent::UpstreamVersion {
+            product: "forgejo".into(),
+            version: forgejo_mcp_broker::standin::DEFAULT_VERSION.into(),
+        }
+    );
+    let metrics = broker.metrics.encode();
+    assert!(
+        metrics.contains(&format!(
+            "upstream_info{{product=\"forgejo\",version=\"{}\"}} 1",
+            forgejo_mcp_broker::standin::DEFAULT_VERSION
+        )),
+        "{metrics}"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gitea_upstream_is_recorded_as_gitea() {
+    // Gitea answers a bare version and has no /api/forgejo/v1/version.
+    let broker = TestBroker::builder()
+        .standin(|config| forgejo_mcp_broker::standin::StandinConfig {
+            version: "1.24.2".into(),
+            ..config
+        })
+        .start()
+        .await;
+    let recorded = wait_for_event(&broker, |event| {
+        matches!(event, AuditEvent::UpstreamVersion { .. })
+    })
+    .await;
+    assert_eq!(
+        recorded,
+        AuditEvent::UpstreamVersion {
+            product: "gitea".into(),
+            version: "1.24.2".into(),
+        }
+    );
+    broker.shutdown().await;
+}

@@ -461,6 +461,10 @@ fn every_event() -> Vec<AuditEvent> {
         E::UpstreamLoginFailed {
             reason: "state_mismatch".into(),
         },
+        E::UpstreamVersion {
+            product: "forgejo".into(),
+            version: "11.0.1+gitea-1.22.0".into(),
+        },
         E::UpstreamRefreshed { user_id: 7 },
         E::UpstreamRefreshFailed {
             user_id: 7,
@@ -571,6 +575,7 @@ fn every_event() -> Vec<AuditEvent> {
             | E::ConsentDenied { .. }
             | E::UpstreamLogin { .. }
             | E::UpstreamLoginFailed { .. }
+            | E::UpstreamVersion { .. }
             | E::UpstreamRefreshed { .. }
             | E::UpstreamRefreshFailed { .. }
             | E::UpstreamGrantDead { .. }

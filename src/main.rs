@@ -244,7 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .thread_name("broker-demo")
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(async move {
+            let stopped = runtime.block_on(async move {
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 let stop = shutdown.clone();
                 tokio::spawn(async move {
@@ -257,6 +257,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await
             })?;
+            // As for `serve`: every task stops before the audit log is closed.
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN_DEADLINE);
+            stopped.finish();
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoChild { token_file, url } => {

@@ -55,8 +55,30 @@ pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
 }
 
+/// What outlives the demo's runtime: its audit log, closed once every task has stopped, and
+/// the temporary data directory, removed after that.
+#[derive(Debug)]
+#[must_use = "call `finish` after the runtime has shut down"]
+pub struct DemoStopped {
+    audit: std::sync::Arc<crate::audit::FileAudit>,
+    temporary: Option<tempfile::TempDir>,
+}
+
+impl DemoStopped {
+    /// Writes the audit log's final checkpoint, then removes a temporary data directory.
+    pub fn finish(self) {
+        self.audit.close();
+        drop(self.temporary);
+    }
+}
+
 /// Runs the demo until `shutdown` is cancelled. Prints the banner (with the MCP URL) to stdout.
-pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
+/// Shut the runtime down, then [`DemoStopped::finish`]: as `serve` does, so that a task still
+/// recording is not cut off from the audit log.
+pub async fn run(
+    options: DemoOptions,
+    shutdown: CancellationToken,
+) -> Result<DemoStopped, DemoError> {
     if !options.listen.ip().is_loopback() {
         return Err(DemoError::NotLoopback(options.listen));
     }
@@ -132,10 +154,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
     }
     running.shutdown(Duration::from_secs(10)).await;
     forgejo.shutdown(Duration::from_secs(5)).await;
-    // The audit log is written until here; only then may a temporary data dir go.
-    audit.close();
-    drop(temporary);
-    Ok(())
+    Ok(DemoStopped { audit, temporary })
 }
 
 /// The default sandbox when the host supports it (user namespaces are the one layer the

@@ -202,6 +202,13 @@ mod tests {
         check(path).expect_err("must be refused").path
     }
 
+    /// `path` is refused because of the entry `at`, for a reason that mentions `why`.
+    fn assert_refused(path: &Path, at: &Path, why: &str) {
+        let error = check(path).expect_err("must be refused");
+        assert_eq!(error.path, at);
+        assert!(error.why.contains(why), "{error}");
+    }
+
     #[test]
     fn a_program_only_its_owner_can_change_is_trusted() {
         let (_root, program) = tree();
@@ -228,9 +235,7 @@ mod tests {
         nix::unistd::chown(bin, None, Some(nix::unistd::Gid::from_raw(0))).unwrap();
         assert_eq!(check(&program), Ok(()));
         nix::unistd::chown(bin, None, Some(nix::unistd::Gid::from_raw(64_001))).unwrap();
-        let error = check(&program).unwrap_err();
-        assert_eq!(error.path, bin);
-        assert!(error.why.contains("group 64001"), "{error}");
+        assert_refused(&program, bin, "group 64001");
     }
 
     #[test]
@@ -249,9 +254,7 @@ mod tests {
     fn a_program_others_can_write_is_refused() {
         let (_root, program) = tree();
         chmod(&program, 0o757);
-        let error = check(&program).unwrap_err();
-        assert_eq!(error.path, program);
-        assert!(error.why.contains("mode 757"), "{error}");
+        assert_refused(&program, &program, "mode 757");
     }
 
     #[test]
@@ -291,15 +294,13 @@ mod tests {
         }
         let (_root, program) = tree();
         nix::unistd::chown(&program, Some(nix::unistd::Uid::from_raw(64_001)), None).unwrap();
-        let error = check(&program).unwrap_err();
-        assert_eq!(error.path, program);
-        assert!(error.why.contains("uid 64001"), "{error}");
+        assert_refused(&program, &program, "uid 64001");
     }
 
     #[test]
     fn a_missing_path_is_refused_with_the_reason() {
         let (root, _) = tree();
-        let error = check(&root.path().join("nothing")).unwrap_err();
-        assert!(error.why.contains("cannot be examined"), "{error}");
+        let missing = root.path().join("nothing");
+        assert_refused(&missing, &missing, "cannot be examined");
     }
 }

@@ -109,9 +109,9 @@ async fn a_slow_request_times_out_and_the_child_is_told_to_cancel() {
     broker.stop().await;
 }
 
-#[tokio::test]
-async fn a_child_that_exits_at_start_fails_initialize_with_an_error_and_no_session() {
-    let broker = Broker::start(test_config(test_child_profile(&["--exit-at-start"]))).await;
+/// An `initialize` whose child cannot start: answered (200) with a JSON-RPC error and no
+/// session. Returns the error object.
+async fn initialize_refused(broker: &Broker) -> Value {
     let client = broker.user("t1", 1, "client-a", "grant-1");
     let reply = client
         .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -119,8 +119,15 @@ async fn a_child_that_exits_at_start_fails_initialize_with_an_error_and_no_sessi
         .await;
     assert_eq!(reply.status, 200);
     assert!(reply.headers.get("mcp-session-id").is_none());
-    let error = &reply.messages[0]["error"];
+    let error = reply.messages[0]["error"].clone();
     assert_eq!(error["code"], codes::CHILD_UNAVAILABLE, "{}", reply.body);
+    error
+}
+
+#[tokio::test]
+async fn a_child_that_exits_at_start_fails_initialize_with_an_error_and_no_session() {
+    let broker = Broker::start(test_config(test_child_profile(&["--exit-at-start"]))).await;
+    let error = initialize_refused(&broker).await;
     assert!(
         error["message"]
             .as_str()
@@ -145,15 +152,7 @@ async fn a_child_program_another_user_could_replace_is_not_started() {
     let mut profile = test_child_profile(&[]);
     profile.program = program.clone();
     let broker = Broker::start(test_config(profile)).await;
-    let client = broker.user("t1", 1, "client-a", "grant-1");
-    let reply = client
-        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
-        .await;
-    assert_eq!(reply.status, 200);
-    assert!(reply.headers.get("mcp-session-id").is_none());
-    let error = &reply.messages[0]["error"];
-    assert_eq!(error["code"], codes::CHILD_UNAVAILABLE, "{}", reply.body);
+    let error = initialize_refused(&broker).await;
     // The client learns nothing about the host; the operator's log says what and why.
     assert_eq!(error["message"], "the MCP server could not be started");
     let logged = logs.contents();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use forgejo_mcp_broker::audit::AuditEvent;
 use forgejo_mcp_broker::auth::{TokenRejection, UpstreamCredentials, UpstreamCredentialsError};
-use forgejo_mcp_broker::secret::ExposeSecret;
+use forgejo_mcp_broker::secret::{ExposeSecret, SecretString};
 use forgejo_mcp_broker::standin::TokenFault;
 
 use crate::fixtures::{ALICE, TestBroker, logs};
@@ -95,22 +95,22 @@ async fn concurrent_refreshes_make_exactly_one_upstream_call() {
     broker.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_caller_that_gives_up_mid_refresh_does_not_lose_the_rotated_tokens() {
-    let broker = broker().await;
+/// A refresh in flight: Forgejo has rotated Alice's tokens, and its answer hangs until
+/// released. Returns the access token from before and the caller waiting for the new one.
+async fn refresh_hanging_after_rotation(
+    broker: &TestBroker,
+) -> (
+    SecretString,
+    tokio::task::JoinHandle<Result<SecretString, UpstreamCredentialsError>>,
+) {
     broker.login_new_client().await;
     let upstream = broker.app().auth.upstream.clone();
     let before = upstream.access_token(ALICE).await.unwrap();
     broker.advance(400);
-    // Forgejo rotates the tokens, then its answer is slow; the caller (a child's request, say)
-    // is gone before it arrives.
     broker
         .standin
         .inject_token_faults(TokenFault::HangAnswer, 1);
-    let caller = {
-        let upstream = upstream.clone();
-        tokio::spawn(async move { upstream.access_token(ALICE).await })
-    };
+    let caller = tokio::spawn(async move { upstream.access_token(ALICE).await });
     assert!(
         broker
             .standin
@@ -118,6 +118,24 @@ async fn a_caller_that_gives_up_mid_refresh_does_not_lose_the_rotated_tokens() {
             .await
     );
     assert_eq!(broker.standin.counters().refresh_grants, 1);
+    (before, caller)
+}
+
+/// Polls `holds` every 20 ms until it is true; fails, saying `what` was awaited, after 10 s.
+async fn until(what: &str, mut holds: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !holds() {
+        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_mid_refresh_does_not_lose_the_rotated_tokens() {
+    let broker = broker().await;
+    // The caller (a child's request, say) is gone before Forgejo's answer arrives.
+    let (before, caller) = refresh_hanging_after_rotation(&broker).await;
+    let upstream = broker.app().auth.upstream.clone();
     caller.abort();
     assert!(caller.await.unwrap_err().is_cancelled());
     broker.standin.release_hung_requests();
@@ -144,36 +162,16 @@ async fn a_caller_that_gives_up_mid_refresh_does_not_lose_the_rotated_tokens() {
 async fn shutdown_waits_for_a_refresh_forgejo_has_already_carried_out() {
     let logs = logs::capture();
     let mut broker = broker().await;
-    broker.login_new_client().await;
-    let upstream = broker.app().auth.upstream.clone();
-    let before = upstream.access_token(ALICE).await.unwrap();
-    broker.advance(400);
-    // Forgejo rotates the tokens, then its answer is slow, and the broker is told to stop.
-    broker
-        .standin
-        .inject_token_faults(TokenFault::HangAnswer, 1);
-    let caller = {
-        let upstream = upstream.clone();
-        tokio::spawn(async move { upstream.access_token(ALICE).await })
-    };
-    assert!(
-        broker
-            .standin
-            .wait_for_hung_requests(1, Duration::from_secs(10))
-            .await
-    );
-    assert_eq!(upstream.in_flight(), 1);
+    // The broker is told to stop while Forgejo's answer is on its way.
+    let (before, caller) = refresh_hanging_after_rotation(&broker).await;
+    assert_eq!(broker.app().auth.upstream.in_flight(), 1);
     let stopping = tokio::spawn(broker.take_app().shutdown(Duration::from_secs(10)));
     // Everything else stopped; the refresh is waited for, and the operator is told why.
     let waiting = "waiting for Forgejo token exchanges in flight to be stored";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !logs.contents().contains(waiting) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "shutdown did not wait for the refresh in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("shutdown to wait for the refresh in flight", || {
+        logs.contents().contains(waiting)
+    })
+    .await;
     assert!(!stopping.is_finished());
     broker.standin.release_hung_requests();
     assert!(stopping.await.unwrap(), "shutdown ran out of time");
@@ -222,14 +220,10 @@ async fn a_browser_that_gives_up_mid_login_does_not_cost_the_user_their_forgejo_
     }
     broker.standin.release_hung_requests();
     // The login finished without its browser: the new set is stored and refreshes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while logins() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the login was dropped with its browser"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the login dropped with its browser to finish", || {
+        logins() >= 2
+    })
+    .await;
     let upstream = broker.app().auth.upstream.clone();
     upstream.refresh_now(ALICE).await.unwrap();
     broker.shutdown().await;
@@ -435,33 +429,22 @@ async fn sealed_values_survive_a_data_key_rotation_and_retirement() {
     broker.shutdown().await;
 }
 
-/// Polls the audit sink until `matches` finds a record (the version is asked in the background).
-async fn wait_for_event(broker: &TestBroker, matches: impl Fn(&AuditEvent) -> bool) -> AuditEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(event) = broker
+/// The first `upstream_version` record (the version is asked in the background).
+async fn upstream_version_record(broker: &TestBroker) -> AuditEvent {
+    let recorded = || {
+        broker
             .audit_events()
             .into_iter()
-            .find(|event| matches(event))
-        {
-            return event;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no such audit record: {:?}",
-            broker.audit_events()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .find(|event| matches!(event, AuditEvent::UpstreamVersion { .. }))
+    };
+    until("an upstream_version record", || recorded().is_some()).await;
+    recorded().unwrap()
 }
 
 #[tokio::test]
 async fn the_forge_and_its_version_are_recorded_at_start() {
     let broker = broker().await;
-    let recorded = wait_for_event(&broker, |event| {
-        matches!(event, AuditEvent::UpstreamVersion { .. })
-    })
-    .await;
+    let recorded = upstream_version_record(&broker).await;
     assert_eq!(
         recorded,
         AuditEvent::UpstreamVersion {
@@ -490,10 +473,7 @@ async fn a_gitea_upstream_is_recorded_as_gitea() {
         })
         .start()
         .await;
-    let recorded = wait_for_event(&broker, |event| {
-        matches!(event, AuditEvent::UpstreamVersion { .. })
-    })
-    .await;
+    let recorded = upstream_version_record(&broker).await;
     assert_eq!(
         recorded,
         AuditEvent::UpstreamVersion {

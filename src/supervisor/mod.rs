@@ -128,17 +128,28 @@ pub enum LaunchError {
     Untrusted(#[from] trusted::Untrusted),
 }
 
-/// The absolute path `program` names, symlinks kept: as given (relative to the current
-/// directory when it has a slash), or the first executable file of that name in `search` (a
-/// `PATH` value; the broker's own when `None`), as `execvp` would find it.
-pub fn resolve_program(program: &Path, search: Option<&OsStr>) -> std::io::Result<PathBuf> {
+/// Where a bare program name is looked up when the child gets no `PATH`: the C library's
+/// default (`confstr(_CS_PATH)`), as `execvp` does.
+pub const DEFAULT_SEARCH_PATH: &str = "/bin:/usr/bin";
+
+/// The absolute path `program` names, symlinks kept: with a slash, as given (relative to
+/// `base`, else the current directory); a bare name, the first executable file of that name
+/// in `search` (a `PATH` value). Relative `PATH` entries are skipped: they would name a
+/// different file depending on where the child starts.
+pub fn resolve_program(
+    program: &Path,
+    search: &OsStr,
+    base: Option<&Path>,
+) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     if program.is_absolute() || program.components().count() > 1 {
-        return std::path::absolute(program);
+        return match base {
+            Some(base) => std::path::absolute(base.join(program)),
+            None => std::path::absolute(program),
+        };
     }
-    let inherited = std::env::var_os("PATH");
-    let search = search.or(inherited.as_deref()).unwrap_or_default();
     std::env::split_paths(search)
+        .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(program))
         .find(|candidate| {
             std::fs::metadata(candidate)
@@ -149,11 +160,16 @@ pub fn resolve_program(program: &Path, search: Option<&OsStr>) -> std::io::Resul
 
 /// The program to start for `spec`, resolved (see [`resolve_program`]) and, with its working
 /// directory, checked to be out of other local users' reach ([`trusted`]).
-pub fn trusted_program(spec: &ChildSpec, search: Option<&OsStr>) -> Result<PathBuf, LaunchError> {
-    let program = resolve_program(&spec.program, search).map_err(|source| LaunchError::Spawn {
-        program: spec.program.clone(),
-        source,
-    })?;
+pub fn trusted_program(
+    spec: &ChildSpec,
+    search: &OsStr,
+    base: Option<&Path>,
+) -> Result<PathBuf, LaunchError> {
+    let program =
+        resolve_program(&spec.program, search, base).map_err(|source| LaunchError::Spawn {
+            program: spec.program.clone(),
+            source,
+        })?;
     trusted::check(&program)?;
     if let Some(dir) = &spec.working_dir {
         trusted::check(dir)?;

@@ -123,7 +123,8 @@ impl SandboxLauncher {
         self.inner.retry_cleanup();
         // Found in the broker's own PATH: the child's is only seen inside the sandbox. Bound
         // into the sandbox, and started, where it really is.
-        let program = super::trusted_program(&spec, None)?;
+        let program =
+            super::trusted_program(&spec, &std::env::var_os("PATH").unwrap_or_default(), None)?;
         // The launcher starts with the broker's privileges: as safe as the program, at least.
         super::trusted::check(&self.inner.launcher)?;
         let program = std::fs::canonicalize(&program).map_err(|source| LaunchError::Spawn {
@@ -384,11 +385,9 @@ impl Inner {
     ) -> Result<LaunchPlan, LaunchError> {
         let program = program.to_path_buf();
         for path in &self.config.extra_read_only {
-            // Paths a profile lists for other distributions may be missing; present, they
-            // must be as safe as the program.
-            if path.exists() {
-                super::trusted::check(path)?;
-            }
+            // As safe as the program; one missing here (it is skipped) must not be creatable
+            // by others before it is bound.
+            super::trusted::check_present_or_creatable(path)?;
         }
         let mut wanted: Vec<PathBuf> = self.profile.read_only.iter().map(PathBuf::from).collect();
         wanted.extend(self.config.extra_read_only.iter().cloned());

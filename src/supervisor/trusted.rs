@@ -1,15 +1,18 @@
 //! Paths a child is started from (its program, its working directory, the read-only binds of
-//! its sandbox) must be out of other local users' reach: one who could replace the program, or
-//! a directory on its way, would run code in every user's session, with that session's Forgejo
-//! access. The rule is OpenSSH's `StrictModes`: every entry on the way, as written and through
-//! every symlink, belongs to root or to the broker's own user, and no directory on the way is
-//! writable by others, or by a group other than root's, unless it is sticky (like `/tmp`, where
-//! nobody can replace an entry they do not own). Nor may the entry itself be.
+//! its sandbox, the sandbox launcher) must be out of other local users' reach: one who could
+//! replace the program, or a directory on its way, would run code in every user's session,
+//! with that session's Forgejo access. The rule is OpenSSH's `StrictModes`: every entry on the
+//! way, as written and through every symlink, belongs to root or to this process's user (the
+//! broker's), and no directory on the way is writable by others, or by a group other than
+//! root's, unless it is sticky (like `/tmp`, where nobody can replace an entry they do not
+//! own); nor may the entry itself be, sticky or not. Group bits that are a POSIX ACL's mask
+//! count as others'.
 //!
 //! Checked when a child is started, on the path it is started from, and by `check-config`.
 //! Not covered: what the program itself loads (an interpreter's script and modules named in
 //! `args`, shared libraries); keep those in such directories too.
 
+use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 
@@ -27,18 +30,29 @@ const MAX_SYMLINKS: usize = 40;
 
 /// Whether only root and this process's user can change what `path` names.
 pub fn check(path: &Path) -> Result<(), Untrusted> {
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|error| Untrusted {
-                path: path.to_path_buf(),
-                why: format!("cannot resolve it against the current directory: {error}"),
-            })?
-            .join(path)
-    };
+    let absolute = std::path::absolute(path).map_err(|error| Untrusted {
+        path: path.to_path_buf(),
+        why: format!("cannot resolve it against the current directory: {error}"),
+    })?;
+    let euid = nix::unistd::geteuid().as_raw();
     let mut links = 0;
-    walk(&absolute, nix::unistd::geteuid().as_raw(), &mut links, true).map(|_| ())
+    let real = walk(&absolute, euid, &mut links, true)?;
+    // A path ending in `..` ends at a directory the walk checked only as one on the way.
+    check_entry(&real, euid, true).map(|_| ())
+}
+
+/// For a path that may not exist yet (a read-only bind): checked if it does, a dangling
+/// symlink included; otherwise its nearest existing ancestor is checked as the path itself,
+/// since whoever can write there could create it.
+pub fn check_present_or_creatable(path: &Path) -> Result<(), Untrusted> {
+    let mut existing = path;
+    while std::fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => break,
+        }
+    }
+    check(existing)
 }
 
 /// Checks each entry on `path` (absolute) from the root down; returns where it really is.
@@ -88,8 +102,13 @@ fn check_entry(path: &Path, euid: u32, last: bool) -> Result<std::fs::Metadata, 
         })
     };
     if metadata.uid() != 0 && metadata.uid() != euid {
+        let chown = if metadata.is_symlink() {
+            "`chown -h` the link"
+        } else {
+            "`chown` it"
+        };
         return refuse(format!(
-            "owned by uid {}, neither root nor the broker's user (uid {euid}), who could replace what it holds; chown it",
+            "owned by uid {}, neither root nor this process's user (uid {euid}), so that user could replace what it holds; {chown}",
             metadata.uid(),
         ));
     }
@@ -98,48 +117,81 @@ fn check_entry(path: &Path, euid: u32, last: bool) -> Result<std::fs::Metadata, 
         return Ok(metadata);
     }
     let mode = metadata.mode();
+    let acl_may_write = mode & 0o020 != 0 && has_access_acl(path);
     // Group root's members are root's peers (a root shell under umask 002 makes root:root
-    // 0775 directories).
-    let group_may_write = metadata.gid() != 0 && mode & 0o020 != 0;
+    // 0775 directories); unless an ACL lets others in under the same group bits.
+    let group_may_write = mode & 0o020 != 0 && (metadata.gid() != 0 || acl_may_write);
     let writable_by_others = group_may_write || mode & 0o002 != 0;
-    let sticky = mode & 0o1000 != 0;
-    if writable_by_others && (last || !metadata.is_dir() || !sticky) {
-        return refuse(format!(
-            "writable by group or others (mode {:o}, group {}); `chmod go-w` it",
-            mode & 0o7777,
-            metadata.gid()
-        ));
+    let sticky = metadata.is_dir() && mode & 0o1000 != 0;
+    if !writable_by_others || (sticky && !last) {
+        return Ok(metadata);
     }
-    Ok(metadata)
+    let mode = mode & 0o7777;
+    if sticky {
+        refuse(format!(
+            "a directory anyone may add entries to (mode {mode:o}); use one only root or this process's user can write to"
+        ))
+    } else if acl_may_write {
+        refuse(format!(
+            "its ACL lets others write to it (mode {mode:o}, the group bits being the ACL mask); see `getfacl`, `setfacl -b` or `chmod go-w` it"
+        ))
+    } else {
+        refuse(format!(
+            "writable by group or others (mode {mode:o}, group {}); `chmod go-w` it",
+            metadata.gid()
+        ))
+    }
 }
 
-/// For `check-config`: the configured child's program (looked up in this process's PATH, as
-/// the sandbox launcher does), its working directory, the sandbox's launcher and
-/// `sandbox.extra_read_only`, checked as a start checks them. What to tell the operator, and what is refused. A program not
-/// installed yet is noted, not refused.
+/// Whether `path` (not followed) has an extended POSIX access ACL: then its group bits are
+/// the ACL's mask, the most any named user or group may do.
+fn has_access_acl(path: &Path) -> bool {
+    rustix::fs::lgetxattr_query(path, "system.posix_acl_access").is_ok_and(|size| size > 0)
+}
+
+/// For `check-config`: the configured child's program (looked up as the launcher in use will
+/// look it up), its working directory, and with the sandbox its launcher and
+/// `sandbox.extra_read_only`, checked as a start checks them, against this process's user:
+/// run it as the user `serve` runs as. What to tell the operator, and what is refused. What
+/// does not exist yet is noted, not refused.
 pub fn check_configured(
     child: &crate::mcp::ChildProfileConfig,
     sandbox: &super::sandbox_config::SandboxConfig,
 ) -> (Vec<String>, Vec<String>) {
+    let euid = nix::unistd::geteuid().as_raw();
     let mut notes = Vec::new();
     let mut checks = Vec::new();
-    match super::resolve_program(&child.program, None) {
-        Ok(program) if !program.exists() => notes.push(format!(
+    let search = if sandbox.enabled {
+        std::env::var_os("PATH").unwrap_or_default()
+    } else {
+        child_search_path(child)
+    };
+    let base = if sandbox.enabled {
+        None
+    } else {
+        child.working_dir.as_deref()
+    };
+    match super::resolve_program(&child.program, &search, base) {
+        Ok(program) if std::fs::symlink_metadata(&program).is_err() => notes.push(format!(
             "mcp.child.program: {} does not exist here; sessions cannot start until it does",
             program.display()
         )),
         Ok(program) => checks.push(("mcp.child.program", program)),
         Err(_) => notes.push(format!(
-            "mcp.child.program: `{}` is not in PATH here; sessions cannot start until it is",
+            "mcp.child.program: `{}` is not in the search path here; sessions cannot start until it is",
             child.program.display()
         )),
     }
-    checks.extend(
-        child
-            .working_dir
-            .iter()
-            .map(|dir| ("mcp.child.working_dir", dir.clone())),
-    );
+    if let Some(dir) = &child.working_dir {
+        if std::fs::symlink_metadata(dir).is_ok() {
+            checks.push(("mcp.child.working_dir", dir.clone()));
+        } else {
+            notes.push(format!(
+                "mcp.child.working_dir: {} does not exist here; sessions cannot start until it does",
+                dir.display()
+            ));
+        }
+    }
     if sandbox.enabled {
         checks.extend(
             sandbox
@@ -149,24 +201,39 @@ pub fn check_configured(
                 .map(|launcher| ("sandbox.launcher", launcher)),
         );
     }
-    checks.extend(
-        sandbox
-            .extra_read_only
-            .iter()
-            .filter(|path| path.exists())
-            .map(|path| ("sandbox.extra_read_only", path.clone())),
-    );
     let mut refused = Vec::new();
     for (key, path) in checks {
         match check(&path) {
             Ok(()) => notes.push(format!(
-                "{key}: {} (only root or this user can change it)",
+                "{key}: {} (only root or uid {euid} can change it)",
                 path.display()
             )),
             Err(error) => refused.push(format!("{key}: {error}")),
         }
     }
+    if sandbox.enabled {
+        for path in &sandbox.extra_read_only {
+            if let Err(error) = check_present_or_creatable(path) {
+                refused.push(format!("sandbox.extra_read_only: {error}"));
+            }
+        }
+    }
     (notes, refused)
+}
+
+/// The PATH a plain child gets from `[mcp.child]` (`env`, else the broker's own when
+/// `env_allowlist` names it), or the C library's default when none: where a plain spawn looks
+/// a bare program name up.
+pub fn child_search_path(child: &crate::mcp::ChildProfileConfig) -> OsString {
+    if let Some(path) = child.env.get("PATH") {
+        return path.into();
+    }
+    if child.env_allowlist.iter().any(|name| name == "PATH")
+        && let Some(path) = std::env::var_os("PATH")
+    {
+        return path;
+    }
+    super::DEFAULT_SEARCH_PATH.into()
 }
 
 fn unreadable(path: &Path, error: &std::io::Error) -> Untrusted {
@@ -204,7 +271,11 @@ mod tests {
 
     /// `path` is refused because of the entry `at`, for a reason that mentions `why`.
     fn assert_refused(path: &Path, at: &Path, why: &str) {
-        let error = check(path).expect_err("must be refused");
+        assert_refused_by(check(path), at, why);
+    }
+
+    fn assert_refused_by(verdict: Result<(), Untrusted>, at: &Path, why: &str) {
+        let error = verdict.expect_err("must be refused");
         assert_eq!(error.path, at);
         assert!(error.why.contains(why), "{error}");
     }
@@ -236,6 +307,115 @@ mod tests {
         assert_eq!(check(&program), Ok(()));
         nix::unistd::chown(bin, None, Some(nix::unistd::Gid::from_raw(64_001))).unwrap();
         assert_refused(&program, bin, "group 64001");
+    }
+
+    #[test]
+    fn group_bits_that_are_an_acl_mask_count_as_others() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (_root, program) = tree();
+        let bin = program.parent().unwrap();
+        nix::unistd::chown(bin, None, Some(nix::unistd::Gid::from_raw(0))).unwrap();
+        chmod(bin, 0o775);
+        // user::rwx user:64001:rwx group::r-x mask::rwx other::r-x, in the kernel's
+        // `system.posix_acl_access` format (version 2; tag, permissions, id per entry).
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (0x01u16, 7u16, u32::MAX),
+            (0x02, 7, 64_001),
+            (0x04, 5, u32::MAX),
+            (0x10, 7, u32::MAX),
+            (0x20, 5, u32::MAX),
+        ] {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(perm.to_le_bytes());
+            acl.extend(id.to_le_bytes());
+        }
+        let set = rustix::fs::lsetxattr(
+            bin,
+            "system.posix_acl_access",
+            &acl,
+            rustix::fs::XattrFlags::empty(),
+        );
+        if set.is_err() {
+            // A filesystem without ACLs cannot carry this risk.
+            return;
+        }
+        assert_refused(&program, bin, "ACL");
+    }
+
+    #[test]
+    fn a_path_that_ends_in_dot_dot_is_checked_where_it_ends() {
+        let (_root, program) = tree();
+        let bin = program.parent().unwrap();
+        let open = bin.join("open");
+        std::fs::create_dir(&open).unwrap();
+        chmod(&open, 0o1777);
+        chmod(bin, 0o1777);
+        // `bin/open/..` is `bin`: anyone may add entries there, so it is no working directory.
+        assert_refused(&open.join(".."), bin, "anyone may add entries");
+    }
+
+    #[test]
+    fn a_symlink_to_a_sticky_directory_is_checked_as_that_directory() {
+        let (root, _) = tree();
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        chmod(&shared, 0o1777);
+        let link = root.path().join("workdir");
+        std::os::unix::fs::symlink(&shared, &link).unwrap();
+        assert_refused(&link, &shared, "anyone may add entries");
+        // On the way to an entry root owns, the same directory is fine.
+        let file = shared.join("file");
+        std::fs::write(&file, "").unwrap();
+        chmod(&file, 0o644);
+        assert_eq!(check(&link.join("file")), Ok(()));
+    }
+
+    #[test]
+    fn a_symlink_another_user_owns_is_refused_even_in_a_sticky_directory() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (root, program) = tree();
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        chmod(&shared, 0o1777);
+        let link = shared.join("program");
+        std::os::unix::fs::symlink(&program, &link).unwrap();
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &link,
+            Some(nix::unistd::Uid::from_raw(64_001)),
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+        assert_refused(&link, &link, "`chown -h` the link");
+    }
+
+    #[test]
+    fn a_missing_bind_is_judged_by_who_could_create_it() {
+        let (root, _) = tree();
+        let private = root.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        chmod(&private, 0o755);
+        assert_eq!(
+            check_present_or_creatable(&private.join("later/deeper")),
+            Ok(())
+        );
+        chmod(&private, 0o1777);
+        assert_refused_by(
+            check_present_or_creatable(&private.join("later")),
+            &private,
+            "anyone may add entries",
+        );
+        // A dangling symlink is examined, not skipped.
+        chmod(&private, 0o755);
+        let dangling = private.join("dangling");
+        std::os::unix::fs::symlink(root.path().join("nowhere"), &dangling).unwrap();
+        assert!(check_present_or_creatable(&dangling).is_err());
     }
 
     #[test]

@@ -107,7 +107,12 @@ pub async fn watch(
     let mut last: Option<UpstreamVersion> = None;
     let mut failures = 0u32;
     loop {
-        let wait = match upstream.client().version().await {
+        // A probe may take two Forgejo timeouts; shutdown does not wait for it.
+        let probe = tokio::select! {
+            () = cancel.cancelled() => return,
+            probe = upstream.client().version() => probe,
+        };
+        let wait = match probe {
             Ok(version) => {
                 failures = 0;
                 if last.as_ref() != Some(&version) {

@@ -174,6 +174,21 @@ async fn a_child_program_another_user_could_replace_is_not_started() {
 }
 
 #[tokio::test]
+async fn a_relative_program_is_found_from_the_childs_working_directory() {
+    // As `execvp` in the child would find it: the broker's own directory is elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(test_child_path(), dir.path().join("mcp-test-child")).unwrap();
+    let mut profile = test_child_profile(&[]);
+    profile.program = "./mcp-test-child".into();
+    profile.working_dir = Some(dir.path().to_path_buf());
+    let broker = Broker::start(test_config(profile)).await;
+    let mut client = broker.user("t1", 1, "client-a", "grant-1");
+    client.initialize().await;
+    assert!(client.pid().await > 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn the_child_environment_is_the_allowlist_plus_the_credential() {
     // SAFETY of the test: a variable in the broker's environment that must not reach the child.
     let broker = Broker::start(test_config(test_child_profile(&[]))).await;

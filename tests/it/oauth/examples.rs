@@ -108,7 +108,7 @@ fn check_config_refuses_a_child_program_another_user_could_replace() {
             .output()
             .unwrap()
     };
-    // Only root can change it: said, and accepted.
+    // Only root (the user the test runs as) can change it: said, and accepted.
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
     let output = check();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -256,13 +256,32 @@ mod tests {
     /// A private directory with `bin/program` (0755) in it.
     fn tree() -> (tempfile::TempDir, PathBuf) {
         let root = tempfile::tempdir().unwrap();
-        let bin = root.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        chmod(&bin, 0o755);
+        let bin = dir_in(root.path(), "bin", 0o755);
         let program = bin.join("program");
         std::fs::write(&program, "#!/bin/sh\n").unwrap();
         chmod(&program, 0o755);
         (root, program)
+    }
+
+    /// [`tree`] with `bin` writable by group root (0775 root:root); `None` unless this runs as
+    /// root, who alone can hand a directory to any group (CI runs as root).
+    fn root_group_writable_tree() -> Option<(tempfile::TempDir, PathBuf)> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let (root, program) = tree();
+        let bin = program.parent().unwrap();
+        nix::unistd::chown(bin, None, Some(nix::unistd::Gid::from_raw(0))).unwrap();
+        chmod(bin, 0o775);
+        Some((root, program))
+    }
+
+    /// A new directory `name` in `parent`, with `mode`.
+    fn dir_in(parent: &Path, name: &str, mode: u32) -> PathBuf {
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        chmod(&dir, mode);
+        dir
     }
 
     fn refused_at(path: &Path) -> PathBuf {
@@ -296,14 +315,10 @@ mod tests {
 
     #[test]
     fn a_directory_its_group_can_write_is_refused_unless_the_group_is_roots() {
-        if !nix::unistd::geteuid().is_root() {
-            // Only root can hand a directory to any group; CI runs as root.
+        let Some((_root, program)) = root_group_writable_tree() else {
             return;
-        }
-        let (_root, program) = tree();
+        };
         let bin = program.parent().unwrap();
-        chmod(bin, 0o775);
-        nix::unistd::chown(bin, None, Some(nix::unistd::Gid::from_raw(0))).unwrap();
         assert_eq!(check(&program), Ok(()));
         nix::unistd::chown(bin, None, Some(nix::unistd::Gid::from_raw(64_001))).unwrap();
         assert_refused(&program, bin, "group 64001");
@@ -311,13 +326,10 @@ mod tests {
 
     #[test]
     fn group_bits_that_are_an_acl_mask_count_as_others() {
-        if !nix::unistd::geteuid().is_root() {
+        let Some((_root, program)) = root_group_writable_tree() else {
             return;
-        }
-        let (_root, program) = tree();
+        };
         let bin = program.parent().unwrap();
-        nix::unistd::chown(bin, None, Some(nix::unistd::Gid::from_raw(0))).unwrap();
-        chmod(bin, 0o775);
         // user::rwx user:64001:rwx group::r-x mask::rwx other::r-x, in the kernel's
         // `system.posix_acl_access` format (version 2; tag, permissions, id per entry).
         let mut acl = 2u32.to_le_bytes().to_vec();
@@ -349,9 +361,7 @@ mod tests {
     fn a_path_that_ends_in_dot_dot_is_checked_where_it_ends() {
         let (_root, program) = tree();
         let bin = program.parent().unwrap();
-        let open = bin.join("open");
-        std::fs::create_dir(&open).unwrap();
-        chmod(&open, 0o1777);
+        let open = dir_in(bin, "open", 0o1777);
         chmod(bin, 0o1777);
         // `bin/open/..` is `bin`: anyone may add entries there, so it is no working directory.
         assert_refused(&open.join(".."), bin, "anyone may add entries");
@@ -360,9 +370,7 @@ mod tests {
     #[test]
     fn a_symlink_to_a_sticky_directory_is_checked_as_that_directory() {
         let (root, _) = tree();
-        let shared = root.path().join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        chmod(&shared, 0o1777);
+        let shared = dir_in(root.path(), "shared", 0o1777);
         let link = root.path().join("workdir");
         std::os::unix::fs::symlink(&shared, &link).unwrap();
         assert_refused(&link, &shared, "anyone may add entries");
@@ -379,9 +387,7 @@ mod tests {
             return;
         }
         let (root, program) = tree();
-        let shared = root.path().join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        chmod(&shared, 0o1777);
+        let shared = dir_in(root.path(), "shared", 0o1777);
         let link = shared.join("program");
         std::os::unix::fs::symlink(&program, &link).unwrap();
         nix::unistd::fchownat(
@@ -398,9 +404,7 @@ mod tests {
     #[test]
     fn a_missing_bind_is_judged_by_who_could_create_it() {
         let (root, _) = tree();
-        let private = root.path().join("private");
-        std::fs::create_dir(&private).unwrap();
-        chmod(&private, 0o755);
+        let private = dir_in(root.path(), "private", 0o755);
         assert_eq!(
             check_present_or_creatable(&private.join("later/deeper")),
             Ok(())
@@ -440,9 +444,7 @@ mod tests {
     #[test]
     fn symlinks_are_followed_and_their_targets_checked() {
         let (root, program) = tree();
-        let open = root.path().join("open");
-        std::fs::create_dir(&open).unwrap();
-        chmod(&open, 0o777);
+        let open = dir_in(root.path(), "open", 0o777);
         let elsewhere = open.join("program");
         std::fs::copy(&program, &elsewhere).unwrap();
         chmod(&elsewhere, 0o755);

@@ -167,9 +167,7 @@ async fn a_child_program_another_user_could_replace_is_not_started() {
 
     // Fixed (`chmod go-w`), the same program starts.
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut client = broker.user("t1", 1, "client-a", "grant-1");
-    client.initialize().await;
-    assert!(client.pid().await > 0);
+    assert_a_child_starts(&broker).await;
     broker.stop().await;
 }
 
@@ -182,10 +180,14 @@ async fn a_relative_program_is_found_from_the_childs_working_directory() {
     profile.program = "./mcp-test-child".into();
     profile.working_dir = Some(dir.path().to_path_buf());
     let broker = Broker::start(test_config(profile)).await;
+    assert_a_child_starts(&broker).await;
+    broker.stop().await;
+}
+
+async fn assert_a_child_starts(broker: &Broker) {
     let mut client = broker.user("t1", 1, "client-a", "grant-1");
     client.initialize().await;
     assert!(client.pid().await > 0);
-    broker.stop().await;
 }
 
 #[tokio::test]

@@ -23,6 +23,14 @@ async fn broker() -> TestBroker {
         .await
 }
 
+/// Alice's stored token is `token`, served as it is: Forgejo saw one refresh in all.
+async fn assert_served_without_a_new_refresh(broker: &TestBroker, token: &SecretString) {
+    let upstream = broker.app().auth.upstream.clone();
+    let served = upstream.access_token(ALICE).await.unwrap();
+    assert_eq!(served.expose_secret(), token.expose_secret());
+    assert_eq!(broker.standin.counters().refresh_grants, 1);
+}
+
 #[tokio::test]
 async fn the_forgejo_token_is_refreshed_ahead_of_expiry_and_persisted() {
     let mut broker = broker().await;
@@ -53,10 +61,7 @@ async fn the_forgejo_token_is_refreshed_ahead_of_expiry_and_persisted() {
 
     // Persisted: after a restart the same token comes back without another refresh.
     broker.restart().await;
-    let upstream = broker.app().auth.upstream.clone();
-    let third = upstream.access_token(ALICE).await.unwrap();
-    assert_eq!(third.expose_secret(), second.expose_secret());
-    assert_eq!(broker.standin.counters().refresh_grants, 1);
+    assert_served_without_a_new_refresh(&broker, &second).await;
     broker.shutdown().await;
 }
 
@@ -180,10 +185,7 @@ async fn shutdown_waits_for_a_refresh_forgejo_has_already_carried_out() {
     // Stored before shutdown returned: the next start serves it without asking Forgejo (where
     // the old refresh token no longer works).
     broker.start_again().await;
-    let upstream = broker.app().auth.upstream.clone();
-    let after = upstream.access_token(ALICE).await.unwrap();
-    assert_eq!(after.expose_secret(), rotated.expose_secret());
-    assert_eq!(broker.standin.counters().refresh_grants, 1);
+    assert_served_without_a_new_refresh(&broker, &rotated).await;
     broker.shutdown().await;
 }
 

@@ -256,9 +256,7 @@ impl ForgejoClient {
         }
         Ok(user)
     }
-}
 
-impl ForgejoClient {
     /// `GET /api/v1/version` (no authentication) and, when the answer does not say Forgejo,
     /// whether `/api/forgejo/v1/version` exists.
     pub async fn version(&self) -> Result<UpstreamVersion, UpstreamError> {

@@ -189,45 +189,70 @@ async fn shutdown_waits_for_a_refresh_forgejo_has_already_carried_out() {
     broker.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_browser_that_gives_up_mid_login_does_not_cost_the_user_their_forgejo_grant() {
-    let broker = broker().await;
+/// How many `upstream_login` records there are.
+fn logins(broker: &TestBroker) -> usize {
+    broker
+        .audit_events()
+        .iter()
+        .filter(|event| matches!(event, AuditEvent::UpstreamLogin { .. }))
+        .count()
+}
+
+/// Alice logs in, then again with another MCP client: Forgejo exchanges the second code, which
+/// moves the grant's refresh counter and so retires the stored set, and its answer hangs until
+/// released; the browser is gone before it arrives.
+async fn login_hanging_after_the_exchange(broker: &TestBroker) {
     broker.login_new_client().await;
-    let logins = || {
-        broker
-            .audit_events()
-            .iter()
-            .filter(|event| matches!(event, AuditEvent::UpstreamLogin { .. }))
-            .count()
-    };
-    assert_eq!(logins(), 1);
-    // A second login (another MCP client): Forgejo exchanges the code, which moves the
-    // grant's refresh counter and so retires the stored set, and answers slowly; the browser
-    // is gone before the answer arrives.
+    assert_eq!(logins(broker), 1);
     let second = broker
         .register_public_client(&["http://127.0.0.1/callback"])
         .await;
     broker
         .standin
         .inject_token_faults(TokenFault::HangAnswer, 1);
-    {
-        let login = broker.login(&second);
-        tokio::pin!(login);
-        tokio::select! {
-            _ = &mut login => panic!("the code exchange was to hang"),
-            hung = broker.standin.wait_for_hung_requests(1, Duration::from_secs(10)) => {
-                assert!(hung);
-            }
+    let login = broker.login(&second);
+    tokio::pin!(login);
+    tokio::select! {
+        _ = &mut login => panic!("the code exchange was to hang"),
+        hung = broker.standin.wait_for_hung_requests(1, Duration::from_secs(10)) => {
+            assert!(hung);
         }
     }
+}
+
+#[tokio::test]
+async fn a_browser_that_gives_up_mid_login_does_not_cost_the_user_their_forgejo_grant() {
+    let broker = broker().await;
+    login_hanging_after_the_exchange(&broker).await;
     broker.standin.release_hung_requests();
     // The login finished without its browser: the new set is stored and refreshes.
     until("the login dropped with its browser to finish", || {
-        logins() >= 2
+        logins(&broker) >= 2
     })
     .await;
     let upstream = broker.app().auth.upstream.clone();
     upstream.refresh_now(ALICE).await.unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_login_forgejo_has_already_exchanged() {
+    let logs = logs::capture();
+    let mut broker = broker().await;
+    login_hanging_after_the_exchange(&broker).await;
+    let stopping = tokio::spawn(broker.take_app().shutdown(Duration::from_secs(10)));
+    until("shutdown to wait for the login in flight", || {
+        logs.contents()
+            .contains("waiting for Forgejo token exchanges in flight to be stored")
+    })
+    .await;
+    assert!(!stopping.is_finished());
+    broker.standin.release_hung_requests();
+    assert!(stopping.await.unwrap(), "shutdown ran out of time");
+    assert_eq!(logins(&broker), 2);
+    // The set the second login got is the stored one: it refreshes after the restart.
+    broker.start_again().await;
+    broker.app().auth.upstream.refresh_now(ALICE).await.unwrap();
     broker.shutdown().await;
 }
 

@@ -96,7 +96,7 @@ pub fn parse_version(body: &[u8]) -> Result<String, VersionError> {
     }
 }
 
-/// Asks the upstream for its version at start, again every [`RECHECK`] (every [`RETRY`] until
+/// Asks the upstream for its version at start, again every 6 hours (every minute until
 /// it first answers), and records each version it has not recorded before: an
 /// `upstream_version` audit record (which the metrics follow) and a log line.
 pub async fn watch(

@@ -9,7 +9,7 @@ use forgejo_mcp_broker::auth::{TokenRejection, UpstreamCredentials, UpstreamCred
 use forgejo_mcp_broker::secret::{ExposeSecret, SecretString};
 use forgejo_mcp_broker::standin::TokenFault;
 
-use crate::fixtures::{ALICE, TestBroker, logs};
+use crate::fixtures::{ALICE, TestBroker, eventually, logs};
 
 /// Forgejo access tokens live 600 s; the broker refreshes 300 s ahead.
 async fn broker() -> TestBroker {
@@ -126,13 +126,12 @@ async fn refresh_hanging_after_rotation(
     (before, caller)
 }
 
-/// Polls `holds` every 20 ms until it is true; fails, saying `what` was awaited, after 10 s.
-async fn until(what: &str, mut holds: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !holds() {
-        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls `holds` until it is true; fails, saying `what` was awaited, after 10 s.
+async fn until(what: &str, holds: impl FnMut() -> bool) {
+    assert!(
+        eventually(Duration::from_secs(10), holds).await,
+        "waited for {what}"
+    );
 }
 
 #[tokio::test]

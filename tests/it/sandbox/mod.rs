@@ -10,7 +10,7 @@ mod pipe_mode;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use forgejo_mcp_broker::audit::MemoryAudit;
 use forgejo_mcp_broker::secret::SecretString;
@@ -119,17 +119,7 @@ pub async fn write_line(child: &mut SandboxedChild, line: &str) {
     child.handle.stdin.flush().await.unwrap();
 }
 
-/// Polls `condition` until it holds or `limit` passes.
-pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    condition()
-}
+pub use crate::fixtures::eventually;
 
 #[tokio::test]
 async fn sandbox_check_reports_every_layer_and_the_trial_child_runs() {

@@ -272,3 +272,39 @@ async fn go_mcp_prometheus_works_inside_the_sandbox() {
     assert!(heads.contains("/api/v1/query"), "{heads}");
     server.abort();
 }
+
+/// Where `launcher` refused to start the probe: the untrusted entry.
+async fn refused_at(launcher: &SandboxLauncher) -> PathBuf {
+    use forgejo_mcp_broker::supervisor::LaunchError;
+    match launcher
+        .launch_sandboxed(spec(Path::new(PROBE), &[], None))
+        .await
+    {
+        Err(LaunchError::Untrusted(untrusted)) => untrusted.path,
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("started"),
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_bind_or_launcher_another_user_could_change_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_sandbox!();
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    // An extra read-only path in a directory anyone may write to.
+    let (launcher, audit) = launcher(config("native", vec![open.join("lib")]));
+    assert_eq!(refused_at(&launcher).await, open);
+    // Nothing was started, so nothing was recorded as spawned.
+    assert!(audit.events().is_empty(), "{:?}", audit.events());
+
+    // A launcher binary in it.
+    let copy = open.join("forgejo-mcp-broker");
+    std::fs::copy(LAUNCHER, &copy).unwrap();
+    let launcher = SandboxLauncher::new(config("native", Vec::new()), Some(copy), None)
+        .expect("sandbox launcher");
+    assert_eq!(refused_at(&launcher).await, open);
+}

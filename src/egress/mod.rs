@@ -43,6 +43,27 @@ use crate::secret::{ExposeSecret, SecretString, constant_time_eq};
 /// Largest request body a child may send upstream.
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
+/// Connections one child may hold open to its proxy at once; more wait in the kernel's
+/// backlog. With [`MAX_REQUEST_BODY`], what one child can make the broker hold in memory.
+const MAX_CONNECTIONS_PER_SESSION: usize = 8;
+
+/// Calls one child may have in flight at Forgejo at once, counting those it hung up on.
+const MAX_CALLS_PER_SESSION: usize = 8;
+
+/// How long a child has to send a request's head, and then its whole body.
+const REQUEST_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The methods Forgejo's API answers; anything else is refused before the policy is asked.
+const METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::PATCH,
+    http::Method::DELETE,
+    http::Method::OPTIONS,
+];
+
 /// Request headers a child's call may carry to Forgejo: what an API client needs to say what
 /// it sends and wants. Everything else stays behind: hop-by-hop headers (RFC 9110 §7.6.1), the
 /// child's own `Authorization` (replaced or checked), `Sudo` (refused before this), and
@@ -105,6 +126,12 @@ pub enum SessionCredential {
     PassThrough,
 }
 
+/// A session as its proxy serves it: with the slots its calls take.
+struct ServedSession {
+    session: EgressSession,
+    calls: Arc<tokio::sync::Semaphore>,
+}
+
 /// One child's proxy: the session it belongs to and how it authenticates.
 pub struct EgressSession {
     pub user_id: UserId,
@@ -145,22 +172,40 @@ impl Egress {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let egress = Arc::clone(self);
-        let session = Arc::new(session);
+        let session = Arc::new(ServedSession {
+            session,
+            calls: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_PER_SESSION)),
+        });
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_SESSION));
         tokio::spawn(async move {
             loop {
+                // A connection slot first: a child holding its share waits for one to close.
+                let slot = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    slot = Arc::clone(&connections).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                };
                 let stream = tokio::select! {
                     () = cancel.cancelled() => return,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => stream,
                         Err(error) => {
-                            tracing::warn!(task = "egress", %error, "accept failed");
-                            return;
+                            // EMFILE, ECONNABORTED: this connection is lost, the proxy is not.
+                            tracing::warn!(task = "egress", %error, "accept failed; retrying");
+                            tokio::select! {
+                                () = cancel.cancelled() => return,
+                                () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                            }
+                            continue;
                         }
                     },
                 };
                 let (egress, session, cancel) =
                     (Arc::clone(&egress), Arc::clone(&session), cancel.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let service = hyper::service::service_fn(move |request| {
                         let (egress, session) = (Arc::clone(&egress), Arc::clone(&session));
                         async move {
@@ -170,6 +215,8 @@ impl Egress {
                         }
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(REQUEST_READ_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         () = cancel.cancelled() => {}
@@ -187,12 +234,14 @@ impl Egress {
 
     async fn forward(
         &self,
-        session: &EgressSession,
+        session: &ServedSession,
         request: Request<hyper::body::Incoming>,
     ) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        match self.forward_inner(session, request).await {
+        let calls = &session.calls;
+        let session = &session.session;
+        match self.forward_inner(session, calls, request).await {
             Ok(Reply::Upstream(response)) => response,
             Ok(Reply::Local(response)) => {
                 self.audit.record(AuditEvent::UpstreamApiCall {
@@ -242,27 +291,27 @@ impl Egress {
             request = request.header(header::AUTHORIZATION, authorization);
         }
         let response = request.send().await.ok()?;
-        if !response.status().is_success() {
+        if response.status() == StatusCode::UNAUTHORIZED {
             // No user behind the credential: nobody to act as another.
-            return response.status().is_client_error().then_some(false);
+            return Some(false);
+        }
+        if !response.status().is_success() {
+            // A token without `read:user` (403), a rate limit (429): Forgejo did not say.
+            return None;
         }
         response.json::<User>().await.ok().map(|user| user.is_admin)
     }
 
     /// The policy's verdict on `method` of `target` (already resolved against Forgejo's URL).
+    /// Policy or none, `target` must be below the configured URL's path (Forgejo may live under
+    /// a prefix), which a resolved `..` must not have left: the policy speaks of Forgejo's own
+    /// paths, and the token is for Forgejo alone.
     fn check_policy(&self, method: &http::Method, target: &url::Url) -> Result<(), Refused> {
+        let Some(path) = below(&self.forgejo, target) else {
+            return Err(Refused("outside Forgejo's URL".to_owned()));
+        };
         let Some(policy) = &self.policy else {
             return Ok(());
-        };
-        // The policy speaks of Forgejo's own paths: below the configured URL's path (Forgejo
-        // may live under a prefix), which a resolved `..` must not have left.
-        let base = self.forgejo.path().trim_end_matches('/');
-        let Some(path) = target
-            .path()
-            .strip_prefix(base)
-            .filter(|path| path.starts_with('/'))
-        else {
-            return Err(Refused("outside Forgejo's URL".to_owned()));
         };
         match policy.decide(method.as_str(), path) {
             policies::Verdict::Allowed => Ok(()),
@@ -273,9 +322,16 @@ impl Egress {
     async fn forward_inner(
         &self,
         session: &EgressSession,
+        calls: &Arc<tokio::sync::Semaphore>,
         request: Request<hyper::body::Incoming>,
     ) -> Result<Reply, Refused> {
         let (parts, body) = request.into_parts();
+        if !METHODS.contains(&parts.method) {
+            return Ok(Reply::Local(plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "egress: not a method of Forgejo's API",
+            )));
+        }
         if let SessionCredential::Placeholder(placeholder) = &session.credential {
             let presented = parts
                 .headers
@@ -310,21 +366,30 @@ impl Egress {
         if parts.headers.contains_key("sudo") || query.is_some_and(|q| names_sudo(q.as_bytes())) {
             return Err(Refused(SUDO.to_owned()));
         }
-        let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-            body,
-            MAX_REQUEST_BODY,
-        ))
-        .await
-        {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
+        let form = form_body(&parts.headers)?;
+        let collect =
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_REQUEST_BODY));
+        let body = match tokio::time::timeout(REQUEST_READ_TIMEOUT, collect).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
                 return Ok(Reply::Local(plain(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "egress: body too large",
                 )));
             }
+            Ok(Err(_)) => {
+                return Ok(Reply::Local(plain(
+                    StatusCode::BAD_REQUEST,
+                    "egress: the request body could not be read",
+                )));
+            }
+            Err(_) => {
+                return Ok(Reply::Local(plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "egress: the request body took too long",
+                )));
+            }
         };
-        let form = form_body(&parts.headers);
         if form == Some(FormBody::UrlEncoded) && names_sudo(&body) {
             return Err(Refused(SUDO.to_owned()));
         }
@@ -344,6 +409,12 @@ impl Egress {
                                 )));
                             }
                         }
+                    }
+                    Err(crate::auth::UpstreamCredentialsError::Unavailable) => {
+                        return Ok(Reply::Local(plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "egress: the user's Forgejo token cannot be had right now; retry later",
+                        )));
                     }
                     Err(_) => {
                         return Ok(Reply::Local(plain(
@@ -397,7 +468,16 @@ impl Egress {
         // drops the whole connection; the task lives on until Forgejo answers (the client's
         // timeout bounds it), and if it is dropped itself (the broker stopping) the record is
         // written then.
+        // The call holds one of the session's call slots until Forgejo answers, even if the
+        // child hangs up meanwhile: a child cannot pile up calls by sending and closing.
+        let Ok(call_slot) = Arc::clone(calls).acquire_owned().await else {
+            return Ok(Reply::Local(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "egress: the session is ending",
+            )));
+        };
         let call = tokio::spawn(async move {
+            let _call_slot = call_slot;
             let mut record = record;
             let sent = outgoing.send().await;
             record.write(
@@ -499,6 +579,15 @@ pub fn target_url(forgejo: &url::Url, path: &str, query: Option<&str>) -> Option
     .then_some(target)
 }
 
+/// `target`'s path below `forgejo`'s (from its leading slash); `None` when it is not below.
+fn below<'t>(forgejo: &url::Url, target: &'t url::Url) -> Option<&'t str> {
+    let base = forgejo.path().trim_end_matches('/');
+    target
+        .path()
+        .strip_prefix(base)
+        .filter(|path| path.starts_with('/'))
+}
+
 /// A request the upstream API policy refuses, and the policy's reason.
 struct Refused(String);
 
@@ -510,20 +599,24 @@ enum FormBody {
 }
 
 /// Whether any `Content-Type` the request carries is one Go's form parsing reads: multipart
-/// wins, as the stricter check.
-fn form_body(headers: &http::HeaderMap) -> Option<FormBody> {
+/// wins, as the stricter check. A value that is not visible ASCII is refused: Go lowercases
+/// with Unicode rules (`İ` becomes `i`, the Kelvin sign `k`), so such a spelling could be a
+/// form to Forgejo and none to an ASCII comparison.
+fn form_body(headers: &http::HeaderMap) -> Result<Option<FormBody>, Refused> {
     let mut form = None;
     for value in headers.get_all(header::CONTENT_TYPE) {
-        let essence = String::from_utf8_lossy(value.as_bytes());
+        let Ok(essence) = value.to_str() else {
+            return Err(Refused("a Content-Type that is not plain ASCII".to_owned()));
+        };
         let essence = essence.split(';').next().unwrap_or_default().trim();
         if essence.eq_ignore_ascii_case("multipart/form-data") {
-            return Some(FormBody::Multipart);
+            return Ok(Some(FormBody::Multipart));
         }
         if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
             form = Some(FormBody::UrlEncoded);
         }
     }
-    form
+    Ok(form)
 }
 
 /// Whether form-encoded `data` (a query string or a body) has a `sudo` field, in any case.
@@ -535,4 +628,28 @@ fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::from(message));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_stays_below_forgejos_url_even_without_a_policy() {
+        let forgejo: url::Url = "https://forge.example/forgejo/".parse().unwrap();
+        let target = target_url(&forgejo, "/api/v1/version", Some("a=1")).unwrap();
+        assert_eq!(
+            target.as_str(),
+            "https://forge.example/forgejo/api/v1/version?a=1"
+        );
+        assert_eq!(below(&forgejo, &target), Some("/api/v1/version"));
+        for path in ["/../other/x", "/api/../../other", "/%2e%2e/other"] {
+            let target = target_url(&forgejo, path, None).unwrap();
+            assert_eq!(below(&forgejo, &target), None, "{path} -> {target}");
+        }
+        // At the root, `..` cannot climb further.
+        let root: url::Url = "https://forge.example/".parse().unwrap();
+        let target = target_url(&root, "/../api/v1/version", None).unwrap();
+        assert_eq!(below(&root, &target), Some("/api/v1/version"));
+    }
 }

@@ -39,14 +39,14 @@ type Seen = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
 
 /// A Forgejo stand-in that records every request that reaches it.
 async fn recording_forgejo() -> (std::net::SocketAddr, Seen) {
-    let (address, seen, _) = recording_forgejo_as(false).await;
+    let (address, seen, _) = recording_forgejo_as(Some(false)).await;
     (address, seen)
 }
 
-/// The same, answering `GET /api/v1/user` for a site administrator or not, and also keeping
-/// every request's headers.
+/// The same, answering `GET /api/v1/user` for a site administrator or not (`None`: 403, as for
+/// a token without `read:user`), and also keeping every request's headers.
 async fn recording_forgejo_as(
-    admin: bool,
+    admin: Option<bool>,
 ) -> (
     std::net::SocketAddr,
     Seen,
@@ -72,10 +72,13 @@ async fn recording_forgejo_as(
                 .lock()
                 .unwrap()
                 .push(request.headers().clone());
-            if request.uri().path().ends_with("/api/v1/user") {
-                format!(r#"{{"id":7,"login":"alice","is_admin":{admin}}}"#)
-            } else {
-                "{}".to_owned()
+            match (request.uri().path().ends_with("/api/v1/user"), admin) {
+                (true, Some(admin)) => (
+                    axum::http::StatusCode::OK,
+                    format!(r#"{{"id":7,"login":"alice","is_admin":{admin}}}"#),
+                ),
+                (true, None) => (axum::http::StatusCode::FORBIDDEN, "{}".to_owned()),
+                (false, _) => (axum::http::StatusCode::OK, "{}".to_owned()),
             }
         }
     });
@@ -106,6 +109,21 @@ fn start_proxy(
     };
     egress.serve(listener, session, cancel.clone()).unwrap();
     (proxy, cancel)
+}
+
+/// [`start_proxy`] with the builtin policy, an `inject` session and a user whose token is
+/// always there.
+fn start_builtin_proxy(
+    forgejo: std::net::SocketAddr,
+    audit: Arc<MemoryAudit>,
+) -> (std::net::SocketAddr, CancellationToken) {
+    start_proxy(
+        &format!("http://{forgejo}/"),
+        Arc::new(Credentials::default()),
+        audit,
+        Some(policies::UpstreamPolicy::builtin().unwrap()),
+        SessionCredential::Placeholder(SecretString::from(PLACEHOLDER.to_owned())),
+    )
 }
 
 /// One request as the child's HTTP client would write it, the path exactly as given (no
@@ -332,7 +350,7 @@ async fn the_proxy_never_leaves_forgejos_origin() {
 #[tokio::test]
 async fn acting_as_another_user_is_refused_and_only_api_headers_are_forwarded() {
     for admin in [false, true] {
-        let (forgejo, seen, headers) = recording_forgejo_as(admin).await;
+        let (forgejo, seen, headers) = recording_forgejo_as(Some(admin)).await;
         let credentials = Arc::new(Credentials::default());
         let audit = MemoryAudit::new();
         let (proxy, cancel) = start_proxy(
@@ -356,6 +374,24 @@ async fn acting_as_another_user_is_refused_and_only_api_headers_are_forwarded() 
                 raw_request_with(proxy, method, path, PLACEHOLDER, extra, body).await;
             assert_eq!(status, 403, "{method} {path} {extra:?} {body:?}: {reply}");
             assert!(reply.contains("sudo"), "{reply}");
+        }
+        // Go lowercases a Content-Type with Unicode rules (`İ` is `i` to it, the Kelvin sign
+        // `k`): a form to Forgejo, none to an ASCII comparison. Such a header is refused.
+        for content_type in [
+            "appl\u{130}cation/x-www-form-urlencoded",
+            "mult\u{130}part/form-data; boundary=XyZ",
+        ] {
+            let (status, reply) = raw_request_with(
+                proxy,
+                "PUT",
+                "/api/v1/user/starred/bob/x",
+                PLACEHOLDER,
+                &format!("Content-Type: {content_type}\r\n"),
+                "sudo=bob",
+            )
+            .await;
+            assert_eq!(status, 403, "{content_type}: {reply}");
+            assert!(reply.contains("ASCII"), "{reply}");
         }
         assert!(seen.lock().unwrap().is_empty(), "admin={admin}");
         assert_eq!(credentials.fetched.load(Ordering::SeqCst), 0);
@@ -413,7 +449,8 @@ async fn acting_as_another_user_is_refused_and_only_api_headers_are_forwarded() 
             .iter()
             .filter(|event| matches!(event, AuditEvent::UpstreamApiDenied { .. }))
             .count();
-        assert_eq!(denied, 7 + usize::from(admin));
+        // Seven `sudo` spellings, two Content-Types, and the administrator's multipart body.
+        assert_eq!(denied, 9 + usize::from(admin));
         cancel.cancel();
     }
 }
@@ -477,13 +514,7 @@ fn create_issue_calls(audit: &MemoryAudit) -> Vec<u16> {
 async fn a_call_is_audited_when_the_child_hangs_up_before_forgejo_answers() {
     let (forgejo, mut arrivals, release) = holding_forgejo().await;
     let audit = MemoryAudit::new();
-    let (proxy, cancel) = start_proxy(
-        &format!("http://{forgejo}/"),
-        Arc::new(Credentials::default()),
-        audit.clone(),
-        Some(policies::UpstreamPolicy::builtin().unwrap()),
-        SessionCredential::Placeholder(SecretString::from(PLACEHOLDER.to_owned())),
-    );
+    let (proxy, cancel) = start_builtin_proxy(forgejo, audit.clone());
     let mut child = tokio::net::TcpStream::connect(proxy).await.unwrap();
     child.write_all(create_issue().as_bytes()).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
@@ -527,15 +558,7 @@ fn a_call_is_audited_when_the_broker_stops_before_forgejo_answers() {
     let broker = tokio::runtime::Runtime::new().unwrap();
     let (forgejo, mut arrivals, release) = outside.block_on(holding_forgejo());
     let audit = MemoryAudit::new();
-    let (proxy, _cancel) = broker.block_on(async {
-        start_proxy(
-            &format!("http://{forgejo}/"),
-            Arc::new(Credentials::default()),
-            audit.clone(),
-            Some(policies::UpstreamPolicy::builtin().unwrap()),
-            SessionCredential::Placeholder(SecretString::from(PLACEHOLDER.to_owned())),
-        )
-    });
+    let (proxy, _cancel) = broker.block_on(async { start_builtin_proxy(forgejo, audit.clone()) });
     let child = outside.spawn(async move {
         let mut child = tokio::net::TcpStream::connect(proxy).await.unwrap();
         child.write_all(create_issue().as_bytes()).await.unwrap();
@@ -559,4 +582,45 @@ fn a_call_is_audited_when_the_broker_stops_before_forgejo_answers() {
             .expect("the child's connection outlived the broker")
             .unwrap();
     });
+}
+
+/// Whether a multipart body may carry `sudo` depends on the user being a site administrator:
+/// when Forgejo does not say (a token without `read:user` gets 403), the upload is not sent.
+#[tokio::test]
+async fn a_multipart_body_is_held_back_when_forgejo_does_not_say_who_the_user_is() {
+    let (forgejo, seen, _) = recording_forgejo_as(None).await;
+    let (proxy, cancel) = start_builtin_proxy(forgejo, MemoryAudit::new());
+    let (status, reply) = raw_request_with(
+        proxy,
+        "POST",
+        "/api/v1/repos/alice/notes/issues/1/assets",
+        PLACEHOLDER,
+        "Content-Type: multipart/form-data; boundary=XyZ\r\n",
+        "--XyZ\r\nContent-Disposition: form-data; name=\"sudo\"\r\n\r\nbob\r\n--XyZ--\r\n",
+    )
+    .await;
+    assert_eq!(status, 502, "{reply}");
+    let paths: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, path, _)| path.clone())
+        .collect();
+    assert_eq!(paths, ["/api/v1/user"], "only the question reached Forgejo");
+    cancel.cancel();
+}
+
+/// Only the methods Forgejo's API answers are forwarded; a lowercase `delete` would match no
+/// method-specific rule of the policy.
+#[tokio::test]
+async fn a_method_forgejos_api_does_not_have_is_refused() {
+    let (forgejo, seen) = recording_forgejo().await;
+    let (proxy, cancel) = start_builtin_proxy(forgejo, MemoryAudit::new());
+    for method in ["delete", "PROPFIND", "TRACE"] {
+        let (status, reply) =
+            raw_request(proxy, method, "/api/v1/repos/alice/notes", PLACEHOLDER).await;
+        assert_eq!(status, 405, "{method}: {reply}");
+    }
+    assert!(seen.lock().unwrap().is_empty());
+    cancel.cancel();
 }

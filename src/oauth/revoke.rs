@@ -38,6 +38,9 @@ impl std::fmt::Debug for RawRevokeRequest {
     }
 }
 
+/// Longer than any token the broker issues.
+const MAX_TOKEN_LEN: usize = 512;
+
 pub async fn revoke(
     State(state): State<Arc<OAuthState>>,
     headers: HeaderMap,
@@ -47,7 +50,7 @@ pub async fn revoke(
     let token = raw
         .token
         .as_deref()
-        .filter(|token| !token.is_empty() && token.len() <= 512)
+        .filter(|token| !token.is_empty())
         .ok_or(OAuthError::InvalidRequest("token is required"))?;
     if let Some(hint) = raw.token_type_hint.as_deref()
         && hint != "access_token"
@@ -68,8 +71,11 @@ pub async fn revoke(
     }
     let now = state.now();
     let token_hash = hash_token(token);
-    // The prefix says which table to look in; the hint is only a hint (§2.1).
-    if token.starts_with(REFRESH_TOKEN_PREFIX) {
+    // The prefix says which table to look in; the hint is only a hint (§2.1). A token longer
+    // than any the broker issues is simply not one of them: 200, like every invalid token
+    // (§2.2), without a lookup.
+    let could_be_ours = token.len() <= MAX_TOKEN_LEN;
+    if could_be_ours && token.starts_with(REFRESH_TOKEN_PREFIX) {
         if let Some(found) = state.store.find_refresh(&token_hash)?
             && found.grant.client_id == client.client_id
             && state.store.revoke_grant(&found.grant.grant_id, now)?
@@ -81,7 +87,8 @@ pub async fn revoke(
                 token_type: "refresh_token".to_owned(),
             });
         }
-    } else if token.starts_with(ACCESS_TOKEN_PREFIX)
+    } else if could_be_ours
+        && token.starts_with(ACCESS_TOKEN_PREFIX)
         && let Some(found) = state.store.find_access(&token_hash)?
         && found.grant.client_id == client.client_id
         && !found.revoked

@@ -473,6 +473,8 @@ async fn revocation_follows_rfc_7009() {
         200
     );
     assert_eq!(revoke(&broker, &client, "garbage", None).await, 200);
+    // However long: an invalid token is not an error (§2.2).
+    assert_eq!(revoke(&broker, &client, &"x".repeat(4096), None).await, 200);
     let (other_client, other_tokens) = broker.login_new_client().await;
     assert_eq!(
         revoke(&broker, &client, &other_tokens.refresh_token, None).await,

@@ -146,15 +146,32 @@ pub fn build_upstream(
         crate::upstream::forgejo_redirect_uri(&config.server),
     )?;
     let grants = GrantStore::new(db.clone(), sealer.clone())?;
-    Ok(Arc::new(Upstream::new(
-        forgejo,
-        grants,
-        sealer,
-        deps.clock.clone(),
-        deps.audit.clone(),
-        i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
-        access_ended,
-    )))
+    // A grant Forgejo refused takes the user's broker grants with it: each client must be
+    // authorized again, not revived by the user's next login through another one.
+    let oauth = OAuthStore::new(db.clone(), access_ended.clone())?;
+    let (clock, audit) = (deps.clock.clone(), deps.audit.clone());
+    let revoke_broker_grants = move |user_id| match oauth.revoke_user(user_id, clock.now()) {
+        Ok(revoked) if !revoked.is_empty() => audit.record(AuditEvent::UserRevoked {
+            user_id,
+            by: "forgejo refused the grant".to_owned(),
+        }),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::error!(user_id, %error, "cannot revoke the broker grants of a user whose Forgejo grant died");
+        }
+    };
+    Ok(Arc::new(
+        Upstream::new(
+            forgejo,
+            grants,
+            sealer,
+            deps.clock.clone(),
+            deps.audit.clone(),
+            i64::try_from(config.oauth.upstream_refresh_ahead_secs).unwrap_or(i64::MAX),
+            access_ended,
+        )
+        .on_grant_dead(Arc::new(revoke_broker_grants)),
+    ))
 }
 
 /// How long open requests may run on after shutdown was requested.

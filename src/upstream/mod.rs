@@ -61,6 +61,8 @@ pub struct Upstream {
     refresh_ahead_secs: i64,
     locks: UserLocks,
     access_ended: AccessEndedSender,
+    /// What else ends when Forgejo refuses a user's grant (the broker's own grants of theirs).
+    on_grant_dead: Option<GrantDeadHook>,
     /// Code exchanges and refreshes in flight. Once Forgejo has answered one, its token set is
     /// the only one that works, so shutdown waits for them to be stored
     /// ([`Upstream::settle`]) instead of dropping them with the runtime.
@@ -87,7 +89,17 @@ impl Upstream {
             locks: Arc::new(Mutex::new(HashMap::new())),
             access_ended,
             in_flight: tokio_util::task::TaskTracker::new(),
+            on_grant_dead: None,
         }
+    }
+
+    /// Called with the user's id whenever Forgejo refuses their grant (a refresh answered
+    /// 400): `serve` revokes the user's broker grants there, so that a later login, which
+    /// revives the Forgejo grant, does not also revive clients the user did not authorize
+    /// again.
+    pub fn on_grant_dead(mut self, hook: GrantDeadHook) -> Self {
+        self.on_grant_dead = Some(hook);
+        self
     }
 
     /// How many code exchanges and refreshes are in flight.
@@ -234,6 +246,7 @@ impl Upstream {
             clock: self.clock.clone(),
             audit: self.audit.clone(),
             access_ended: self.access_ended.clone(),
+            on_grant_dead: self.on_grant_dead.clone(),
         };
         let task = self.in_flight.spawn(async move {
             let result = refresher.refresh_locked(user_id, grant).await;
@@ -293,6 +306,7 @@ struct Refresher {
     clock: SharedClock,
     audit: SharedAudit,
     access_ended: AccessEndedSender,
+    on_grant_dead: Option<GrantDeadHook>,
 }
 
 impl Refresher {
@@ -352,6 +366,9 @@ impl Refresher {
             tracing::error!(user_id, %error, "cannot mark the upstream grant dead");
         }
         self.audit.record(AuditEvent::UpstreamGrantDead { user_id });
+        if let Some(hook) = &self.on_grant_dead {
+            hook(user_id);
+        }
         let _ = self.access_ended.send(AccessEnded::User { user_id });
     }
 }
@@ -373,6 +390,9 @@ fn lock_for(locks: &UserLocks, user_id: UserId) -> Arc<tokio::sync::Mutex<()>> {
 }
 
 type UserLocks = Arc<Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// See [`Upstream::on_grant_dead`].
+pub type GrantDeadHook = Arc<dyn Fn(UserId) + Send + Sync>;
 
 fn verifier_aad(pending_id: &str) -> Aad<'_> {
     Aad {

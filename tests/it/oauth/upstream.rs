@@ -256,7 +256,7 @@ async fn shutdown_waits_for_a_login_forgejo_has_already_exchanged() {
 }
 
 #[tokio::test]
-async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log_in_again() {
+async fn invalid_grant_from_forgejo_revokes_the_users_broker_grants_until_they_log_in_again() {
     let broker = broker().await;
     let mut ended = broker.app().auth.access_ended.subscribe();
     let (client, tokens) = broker.login_new_client().await;
@@ -277,11 +277,12 @@ async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log
         upstream.access_token(ALICE).await,
         Err(UpstreamCredentialsError::GrantDead)
     ));
+    // The broker grant went with it.
     assert_eq!(
         verifier
             .verify(&tokens.access_token, &broker.resource())
             .await,
-        Err(TokenRejection::UpstreamGrantDead)
+        Err(TokenRejection::Revoked)
     );
     let (status, body) = broker.refresh(&client, &tokens.refresh_token).await;
     assert_eq!(
@@ -293,16 +294,23 @@ async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log
             .audit_events()
             .contains(&AuditEvent::UpstreamGrantDead { user_id: ALICE })
     );
-    assert_eq!(
-        ended.try_recv().unwrap(),
-        forgejo_mcp_broker::auth::AccessEnded::User { user_id: ALICE }
+    let announced: Vec<_> = std::iter::from_fn(|| ended.try_recv().ok()).collect();
+    assert!(
+        announced.contains(&forgejo_mcp_broker::auth::AccessEnded::User { user_id: ALICE }),
+        "{announced:?}"
     );
     // No retry storm: a dead grant is not refreshed again.
     let refreshes = broker.standin.counters().refresh_grants;
     assert!(upstream.access_token(ALICE).await.is_err());
     assert_eq!(broker.standin.counters().refresh_grants, refreshes);
 
-    // Authorizing again revives the user.
+    assert!(broker.audit_events().contains(&AuditEvent::UserRevoked {
+        user_id: ALICE,
+        by: "forgejo refused the grant".into(),
+    }));
+
+    // Authorizing again revives the user, through this client only: another login does not
+    // bring back the tokens issued before (a client the user did not authorize again).
     let fresh = broker.login(&client).await;
     assert!(
         verifier
@@ -311,6 +319,17 @@ async fn invalid_grant_from_forgejo_stops_the_users_broker_tokens_until_they_log
             .is_ok()
     );
     assert!(upstream.access_token(ALICE).await.is_ok());
+    let (status, body) = broker.refresh(&client, &tokens.refresh_token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(
+        verifier
+            .verify(&tokens.access_token, &broker.resource())
+            .await,
+        Err(TokenRejection::Revoked)
+    );
     broker.shutdown().await;
 }
 

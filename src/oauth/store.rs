@@ -560,13 +560,29 @@ impl OAuthStore {
 
     /// A replay of a code whose first use has not created its grant yet (the two requests ran
     /// at once): the grant it is about to create must not come to be.
-    pub fn poison_code(&self, code_hash: &str) -> Result<(), OAuthError> {
+    /// Returns the grant the first use created if it got there first after all (the replay
+    /// read the code before the grant was claimed): the caller revokes it.
+    pub fn poison_code(&self, code_hash: &str) -> Result<Option<String>, OAuthError> {
         self.call(|c| {
-            c.execute(
+            let tx = c.transaction()?;
+            let poisoned = tx.execute(
                 "UPDATE oauth_codes SET grant_id = ?2 WHERE code_hash = ?1 AND grant_id IS NULL",
                 params![code_hash, REPLAYED_BEFORE_GRANT],
             )?;
-            Ok(())
+            let issued = if poisoned == 1 {
+                None
+            } else {
+                tx.query_row(
+                    "SELECT grant_id FROM oauth_codes WHERE code_hash = ?1",
+                    params![code_hash],
+                    |row| row.get::<_, Option<String>>(0),
+                )
+                .optional()?
+                .flatten()
+                .filter(|grant_id| grant_id != REPLAYED_BEFORE_GRANT)
+            };
+            tx.commit()?;
+            Ok(issued)
         })
     }
 
@@ -760,11 +776,9 @@ impl OAuthStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_code_replayed_while_its_first_use_runs_creates_no_grant() {
-        let db = Db::open_in_memory().unwrap();
-        let store = OAuthStore::new(db, tokio::sync::broadcast::channel(1).0).unwrap();
-        let code = CodeRecord {
+    /// Client A's code for Alice.
+    fn code_record() -> CodeRecord {
+        CodeRecord {
             client_id: "client-a".into(),
             redirect_uri: "https://client.example/cb".into(),
             code_challenge: "challenge".into(),
@@ -773,36 +787,53 @@ mod tests {
             user_id: 1,
             username: "alice".into(),
             expires_at: 2_000,
-        };
-        store.insert_code("code-hash", &code).unwrap();
-        assert!(matches!(
-            store.take_code("code-hash", 1_000).unwrap(),
-            CodeLookup::Fresh(_)
-        ));
-        // The replay arrives before the first use has created its grant.
-        let CodeLookup::Reused { grant_id, .. } = store.take_code("code-hash", 1_001).unwrap()
-        else {
-            panic!("a second use is a replay");
-        };
-        assert_eq!(grant_id, None);
-        store.poison_code("code-hash").unwrap();
-        let grant = GrantRecord {
+        }
+    }
+
+    /// The grant [`code_record`]'s first use creates.
+    fn grant_record() -> GrantRecord {
+        GrantRecord {
             grant_id: "grant-1".into(),
             client_id: "client-a".into(),
             user_id: 1,
             username: "alice".into(),
-            resource: code.resource.clone(),
+            resource: code_record().resource,
             scope: None,
             revoked: false,
-        };
-        let issued = IssuedHashes {
-            access_hash: "access-hash",
-            access_expires_at: 5_000,
-            refresh_hash: "refresh-hash",
-            refresh_expires_at: 9_000,
-        };
+        }
+    }
+
+    /// Its first token pair.
+    const ISSUED: IssuedHashes<'static> = IssuedHashes {
+        access_hash: "access-hash",
+        access_expires_at: 5_000,
+        refresh_hash: "refresh-hash",
+        refresh_expires_at: 9_000,
+    };
+
+    /// A store where [`code_record`] was taken by its first use and then by a replay, before
+    /// the first use created its grant.
+    fn a_code_taken_twice() -> OAuthStore {
+        let db = Db::open_in_memory().unwrap();
+        let store = OAuthStore::new(db, tokio::sync::broadcast::channel(1).0).unwrap();
+        store.insert_code("code-hash", &code_record()).unwrap();
         assert!(matches!(
-            store.create_grant(&grant, "code-hash", &issued, 1_002),
+            store.take_code("code-hash", 1_000).unwrap(),
+            CodeLookup::Fresh(_)
+        ));
+        assert!(matches!(
+            store.take_code("code-hash", 1_001).unwrap(),
+            CodeLookup::Reused { grant_id: None, .. }
+        ));
+        store
+    }
+
+    #[test]
+    fn a_code_replayed_while_its_first_use_runs_creates_no_grant() {
+        let store = a_code_taken_twice();
+        assert_eq!(store.poison_code("code-hash").unwrap(), None);
+        assert!(matches!(
+            store.create_grant(&grant_record(), "code-hash", &ISSUED, 1_002),
             Err(OAuthError::InvalidGrant(_))
         ));
         assert!(store.find_refresh("refresh-hash").unwrap().is_none());
@@ -811,6 +842,20 @@ mod tests {
             store.take_code("code-hash", 1_003).unwrap(),
             CodeLookup::Reused { grant_id: None, .. }
         ));
+    }
+
+    #[test]
+    fn a_replay_read_before_its_first_use_claimed_the_code_names_the_grant_to_revoke() {
+        let store = a_code_taken_twice();
+        // The first use's grant is created before the replay poisons the code: the replay
+        // must end it.
+        store
+            .create_grant(&grant_record(), "code-hash", &ISSUED, 1_002)
+            .unwrap();
+        assert_eq!(
+            store.poison_code("code-hash").unwrap(),
+            Some("grant-1".to_owned())
+        );
     }
 
     #[test]

@@ -338,8 +338,13 @@ fn exchange_code(
                     Some(grant_id) => {
                         state.store.revoke_grant(&grant_id, now)?;
                     }
-                    // The first use is still creating its grant: stop it.
-                    None => state.store.poison_code(&code_hash)?,
+                    // The first use was still creating its grant: stop it, or, if it has
+                    // got there meanwhile, revoke what it made.
+                    None => {
+                        if let Some(grant_id) = state.store.poison_code(&code_hash)? {
+                            state.store.revoke_grant(&grant_id, now)?;
+                        }
+                    }
                 }
             }
             state.audit.record(AuditEvent::CodeReused {
@@ -408,13 +413,12 @@ fn refresh(
     refresh_token: &str,
     resource: Option<String>,
 ) -> Result<Response, OAuthError> {
-    const INVALID: OAuthError =
-        OAuthError::InvalidGrant("the refresh token is invalid, expired or revoked");
+    const INVALID: OAuthError = INVALID_REFRESH;
     let now = state.now();
     let token_hash = hash_token(refresh_token);
     let found = state.store.find_refresh(&token_hash)?.ok_or(INVALID)?;
     let grant = &found.grant;
-    if grant.client_id != client.client_id || grant.revoked || found.expires_at <= now {
+    if grant.client_id != client.client_id || grant.revoked {
         return Err(INVALID);
     }
     // Grace 0 means none: a replay in the same second as the rotation is theft too.
@@ -422,17 +426,12 @@ fn refresh(
     let within_grace = match found.used_at {
         None => false,
         Some(used_at) if !found.grace_used && grace > 0 && now - used_at <= grace => true,
-        Some(_) => {
-            // A rotated token came back: treat as theft and kill the family (OAuth 2.1 §4.3.1).
-            state.store.revoke_grant(&grant.grant_id, now)?;
-            state.audit.record(AuditEvent::RefreshTokenReuse {
-                client_id: grant.client_id.clone(),
-                user_id: grant.user_id,
-                grant_id: grant.grant_id.clone(),
-            });
-            return Err(INVALID);
-        }
+        // A rotated token that comes back is theft however old it is: judged before expiry.
+        Some(_) => return Err(reuse_detected(state, grant, now)?),
     };
+    if found.expires_at <= now {
+        return Err(INVALID);
+    }
     if let Some(resource) = resource
         && state.check_resource(&resource)? != grant.resource
     {
@@ -461,8 +460,9 @@ fn refresh(
         now,
     )?;
     if !rotated {
-        // Lost a race with concurrent uses of the same token, the grace replay included.
-        return Err(INVALID);
+        // Lost a race with concurrent uses of the same token (the grace replay included):
+        // judged as it would be had it come just after them, a reuse.
+        return Err(reuse_detected(state, grant, now)?);
     }
     state.audit.record(AuditEvent::TokenRefreshed {
         client_id: grant.client_id.clone(),
@@ -470,6 +470,26 @@ fn refresh(
         grant_id: grant.grant_id.clone(),
     });
     Ok(pair.respond(state, grant.scope.clone()))
+}
+
+/// What a refresh with an unusable refresh token gets, whatever the reason.
+const INVALID_REFRESH: OAuthError =
+    OAuthError::InvalidGrant("the refresh token is invalid, expired or revoked");
+
+/// A rotated refresh token came back: treated as theft, its whole family is revoked (OAuth 2.1
+/// §4.3.1). The error to answer with.
+fn reuse_detected(
+    state: &OAuthState,
+    grant: &GrantRecord,
+    now: crate::clock::UnixSeconds,
+) -> Result<OAuthError, OAuthError> {
+    state.store.revoke_grant(&grant.grant_id, now)?;
+    state.audit.record(AuditEvent::RefreshTokenReuse {
+        client_id: grant.client_id.clone(),
+        user_id: grant.user_id,
+        grant_id: grant.grant_id.clone(),
+    });
+    Ok(INVALID_REFRESH)
 }
 
 #[cfg(test)]

@@ -174,6 +174,33 @@ async fn wrong_verifier_redirect_resource_or_client_fail_and_burn_the_code() {
     broker.shutdown().await;
 }
 
+/// `replayed`, an already-rotated refresh token, comes back: `invalid_grant`, and the whole
+/// family is gone (`newest`'s refresh and access tokens too), audited as a reuse.
+async fn assert_the_replay_kills_the_family(
+    broker: &TestBroker,
+    client: &TestClient,
+    replayed: &Tokens,
+    newest: &Tokens,
+) {
+    let (status, body) = broker.refresh(client, &replayed.refresh_token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, _) = broker.refresh(client, &newest.refresh_token).await;
+    assert_eq!(status, 400, "the family outlived the replay");
+    assert_eq!(
+        verify(broker, &newest.access_token).await,
+        Err(TokenRejection::Revoked)
+    );
+    assert!(
+        broker
+            .audit_events()
+            .iter()
+            .any(|event| matches!(event, AuditEvent::RefreshTokenReuse { .. }))
+    );
+}
+
 #[tokio::test]
 async fn refresh_tokens_rotate_and_a_replay_after_the_grace_window_kills_the_family() {
     let broker = TestBroker::builder().manual_clock().start().await;
@@ -186,28 +213,29 @@ async fn refresh_tokens_rotate_and_a_replay_after_the_grace_window_kills_the_fam
     assert!(verify(&broker, &second.access_token).await.is_ok());
 
     broker.advance(31);
-    let (status, body) = broker.refresh(&client, &first.refresh_token).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_grant"))
-    );
-    // The whole family is gone: the newest refresh token and every access token.
-    let (status, _) = broker.refresh(&client, &second.refresh_token).await;
-    assert_eq!(status, 400);
-    assert_eq!(
-        verify(&broker, &second.access_token).await,
-        Err(TokenRejection::Revoked)
-    );
+    assert_the_replay_kills_the_family(&broker, &client, &first, &second).await;
+    // Every access token of the family, the first one's too.
     assert_eq!(
         verify(&broker, &first.access_token).await,
         Err(TokenRejection::Revoked)
     );
-    assert!(
-        broker
-            .audit_events()
-            .iter()
-            .any(|event| matches!(event, AuditEvent::RefreshTokenReuse { .. }))
-    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_replayed_after_it_expired_still_kills_the_family() {
+    let broker = TestBroker::builder().manual_clock().start().await;
+    let (client, first) = broker.login_new_client().await;
+    let month = 30 * 24 * 3600;
+    // Rotated ten seconds before it would have expired…
+    broker.advance(month - 10);
+    let (status, body) = broker.refresh(&client, &first.refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    let second = Tokens::from_body(body);
+    // …and replayed once expired, after the grace window: theft all the same, which ends
+    // the family.
+    broker.advance(40);
+    assert_the_replay_kills_the_family(&broker, &client, &first, &second).await;
     broker.shutdown().await;
 }
 
@@ -245,23 +273,7 @@ async fn without_a_grace_window_a_replay_in_the_same_second_kills_the_family() {
     assert_eq!(status, 200, "{body}");
     let second = Tokens::from_body(body);
     // The clock has not moved: the replay comes 0 s after the rotation.
-    let (status, body) = broker.refresh(&client, &first.refresh_token).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_grant"))
-    );
-    assert_eq!(
-        verify(&broker, &second.access_token).await,
-        Err(TokenRejection::Revoked)
-    );
-    let (status, _) = broker.refresh(&client, &second.refresh_token).await;
-    assert_eq!(status, 400);
-    assert!(
-        broker
-            .audit_events()
-            .iter()
-            .any(|event| matches!(event, AuditEvent::RefreshTokenReuse { .. }))
-    );
+    assert_the_replay_kills_the_family(&broker, &client, &first, &second).await;
     broker.shutdown().await;
 }
 

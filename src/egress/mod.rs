@@ -44,10 +44,13 @@ use crate::secret::{ExposeSecret, SecretString, constant_time_eq};
 const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
 /// Connections one child may hold open to its proxy at once; more wait in the kernel's
-/// backlog. With [`MAX_REQUEST_BODY`], what one child can make the broker hold in memory.
-const MAX_CONNECTIONS_PER_SESSION: usize = 8;
+/// backlog. Generous: a child's HTTP client may keep a pool of idle ones, which cost a
+/// descriptor each and no body.
+const MAX_CONNECTIONS_PER_SESSION: usize = 64;
 
-/// Calls one child may have in flight at Forgejo at once, counting those it hung up on.
+/// Requests one child may have in the proxy at once, from the first byte of the body read to
+/// Forgejo's answer, counting those it hung up on. With [`MAX_REQUEST_BODY`], what one child
+/// can make the broker hold in memory; also how many calls it can have in flight at Forgejo.
 const MAX_CALLS_PER_SESSION: usize = 8;
 
 /// How long a child has to send a request's head, and then its whole body.
@@ -239,9 +242,15 @@ impl Egress {
     ) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let calls = &session.calls;
+        // A call slot before the body is read: held until Forgejo has answered.
+        let Ok(call_slot) = Arc::clone(&session.calls).acquire_owned().await else {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "egress: the session is ending",
+            );
+        };
         let session = &session.session;
-        match self.forward_inner(session, calls, request).await {
+        match self.forward_inner(session, call_slot, request).await {
             Ok(Reply::Upstream(response)) => response,
             Ok(Reply::Local(response)) => {
                 self.audit.record(AuditEvent::UpstreamApiCall {
@@ -322,7 +331,7 @@ impl Egress {
     async fn forward_inner(
         &self,
         session: &EgressSession,
-        calls: &Arc<tokio::sync::Semaphore>,
+        call_slot: tokio::sync::OwnedSemaphorePermit,
         request: Request<hyper::body::Incoming>,
     ) -> Result<Reply, Refused> {
         let (parts, body) = request.into_parts();
@@ -468,14 +477,8 @@ impl Egress {
         // drops the whole connection; the task lives on until Forgejo answers (the client's
         // timeout bounds it), and if it is dropped itself (the broker stopping) the record is
         // written then.
-        // The call holds one of the session's call slots until Forgejo answers, even if the
-        // child hangs up meanwhile: a child cannot pile up calls by sending and closing.
-        let Ok(call_slot) = Arc::clone(calls).acquire_owned().await else {
-            return Ok(Reply::Local(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "egress: the session is ending",
-            )));
-        };
+        // The call keeps the request's slot until Forgejo answers, even if the child hangs up
+        // meanwhile: a child cannot pile up calls by sending and closing.
         let call = tokio::spawn(async move {
             let _call_slot = call_slot;
             let mut record = record;

@@ -328,6 +328,37 @@ impl Egress {
         }
     }
 
+    /// The `Authorization` to send Forgejo: the user's token for an `inject` session, the
+    /// child's own otherwise; or the answer when there is none to send.
+    async fn authorization(
+        &self,
+        session: &EgressSession,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<HeaderValue>, Response<Body>> {
+        let SessionCredential::Placeholder(_) = &session.credential else {
+            return Ok(headers.get(header::AUTHORIZATION).cloned());
+        };
+        let token = match self.credentials.access_token(session.user_id).await {
+            Ok(token) => token,
+            Err(crate::auth::UpstreamCredentialsError::Unavailable) => {
+                return Err(plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "egress: the user's Forgejo token cannot be had right now; retry later",
+                ));
+            }
+            Err(_) => {
+                return Err(plain(
+                    StatusCode::UNAUTHORIZED,
+                    "egress: the user must authorize again",
+                ));
+            }
+        };
+        let mut value = HeaderValue::from_str(&format!("token {}", token.expose_secret()))
+            .map_err(|_| plain(StatusCode::BAD_GATEWAY, "egress: unusable token"))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
     async fn forward_inner(
         &self,
         session: &EgressSession,
@@ -376,64 +407,16 @@ impl Egress {
             return Err(Refused(SUDO.to_owned()));
         }
         let form = form_body(&parts.headers)?;
-        let collect =
-            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_REQUEST_BODY));
-        let body = match tokio::time::timeout(REQUEST_READ_TIMEOUT, collect).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-                return Ok(Reply::Local(plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "egress: body too large",
-                )));
-            }
-            Ok(Err(_)) => {
-                return Ok(Reply::Local(plain(
-                    StatusCode::BAD_REQUEST,
-                    "egress: the request body could not be read",
-                )));
-            }
-            Err(_) => {
-                return Ok(Reply::Local(plain(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "egress: the request body took too long",
-                )));
-            }
+        let body = match read_body(body).await {
+            Ok(body) => body,
+            Err(answer) => return Ok(Reply::Local(answer)),
         };
         if form == Some(FormBody::UrlEncoded) && names_sudo(&body) {
             return Err(Refused(SUDO.to_owned()));
         }
-        let authorization = match &session.credential {
-            SessionCredential::Placeholder(_) => {
-                match self.credentials.access_token(session.user_id).await {
-                    Ok(token) => {
-                        match HeaderValue::from_str(&format!("token {}", token.expose_secret())) {
-                            Ok(mut value) => {
-                                value.set_sensitive(true);
-                                Some(value)
-                            }
-                            Err(_) => {
-                                return Ok(Reply::Local(plain(
-                                    StatusCode::BAD_GATEWAY,
-                                    "egress: unusable token",
-                                )));
-                            }
-                        }
-                    }
-                    Err(crate::auth::UpstreamCredentialsError::Unavailable) => {
-                        return Ok(Reply::Local(plain(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "egress: the user's Forgejo token cannot be had right now; retry later",
-                        )));
-                    }
-                    Err(_) => {
-                        return Ok(Reply::Local(plain(
-                            StatusCode::UNAUTHORIZED,
-                            "egress: the user must authorize again",
-                        )));
-                    }
-                }
-            }
-            SessionCredential::PassThrough => parts.headers.get(header::AUTHORIZATION).cloned(),
+        let authorization = match self.authorization(session, &parts.headers).await {
+            Ok(authorization) => authorization,
+            Err(answer) => return Ok(Reply::Local(answer)),
         };
         // A multipart body's fields are form fields to Forgejo too, and its encodings (RFC 2231
         // parameters, folded headers) are more than a check here should second-guess: from an
@@ -558,6 +541,28 @@ impl CallRecord {
 impl Drop for CallRecord {
     fn drop(&mut self) {
         self.write(NO_ANSWER);
+    }
+}
+
+/// The child's request body, whole: at most [`MAX_REQUEST_BODY`], within
+/// [`REQUEST_READ_TIMEOUT`]; otherwise the answer saying which limit it broke.
+async fn read_body(body: hyper::body::Incoming) -> Result<bytes::Bytes, Response<Body>> {
+    let collect =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_REQUEST_BODY));
+    match tokio::time::timeout(REQUEST_READ_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "egress: body too large",
+        )),
+        Ok(Err(_)) => Err(plain(
+            StatusCode::BAD_REQUEST,
+            "egress: the request body could not be read",
+        )),
+        Err(_) => Err(plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "egress: the request body took too long",
+        )),
     }
 }
 

@@ -171,17 +171,7 @@ impl Context {
                 }
             },
         };
-        let mut env: Vec<(String, String)> = profile
-            .env_allowlist
-            .iter()
-            .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
-            .collect();
-        env.extend(profile.env.iter().map(|(name, value)| {
-            (
-                name.clone(),
-                value.replace("{forgejo_url}", &self.forgejo_url),
-            )
-        }));
+        let env = profile.environment(&self.forgejo_url);
         let spec = ChildSpec {
             program: profile.program.clone(),
             args: profile

@@ -219,6 +219,26 @@ impl ChildProfileConfig {
     }
 }
 
+impl ChildProfileConfig {
+    /// The child's whole environment: the allowlisted variables the broker has, then the fixed
+    /// ones (`{forgejo_url}` replaced), which win over an allowlisted one of the same name. One
+    /// entry per name, so what the child gets is what a reader of the list sees.
+    pub fn environment(&self, forgejo_url: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env_allowlist
+            .iter()
+            .filter(|name| !self.env.contains_key(*name))
+            .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
+            .collect();
+        env.extend(
+            self.env
+                .iter()
+                .map(|(name, value)| (name.clone(), value.replace("{forgejo_url}", forgejo_url))),
+        );
+        env
+    }
+}
+
 impl Default for ChildProfileConfig {
     fn default() -> Self {
         Self::forgejo_mcp(PathBuf::from("forgejo-mcp"))
@@ -270,6 +290,36 @@ mod tests {
         assert_eq!(config.child.token_variable, "FORGEJO_ACCESS_TOKEN");
         assert_eq!(config.child.args[..2], ["--transport", "stdio"]);
         assert_eq!(config.session_ttl_secs, 7 * 24 * 3600);
+    }
+
+    #[test]
+    fn a_fixed_variable_wins_over_an_allowlisted_one_and_appears_once() {
+        // PATH is set in every test process; `{forgejo_url}` is replaced in fixed values.
+        let profile = ChildProfileConfig {
+            env_allowlist: vec!["PATH".to_owned(), "NOT_SET_ANYWHERE_4b1f".to_owned()],
+            env: [
+                ("PATH".to_owned(), "/opt/mcp/bin".to_owned()),
+                ("FORGE".to_owned(), "{forgejo_url}/api".to_owned()),
+            ]
+            .into(),
+            ..ChildProfileConfig::default()
+        };
+        let env = profile.environment("https://forge.example");
+        assert_eq!(
+            env,
+            [
+                ("FORGE".to_owned(), "https://forge.example/api".to_owned()),
+                ("PATH".to_owned(), "/opt/mcp/bin".to_owned()),
+            ]
+        );
+        assert_eq!(
+            crate::supervisor::search_path(&env),
+            std::ffi::OsStr::new("/opt/mcp/bin")
+        );
+        assert_eq!(
+            crate::supervisor::search_path(&[]),
+            std::ffi::OsStr::new("/bin:/usr/bin")
+        );
     }
 
     #[test]

@@ -132,6 +132,17 @@ pub enum LaunchError {
 /// default (`confstr(_CS_PATH)`), as `execvp` does.
 pub const DEFAULT_SEARCH_PATH: &str = "/bin:/usr/bin";
 
+/// Where a plain child's bare program name is looked up: the `PATH` of its environment
+/// `env`, or [`DEFAULT_SEARCH_PATH`] when it gets none.
+pub fn search_path(env: &[(String, String)]) -> &OsStr {
+    let path = env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map_or(DEFAULT_SEARCH_PATH, |(_, value)| value.as_str());
+    OsStr::new(path)
+}
+
 /// The absolute path `program` names, symlinks kept: with a slash, as given (relative to
 /// `base`, else the current directory); a bare name, the first executable file of that name
 /// in `search` (a `PATH` value). Relative `PATH` entries are skipped: they would name a

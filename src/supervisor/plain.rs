@@ -39,14 +39,9 @@ impl ChildLauncher for PlainLauncher {
     async fn launch(&self, spec: ChildSpec) -> Result<ChildHandle, LaunchError> {
         // Looked up as `execvp` in the child would: in the PATH the child gets, or the C
         // library's default; a relative path from the child's working directory.
-        let search = spec
-            .env
-            .iter()
-            .find(|(key, _)| key == "PATH")
-            .map_or(super::DEFAULT_SEARCH_PATH, |(_, value)| value.as_str());
         let program = super::trusted_program(
             &spec,
-            std::ffi::OsStr::new(search),
+            super::search_path(&spec.env),
             spec.working_dir.as_deref(),
         )?;
         let mut command = Command::new(&program);

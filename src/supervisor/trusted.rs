@@ -12,7 +12,6 @@
 //! Not covered: what the program itself loads (an interpreter's script and modules named in
 //! `args`, shared libraries); keep those in such directories too.
 
-use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, Path, PathBuf};
 
@@ -164,7 +163,7 @@ pub fn check_configured(
     let search = if sandbox.enabled {
         std::env::var_os("PATH").unwrap_or_default()
     } else {
-        child_search_path(child)
+        super::search_path(&child.environment("")).to_owned()
     };
     let base = if sandbox.enabled {
         None
@@ -219,21 +218,6 @@ pub fn check_configured(
         }
     }
     (notes, refused)
-}
-
-/// The PATH a plain child gets from `[mcp.child]` (`env`, else the broker's own when
-/// `env_allowlist` names it), or the C library's default when none: where a plain spawn looks
-/// a bare program name up.
-pub fn child_search_path(child: &crate::mcp::ChildProfileConfig) -> OsString {
-    if let Some(path) = child.env.get("PATH") {
-        return path.into();
-    }
-    if child.env_allowlist.iter().any(|name| name == "PATH")
-        && let Some(path) = std::env::var_os("PATH")
-    {
-        return path;
-    }
-    super::DEFAULT_SEARCH_PATH.into()
 }
 
 fn unreadable(path: &Path, error: &std::io::Error) -> Untrusted {

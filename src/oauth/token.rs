@@ -413,13 +413,15 @@ fn refresh(
     refresh_token: &str,
     resource: Option<String>,
 ) -> Result<Response, OAuthError> {
-    const INVALID: OAuthError = INVALID_REFRESH;
     let now = state.now();
     let token_hash = hash_token(refresh_token);
-    let found = state.store.find_refresh(&token_hash)?.ok_or(INVALID)?;
+    let found = state
+        .store
+        .find_refresh(&token_hash)?
+        .ok_or(INVALID_REFRESH)?;
     let grant = &found.grant;
     if grant.client_id != client.client_id || grant.revoked {
-        return Err(INVALID);
+        return Err(INVALID_REFRESH);
     }
     // Grace 0 means none: a replay in the same second as the rotation is theft too.
     let grace = OAuthState::ttl(state.config.refresh_grace_secs);
@@ -430,7 +432,7 @@ fn refresh(
         Some(_) => return Err(reuse_detected(state, grant, now)?),
     };
     if found.expires_at <= now {
-        return Err(INVALID);
+        return Err(INVALID_REFRESH);
     }
     if let Some(resource) = resource
         && state.check_resource(&resource)? != grant.resource

@@ -51,7 +51,7 @@ impl UpstreamVersion {
     /// From the reported version, and whether `/api/forgejo/v1/version` answered (asked
     /// only when the version does not carry Forgejo's `+gitea-` suffix).
     pub fn classify(reported: String, forgejo_endpoint: bool) -> Self {
-        let product = if forgejo_endpoint || reported.contains("+gitea-") {
+        let product = if forgejo_endpoint || Self::says_forgejo(&reported) {
             Product::Forgejo
         } else {
             Product::Gitea

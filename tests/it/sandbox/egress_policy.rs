@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use forgejo_mcp_broker::audit::{AuditEvent, MemoryAudit};
@@ -17,6 +17,8 @@ use forgejo_mcp_broker::egress::{Egress, EgressSession, SessionCredential};
 use forgejo_mcp_broker::secret::SecretString;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
+
+use crate::fixtures::eventually;
 
 const REAL_TOKEN: &str = "real-forgejo-token-9f2c";
 const PLACEHOLDER: &str = "session-placeholder-41ab";
@@ -534,15 +536,13 @@ async fn a_call_is_audited_when_the_child_hangs_up_before_forgejo_answers() {
     release.send(true).unwrap();
 
     // Recorded with Forgejo's answer (bounded poll: the record follows Forgejo's answer).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while create_issue_calls(&audit).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the call was never audited: {:?}",
-            audit.events()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        eventually(Duration::from_secs(10), || !create_issue_calls(&audit)
+            .is_empty())
+        .await,
+        "the call was never audited: {:?}",
+        audit.events()
+    );
     assert_eq!(create_issue_calls(&audit), vec![200]);
     let audited = format!("{:?}", audit.events());
     assert!(!audited.contains(REAL_TOKEN) && !audited.contains(PLACEHOLDER));
